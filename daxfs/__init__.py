@@ -1,0 +1,1 @@
+"""daxfs: a filesystem with the DAX semantics of ext4/XFS, served through FUSE."""
