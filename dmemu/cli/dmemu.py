@@ -1,0 +1,83 @@
+"""dmemu: the emulation's own verbs: plain disks, a device overview, power, removal.
+
+Plain disks are non-DAX block devices backed by a file with a volatile write cache, like a
+loop device on a disk: the other half of a mixed DAX/non-DAX table.
+"""
+import os
+import sys
+
+from .. import client
+from ..units import human, parse_size
+from .common import ArgumentParser, run, setup_logging
+from .ndctl import dump
+
+
+def build_parser(prog: str) -> ArgumentParser:
+    p = ArgumentParser(prog=prog, description="dmemu emulation commands: disks, lsblk, power-fail, removal.")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND", required=True)
+    disk = sub.add_parser("disk", help="plain (non-DAX) disks")
+    dsub = disk.add_subparsers(dest="disk_cmd", metavar="ACTION", required=True)
+    c = dsub.add_parser("create", help="create a disk")
+    c.add_argument("-s", "--size", required=True, help="capacity, e.g. 64M")
+    c.add_argument("-n", "--name", help="its name (default diskN); /dev/NAME names it")
+    dsub.add_parser("list", help="list disks as JSON")
+    d = dsub.add_parser("destroy", help="destroy a disk (refused while in use)")
+    d.add_argument("disk")
+    sub.add_parser("lsblk", help="every device: name, maj:min, size, DAX, model")
+    pf = sub.add_parser("power-fail", help="cut the power: volatile data is lost, users lose their devices")
+    pf.add_argument("devices", nargs="*", help="devices (default: all)")
+    pf.add_argument("--tear", action="store_true", help="let unflushed data tear (8-byte words, sectors)")
+    pf.add_argument("--seed", type=int, help="seed for --tear")
+    r = sub.add_parser("remove", help="hot-remove a device: its users get errors from now on")
+    r.add_argument("device")
+    a = sub.add_parser("add", help="bring a removed device back")
+    a.add_argument("device")
+    return p
+
+
+def disk_json(d: dict) -> dict:
+    return {"name": d["blockdev"], "maj:min": d["devno"], "size": d["size"], "uuid": d["uuid"],
+            "dax": d["dax"], "write_cache": "write back", "state": "live" if d["enabled"] else "removed",
+            "badblocks": [{"offset": s, "length": c} for s, c in d["badblocks"]]}
+
+
+async def _main(args) -> int:
+    async with client.connect(prog="dmemu") as k:
+        if args.cmd == "disk":
+            if args.disk_cmd == "create":
+                r = await k.call("create_disk", size=str(parse_size(args.size)), name=args.name)
+                print(dump(disk_json(r["disk"])))
+            elif args.disk_cmd == "list":
+                print(dump([disk_json(d) for d in (await k.call("list", kind="disk"))["devices"]]))
+            elif args.disk_cmd == "destroy":
+                await k.call("destroy", device=args.disk, kind="disk")
+                print(f"destroyed disk {args.disk}")
+        elif args.cmd == "lsblk":
+            print(f"{'NAME':<12} {'MAJ:MIN':<8} {'SIZE':>7} {'DAX':<3} {'MODEL':<5} STATE")
+            for d in (await k.call("list"))["devices"]:
+                print(f"{d['blockdev']:<12} {d['devno']:<8} {human(d['size']):>7} "
+                      f"{'yes' if d['dax'] else 'no':<3} {d['model']:<5} "
+                      f"{'live' if d['enabled'] else 'removed'}")
+        elif args.cmd == "power-fail":
+            r = await k.call("power_fail", devices=args.devices, tear=args.tear, seed=args.seed)
+            for name, lost in sorted(r["lost"].items()):
+                print(f"{name}: power failed, {lost} bytes not yet durable were lost")
+        elif args.cmd == "remove":
+            await k.call("disable", device=args.device)
+            print(f"{args.device} removed")
+        elif args.cmd == "add":
+            await k.call("enable", device=args.device)
+            print(f"{args.device} added")
+    return 0
+
+
+def main(argv=None) -> int:
+    prog = os.path.basename(sys.argv[0]) or "dmemu"
+    args = build_parser(prog).parse_args(argv)
+    setup_logging(args.verbose)
+    return run(prog, _main, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

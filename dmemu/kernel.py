@@ -1,0 +1,401 @@
+"""The emulated kernel inside dmemud: devices, opens, leases on their mappings, revocation.
+
+A *handle* is one open of a device by one client connection (like a struct file on a block
+device, with an optional exclusive claim). A *lease* is a resolution of a device range down
+to the media that the client caches and loads and stores through by itself: the answer of
+direct_access, and the way bios find their media without a round trip. dmemud remembers every
+lease it hands out, so when the mapping underneath changes (media errors, removal, power
+failure, and later table swaps and copy-on-write) it can ask each holder to drop it and wait
+for the acknowledgement before the change takes effect.
+"""
+import errno
+import logging
+import os
+import random
+import re
+import shutil
+
+import trio
+
+from .blockdev import SECTOR_SIZE
+from .errors import DmemuError, busy, invalid, no_device
+from .media import Media
+from .hardware import (BaseDevice, BaseSpec, Registry, clear_badblocks, merge_badblocks,
+                       new_uuid)
+from .paths import StatePaths
+from .units import human
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ALIGN = 2 << 20           # ndctl's default for fsdax namespaces
+ALIGNMENTS = (4096, 2 << 20, 1 << 30)   # the x86-64 page sizes a namespace may be aligned to
+DISK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.+-]{0,63}$")
+RESERVED_PREFIXES = ("pmem", "namespace", "dm-", "mapper", "region")
+
+
+def revoke_timeout() -> float:
+    """How long dmemud waits for a client to drop its mappings before giving up on it."""
+    return float(os.environ.get("DMEMU_REVOKE_TIMEOUT", "10"))
+
+
+class Lease:
+    __slots__ = ("handle", "start", "end", "write", "backing")
+
+    def __init__(self, handle, start, end, write, backing):
+        self.handle = handle
+        self.start = start          # sectors of the handle's device
+        self.end = end
+        self.write = write
+        self.backing = backing      # [(BaseDevice, first sector, end sector)] the lease reaches
+
+    def reaches(self, dev, start: int, end: int) -> bool:
+        return any(b is dev and s < end and e > start for b, s, e in self.backing)
+
+
+class Handle:
+    def __init__(self, hid: int, conn, device, exclusive: bool, read_only: bool):
+        self.id = hid
+        self.conn = conn
+        self.device = device
+        self.exclusive = exclusive
+        self.read_only = read_only
+        self.leases: list[Lease] = []
+        self.dead: str | None = None      # why every further I/O fails, once the device is gone
+
+    def describe(self) -> str:
+        return f"pid {self.conn.pid} ({self.conn.prog})"
+
+
+class Kernel:
+    def __init__(self, paths: StatePaths):
+        self.paths = paths
+        self.registry = Registry(paths.registry)
+        self.specs: list[BaseSpec] = self.registry.load()
+        self.devices: dict[str, BaseDevice] = {}
+        self.handles: dict[int, Handle] = {}
+        self._next_handle = 1
+        for spec in self.specs:
+            if spec.enabled:
+                self.devices[spec.blockdev] = BaseDevice(spec, self._image_base(spec), create=True)
+
+    def _image_base(self, spec: BaseSpec) -> str:
+        return str(self.paths.images / spec.uuid)
+
+    def _save(self) -> None:
+        self.registry.save(self.specs)
+
+    # -- boot and shutdown ---------------------------------------------------------------
+
+    def boot(self) -> None:
+        """Coming up after a crash loses what was volatile; after a clean stop nothing."""
+        clean = self.paths.clean_marker.exists()
+        if not clean:
+            for dev in self.devices.values():
+                lost = dev.media.power_fail()
+                if lost:
+                    log.info("%s: %d bytes not durable at the last crash were lost", dev.name, lost)
+        else:
+            self.paths.clean_marker.unlink()
+
+    def shutdown(self) -> None:
+        for dev in self.devices.values():
+            dev.media.writeback_all()
+            dev.close()
+        self.devices.clear()
+        self.paths.clean_marker.write_text("dmemud stopped cleanly\n")
+
+    # -- lookups ---------------------------------------------------------------------------
+
+    def find_spec(self, ident: str, *, kind: str | None = None) -> BaseSpec:
+        key = ident[5:] if ident.startswith("/dev/") else ident
+        for spec in self.specs:
+            if kind and spec.kind != kind:
+                continue
+            if key in (spec.blockdev, spec.dev) or (spec.name and key == spec.name):
+                return spec
+        what = {"pmem": "namespace", "disk": "disk"}.get(kind or "", "device")
+        raise no_device(f"{ident}: no such {what}")
+
+    def lookup(self, ident: str):
+        spec = self.find_spec(ident)
+        dev = self.devices.get(spec.blockdev)
+        if dev is None:
+            raise no_device(f"{ident}: device is disabled (removed); enable it first")
+        return dev
+
+    def users(self, dev) -> list[Handle]:
+        return [h for h in self.handles.values() if h.device is dev and not h.dead]
+
+    # -- hardware --------------------------------------------------------------------------
+
+    def _check_space(self, size: int, model: str) -> None:
+        copies = 1 if model == "eadr" else 2
+        free = shutil.disk_usage(self.paths.root).free
+        if size * copies > free:
+            raise DmemuError(errno.ENOSPC,
+                             f"not enough space on the host for {human(size)} of {model} media "
+                             f"({human(free)} free in {self.paths.root}); choose a smaller size")
+
+    def _add(self, spec: BaseSpec) -> BaseDevice:
+        self._check_space(spec.size, spec.model)
+        dev = BaseDevice(spec, self._image_base(spec), create=True)
+        self.specs.append(spec)
+        try:
+            self._save()
+        except BaseException:
+            self.specs.remove(spec)
+            dev.close()
+            self._remove_images(spec)
+            raise
+        self.devices[spec.blockdev] = dev
+        log.info("created %s (%s, %d bytes, %s)", spec.blockdev, spec.kind, spec.size, spec.model)
+        return dev
+
+    def _remove_images(self, spec: BaseSpec) -> None:
+        files = Media.spec_for(spec.model, self._image_base(spec), spec.size)
+        for path in {files[k] for k in ("view", "media", "dirty") if files[k]}:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    def create_namespace(self, size: int, align: int | None, mode: str, name: str,
+                         persistence: str) -> BaseSpec:
+        align = DEFAULT_ALIGN if align is None else align
+        if mode not in ("fsdax", "raw"):
+            raise invalid(f"mode '{mode}' is not supported: use fsdax (DAX-capable) or raw (not DAX-capable)")
+        if persistence not in ("eadr", "adr"):
+            raise invalid(f"persistence '{persistence}' is unknown: use eadr or adr")
+        if align not in ALIGNMENTS:
+            raise invalid(f"align {human(align)} is not supported: use 4K, 2M or 1G")
+        if size <= 0:
+            raise invalid("size must be greater than zero")
+        if size % align:
+            up = -(-size // align) * align
+            raise invalid(f"size {human(size)} is not a multiple of the alignment {human(align)}: "
+                          f"use --size {human(up)} or a smaller --align")
+        if name and any(s.name == name for s in self.specs):
+            raise DmemuError(errno.EEXIST, f"a namespace named '{name}' already exists")
+        used = {s.minor for s in self.specs if s.kind == "pmem"}
+        idx = next(i for i in range(len(used) + 1) if i not in used)
+        spec = BaseSpec(kind="pmem", blockdev=f"pmem{idx}", dev=f"namespace0.{idx}", size=size,
+                        minor=idx, uuid=new_uuid(), model=persistence, name=name or "",
+                        mode=mode, align=align)
+        self._add(spec)
+        return spec
+
+    def create_disk(self, size: int, name: str | None) -> BaseSpec:
+        if size <= 0 or size % SECTOR_SIZE:
+            raise invalid(f"disk size {size} is not a positive multiple of {SECTOR_SIZE} bytes")
+        used = {s.minor for s in self.specs if s.kind == "disk"}
+        idx = next(i for i in range(len(used) + 1) if i not in used)
+        if name is None:
+            taken = {s.blockdev for s in self.specs}
+            name = next(f"disk{i}" for i in range(len(taken) + 1) if f"disk{i}" not in taken)
+        if not DISK_NAME.match(name) or name.startswith(RESERVED_PREFIXES):
+            raise invalid(f"invalid disk name '{name}': use letters, digits and _.+- "
+                          f"(not starting with pmem, namespace, dm-, mapper or region)")
+        if any(name in (s.blockdev, s.name, s.dev) for s in self.specs):
+            raise DmemuError(errno.EEXIST, f"a device named '{name}' already exists")
+        spec = BaseSpec(kind="disk", blockdev=name, size=size, minor=idx, uuid=new_uuid(),
+                        model="disk", mode="raw")
+        self._add(spec)
+        return spec
+
+    def destroy(self, ident: str, kind: str) -> BaseSpec:
+        spec = self.find_spec(ident, kind=kind)
+        dev = self.devices.get(spec.blockdev)
+        if dev is not None:
+            users = self.users(dev)
+            if users:
+                raise busy(f"{spec.dev or spec.blockdev} is busy: open by "
+                           + ", ".join(h.describe() for h in users)
+                           + "; unmount or close it first")
+            dev.close()
+            del self.devices[spec.blockdev]
+        self.specs.remove(spec)
+        self._save()
+        self._remove_images(spec)
+        log.info("destroyed %s", spec.blockdev)
+        return spec
+
+    # -- media errors ----------------------------------------------------------------------
+
+    async def inject_error(self, ident: str, sector: int, count: int) -> BaseSpec:
+        spec = self.find_spec(ident)
+        nr = spec.size // SECTOR_SIZE
+        if sector < 0 or count <= 0 or sector + count > nr:
+            raise invalid(f"{spec.blockdev}: error range {sector}+{count} is outside the device "
+                          f"(0..{nr - 1} sectors)")
+        spec.badblocks = merge_badblocks(spec.badblocks + [[sector, count]])
+        self._save()
+        await self._revoke_device_range(spec, sector, count, "media error")
+        return spec
+
+    async def clear_error(self, ident: str, sector: int | None, count: int | None) -> BaseSpec:
+        spec = self.find_spec(ident)
+        if sector is None:
+            sector, count = 0, spec.size // SECTOR_SIZE
+        if clear_badblocks(spec, sector, count or 1):
+            self._save()
+            await self._revoke_device_range(spec, sector, count or 1, "media error cleared")
+        return spec
+
+    async def _revoke_device_range(self, spec: BaseSpec, sector: int, count: int, why: str) -> None:
+        dev = self.devices.get(spec.blockdev)
+        if dev is not None:
+            await self.revoke(lambda lease: lease.reaches(dev, sector, sector + count), why)
+
+    # -- opens and leases ------------------------------------------------------------------
+
+    def open(self, conn, ident: str, exclusive: bool, read_only: bool) -> Handle:
+        dev = self.lookup(ident)
+        others = self.users(dev)
+        if exclusive:
+            holder = next((h for h in others if h.exclusive or not h.read_only), None)
+            if holder:
+                claim = "claimed" if holder.exclusive else "open for writing"
+                raise busy(f"{dev.name} is {claim} by {holder.describe()}")
+        elif not read_only:
+            holder = next((h for h in others if h.exclusive), None)
+            if holder:
+                raise busy(f"{dev.name} is claimed by {holder.describe()} (mounted?); "
+                           f"open it read-only or unmount it first")
+        h = Handle(self._next_handle, conn, dev, exclusive, read_only)
+        self._next_handle += 1
+        self.handles[h.id] = h
+        return h
+
+    def info(self, h: Handle) -> dict:
+        dev = h.device
+        return {"handle": h.id, "name": dev.name, "devno": dev.devno, "nr_sectors": dev.nr_sectors,
+                "dax": dev.dax_capable, "read_only": h.read_only, "exclusive": h.exclusive,
+                "flush_set": [dev.name], "backings": {dev.name: dev.media_spec}}
+
+    def handle(self, conn, hid: int) -> Handle:
+        h = self.handles.get(hid)
+        if h is None or h.conn is not conn:
+            raise DmemuError(errno.EBADF, f"no open device handle {hid}")
+        if h.dead:
+            raise DmemuError(errno.EIO, f"{h.device.name}: {h.dead}")
+        return h
+
+    def close(self, h: Handle) -> None:
+        h.leases.clear()
+        self.handles.pop(h.id, None)
+
+    def resolve(self, h: Handle, sector: int, nr: int, write: bool) -> dict:
+        """Where [sector, sector+nr) of the handle's device lives, as a lease on a range."""
+        dev = h.device
+        if write and h.read_only:
+            raise DmemuError(errno.EROFS, f"{dev.name}: opened read-only")
+        if sector < 0 or nr <= 0 or sector + nr > dev.nr_sectors:
+            raise DmemuError(errno.EIO, f"{dev.name}: access beyond end of device "
+                                        f"(sector {sector}+{nr}, size {dev.nr_sectors})")
+        end = dev.nr_sectors
+        segments, pos = [], 0
+        for s, c in dev.poisoned(0, end):
+            if s > pos:
+                segments.append({"start": pos, "end": s, "kind": "map", "backing": dev.name,
+                                 "offset": pos * SECTOR_SIZE})
+            segments.append({"start": s, "end": s + c, "kind": "poison"})
+            pos = s + c
+        if pos < end:
+            segments.append({"start": pos, "end": end, "kind": "map", "backing": dev.name,
+                             "offset": pos * SECTOR_SIZE})
+        h.leases.append(Lease(h, 0, end, write, [(dev, 0, end)]))
+        return {"start": 0, "end": end, "write": write, "segments": segments,
+                "backings": {dev.name: dev.media_spec}}
+
+    def bio_write(self, h: Handle, sector: int, data: bytes, fua: bool) -> bool:
+        """A write dmemud performs itself: over media errors, which it clears like the driver."""
+        dev = h.device
+        if h.read_only:
+            raise DmemuError(errno.EROFS, f"{dev.name}: opened read-only")
+        if sector < 0 or sector * SECTOR_SIZE + len(data) > dev.nr_sectors * SECTOR_SIZE:
+            raise DmemuError(errno.EIO, f"{dev.name}: access beyond end of device")
+        dev.write(sector, data, fua=fua)
+        changed = clear_badblocks(dev.spec, sector, len(data) // SECTOR_SIZE)
+        if changed:
+            self._save()
+        return changed
+
+    async def revoke(self, predicate, why: str) -> list:
+        """Ask every holder of a lease matching ``predicate`` to drop it; wait for them.
+
+        Returns the connections that did not acknowledge in time (the caller decides whether
+        that fails the operation, as for a suspend, or not, as for a removal).
+        """
+        by_handle: dict[Handle, list[Lease]] = {}
+        for h in list(self.handles.values()):
+            hit = [lease for lease in h.leases if predicate(lease)]
+            if hit:
+                by_handle[h] = hit
+                h.leases = [lease for lease in h.leases if not predicate(lease)]
+        if not by_handle:
+            return []
+        failed = []
+
+        async def one(h: Handle, leases: list[Lease]) -> None:
+            ranges = [[lease.start, lease.end] for lease in leases]
+            ok = await h.conn.event("revoke", timeout=revoke_timeout(), handle=h.id,
+                                    ranges=ranges, reason=why)
+            if not ok:
+                failed.append(h.conn)
+
+        async with trio.open_nursery() as nursery:
+            for h, leases in by_handle.items():
+                nursery.start_soon(one, h, leases)
+        return failed
+
+    async def kill_handles(self, handles: list[Handle], reason: str) -> list:
+        """The device under these handles is gone: every later I/O through them fails."""
+        failed = []
+        for h in handles:
+            h.dead = reason
+            h.leases.clear()
+
+        async def one(h: Handle) -> None:
+            if not await h.conn.event("gone", timeout=revoke_timeout(), handle=h.id, reason=reason):
+                failed.append(h.conn)
+
+        async with trio.open_nursery() as nursery:
+            for h in handles:
+                nursery.start_soon(one, h)
+        return failed
+
+    # -- removal, power failure ------------------------------------------------------------
+
+    async def disable(self, ident: str) -> BaseSpec:
+        """Hot removal: the device disappears under its users, who get errors from now on."""
+        spec = self.find_spec(ident)
+        dev = self.devices.pop(spec.blockdev, None)
+        spec.enabled = False
+        self._save()
+        if dev is not None:
+            dev.removed = True
+            await self.kill_handles([h for h in self.handles.values() if h.device is dev],
+                                    "device removed")
+            dev.close()
+            log.info("%s removed", spec.blockdev)
+        return spec
+
+    def enable(self, ident: str) -> BaseSpec:
+        spec = self.find_spec(ident)
+        if not spec.enabled:
+            spec.enabled = True
+            self.devices[spec.blockdev] = BaseDevice(spec, self._image_base(spec), create=True)
+            self._save()
+        return spec
+
+    async def power_fail(self, idents: list[str], tear: bool, seed: int | None) -> dict:
+        """Power is cut: users lose their devices, volatile data is lost, devices come back."""
+        devs = [self.lookup(i) for i in idents] if idents else list(self.devices.values())
+        await self.kill_handles([h for h in self.handles.values() if h.device in devs and not h.dead],
+                                "power failure")
+        rng = random.Random(seed)
+        lost = {}
+        for dev in devs:
+            lost[dev.name] = dev.media.power_fail(tear=tear, rng=rng)
+            log.info("power failure on %s: %d bytes lost", dev.name, lost[dev.name])
+        return lost
