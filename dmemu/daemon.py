@@ -125,6 +125,8 @@ class Connection:
             await self.send(reply, data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+        if self.server.stopping:
+            self.server.stop.set()
 
 
 def _int(obj: dict, key: str, default=None) -> int | None:
@@ -143,6 +145,7 @@ class Server:
         self.started = time.time()
         self.connections: set[Connection] = set()
         self.stop = trio.Event()
+        self.stopping = False
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         self.kernel.boot()
@@ -215,7 +218,7 @@ class Server:
             raise busy("dmemud has devices in use by " + ", ".join(sorted({h.describe() for h in users}))
                        + "; unmount or close them first, or use --force")
         await k.kill_handles(users, "dmemud shut down")
-        self.stop.set()
+        self.stopping = True     # stop once this reply has gone out
         return {}
 
     async def op_create_namespace(self, conn, req, payload):
