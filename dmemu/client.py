@@ -288,6 +288,14 @@ class Device:
     # -- bios ------------------------------------------------------------------------------
 
     async def read(self, sector: int, nbytes: int) -> bytes:
+        # The common case, one mapped segment, is a single copy out of the mapping.
+        self._check(sector, nbytes)
+        lease = self._lease_at(sector, False)
+        if lease is not None:
+            seg = lease.segment(sector)
+            if seg.kind == "map" and (seg.end - sector) * SECTOR_SIZE >= nbytes:
+                off = seg.offset + (sector - seg.start) * SECTOR_SIZE
+                return seg.media.view[off:off + nbytes]
         buf = bytearray(nbytes)
         await self.readinto(sector, memoryview(buf))
         return bytes(buf)
@@ -303,7 +311,7 @@ class Device:
             n = min(nbytes - pos, (seg.end - s) * SECTOR_SIZE)
             if seg.kind == "map":
                 off = seg.offset + (s - seg.start) * SECTOR_SIZE
-                buf[pos:pos + n] = seg.media.view[off:off + n]
+                buf[pos:pos + n] = seg.media.view_mv[off:off + n]
             elif seg.kind == "zero":
                 buf[pos:pos + n] = bytes(n)
             else:

@@ -57,6 +57,7 @@ class Media:
         self._fds = []
         fd, self.view = _map(spec["view"], self.size, create)
         self._fds.append(fd)
+        self.view_mv = memoryview(self.view)     # copies out of it without a temporary
         self.media = self.view
         self.dirty = None
         if self.model in ("adr", "disk"):
@@ -85,7 +86,7 @@ class Media:
         return self.view[off:off + n]
 
     def readinto(self, off: int, buf: memoryview) -> None:
-        buf[:] = self.view[off:off + len(buf)]
+        buf[:] = self.view_mv[off:off + len(buf)]
 
     def store(self, off: int, data) -> None:
         """A CPU store through a DAX mapping: volatile in adr until flush_range."""
@@ -188,6 +189,10 @@ class Media:
         return lost
 
     def close(self) -> None:
+        try:
+            self.view_mv.release()
+        except BufferError:
+            pass
         for m in {id(x): x for x in (self.view, self.media, self.dirty) if x is not None}.values():
             try:
                 m.close()
