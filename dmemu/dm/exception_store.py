@@ -180,6 +180,17 @@ class ExceptionStore(abc.ABC):
         """Invalidate the store for good (the snapshot stays Invalid across reloads)."""
         self.valid = False
 
+    # snapshot-merge: only stores that keep their exceptions in order can be merged back
+    # into the origin, newest first.
+    def prepare_merge(self) -> tuple[int, int, int]:
+        """Return ``(nr_consecutive, last_old_chunk, last_new_chunk)`` for the newest run
+        of exceptions with consecutive old and new chunks; ``nr_consecutive`` 0 = done."""
+        raise DMError(errno.EINVAL, "Snapshot exception store does not support snapshot-merge.")
+
+    def commit_merge(self, nr_merged: int) -> None:
+        """Forget the newest ``nr_merged`` exceptions: their chunks are back on the origin."""
+        raise DMError(errno.EINVAL, "Snapshot exception store does not support snapshot-merge.")
+
     @abc.abstractmethod
     def usage(self) -> Usage:
         """Linux's numbers for the status line."""

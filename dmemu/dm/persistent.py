@@ -250,6 +250,44 @@ class PersistentStore(ExceptionStore):
         except OSError:
             log.warning("write header failed")
 
+    # -- merging (snapshot-merge consumes the newest exceptions first) -----------------
+    def _read_area(self, area: int) -> None:
+        location = self._area_location(area)
+        self.area = bytearray(self.cow.read(location * self.chunk_size, self._chunk_bytes()))
+        self.current_area = area
+
+    def _entry(self, index: int) -> tuple[int, int]:
+        return DISK_EXCEPTION.unpack_from(self.area, index * DISK_EXCEPTION.size)
+
+    def prepare_merge(self) -> tuple[int, int, int]:
+        if not self.current_committed:
+            # the current area is used up: step back to the previous (full) one
+            if not self.current_area:
+                return 0, 0, 0
+            self._read_area(self.current_area - 1)
+            self.current_committed = self.exceptions_per_area
+        last_old, last_new = self._entry(self.current_committed - 1)
+        nr = 1
+        while nr < self.current_committed:
+            old, new = self._entry(self.current_committed - 1 - nr)
+            if old != last_old - nr or new != last_new - nr:
+                break
+            nr += 1
+        return nr, last_old, last_new
+
+    def commit_merge(self, nr_merged: int) -> None:
+        if nr_merged > self.current_committed:
+            raise ValueError(f"cannot merge {nr_merged} of {self.current_committed} exceptions")
+        for i in range(nr_merged):
+            DISK_EXCEPTION.pack_into(self.area, (self.current_committed - 1 - i)
+                                     * DISK_EXCEPTION.size, 0, 0)
+        # Durable before the merged origin chunks may be overwritten by new data.
+        self._chunk_write(self._area_location(self.current_area), self.area,
+                          preflush=True, fua=True)
+        self.current_committed -= nr_merged
+        # Only usage() still reads next_free during a merge: keep it meaningful.
+        self.next_free = self._area_location(self.current_area) + self.current_committed + 1
+
     # -- reporting -------------------------------------------------------------------
     def usage(self) -> Usage:
         # Header + (current_area + 1) metadata chunks, see persistent_usage().

@@ -286,3 +286,45 @@ def test_factory_builds_the_store_a_table_names(cow4m):
     assert create_exception_store("PO", 8, cow4m).table_text() == "PO 8"
     assert isinstance(create_exception_store("P", 8, cow4m), PersistentStore)
     assert create_exception_store("N", 8, cow4m).table_text() == "N 8"
+
+
+def test_merge_consumes_newest_consecutive_runs_across_areas(cow4m):
+    store = fresh(cow4m)
+    # area 0: old 0..255 -> new 2..257 (consecutive), area 1: two runs
+    for old in range(E):
+        copy(store, old)
+    for old in (1000, 1001, 1002, 50, 51):
+        copy(store, old)
+    assert store.prepare_merge() == (2, 51, 263)
+    cow4m.log.clear()
+    store.commit_merge(2)
+    assert cow4m.writes() == [("write", 258 * CS, CB, frozenset({"preflush", "fua"}))]
+    assert entry(cow4m, 1, 3) == (0, 0) and entry(cow4m, 1, 2) == (1002, 261)
+    assert store.next_free == 258 + 3 + 1
+    assert store.prepare_merge() == (3, 1002, 261)
+    store.commit_merge(3)
+    assert store.prepare_merge() == (E, E - 1, E + 1)   # back into the full area 0
+    store.commit_merge(E)
+    assert store.prepare_merge() == (0, 0, 0)
+    md = PersistentStore(cow4m, CS).read_metadata()
+    assert md.valid and md.exceptions == []
+
+
+def test_merge_stops_at_a_break_in_either_chunk_sequence(cow4m):
+    store = fresh(cow4m)
+    for old in (10, 11, 30, 31, 32):
+        copy(store, old)
+    assert store.prepare_merge() == (3, 32, 6)
+    store.commit_merge(1)
+    assert store.prepare_merge() == (2, 31, 5)
+    store.commit_merge(2)
+    assert store.prepare_merge() == (2, 11, 3)
+    with pytest.raises(ValueError):
+        store.commit_merge(3)
+
+
+def test_transient_store_cannot_merge(cow4m):
+    from dmemu.dm.errors import DMError
+    store = create_exception_store("N", 8, cow4m)
+    with pytest.raises(DMError, match="does not support snapshot-merge"):
+        store.prepare_merge()
