@@ -1,7 +1,7 @@
 """Fixtures for the device-mapper unit tests: synchronous fake devices (see dmfake)."""
 import pytest
 
-from dmfake import FakeBlockDevice
+from tests.dm.dmfake import FakeBlockDevice
 
 
 @pytest.fixture

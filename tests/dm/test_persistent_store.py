@@ -9,7 +9,7 @@ from dmemu.dm.exception_store import Completion, Usage, create_exception_store
 from dmemu.dm.persistent import (SNAP_MAGIC, PersistentStore, area_location,
                                  exceptions_per_area, is_metadata_chunk)
 from dmemu.dm.status import snapshot_status_text
-from dmfake import FakeBlockDevice
+from tests.dm.dmfake import FakeBlockDevice
 
 CS = 8                       # chunk size used by most tests, sectors
 CB = CS * 512

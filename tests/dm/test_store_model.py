@@ -10,7 +10,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from dmemu.dm.errors import ExceptionStoreFull
 from dmemu.dm.persistent import PersistentStore, is_metadata_chunk
-from dmfake import FakeBlockDevice
+from tests.dm.dmfake import FakeBlockDevice
 
 CS = 1                       # 1-sector chunks: E = 32, so areas fill up quickly
 COW_SECTORS = 200            # room for ~180 data chunks: ENOSPC is reachable too

@@ -8,7 +8,7 @@ from dmemu.dm.table import parse_table
 from dmemu.dm.target_args import (ErrorArgs, LinearArgs, OriginArgs, SnapshotArgs, ZeroArgs,
                                   check_device_area, check_snapshot_devices, construct_line,
                                   parse_snapshot_args, parse_target_args)
-from dmfake import FakeBlockDevice
+from tests.dm.dmfake import FakeBlockDevice
 
 
 @pytest.mark.parametrize("target, args, expected", [
