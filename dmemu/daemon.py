@@ -164,6 +164,7 @@ class Server:
         log.info("dmemud %d listening on %s", os.getpid(), path)
         try:
             async with trio.open_nursery() as nursery:
+                self.kernel.dm._nursery = nursery
                 nursery.start_soon(self._accept, listener, nursery)
                 task_status.started()
                 await self.stop.wait()
@@ -277,14 +278,86 @@ class Server:
 
     async def op_resolve(self, conn, req, payload):
         h = self.kernel.handle(conn, _int(req, "handle"))
-        return self.kernel.resolve(h, _int(req, "sector"), _int(req, "nr"), bool(req.get("write")))
+        return await self.kernel.resolve(h, _int(req, "sector"), _int(req, "nr"), bool(req.get("write")))
 
     async def op_bio_write(self, conn, req, payload):
         h = self.kernel.handle(conn, _int(req, "handle"))
-        if self.kernel.bio_write(h, _int(req, "sector"), payload, bool(req.get("fua"))):
-            dev, s, n = h.device, _int(req, "sector"), len(payload) // 512
-            await self.kernel.revoke(lambda lease: lease.reaches(dev, s, s + n), "media error cleared")
+        cleared = self.kernel.bio_write(h, _int(req, "sector"), payload, bool(req.get("fua")))
+        if cleared:
+            await self.kernel.revoke(lambda lease: any(lease.reaches(b, s, e) for b, s, e in cleared),
+                                     "media error cleared")
         return {}
+
+    # -- device-mapper ioctls ----------------------------------------------------------------
+
+    def _dm_reply(self, md) -> dict:
+        return self.kernel.dm.info(md)
+
+    async def op_dm_create(self, conn, req, payload):
+        dm = self.kernel.dm
+        md = dm.create(str(req.get("name", "")), str(req.get("uuid") or ""), bool(req.get("read_only")))
+        table = req.get("table")
+        if table is not None:
+            try:
+                dm.load(md.name, table)
+                await dm.resume(md.name)
+            except BaseException:
+                # dmsetup create is all or nothing: no half-made device is left behind.
+                await dm.remove(md.name, force=False)
+                raise
+        return self._dm_reply(md)
+
+    async def op_dm_load(self, conn, req, payload):
+        return self._dm_reply(self.kernel.dm.load(str(req.get("name", "")), str(req.get("table", ""))))
+
+    async def op_dm_clear(self, conn, req, payload):
+        return self._dm_reply(self.kernel.dm.clear(str(req.get("name", ""))))
+
+    async def op_dm_suspend(self, conn, req, payload):
+        md = await self.kernel.dm.suspend(str(req.get("name", "")), noflush=bool(req.get("noflush")),
+                                          nolockfs=bool(req.get("nolockfs")))
+        return self._dm_reply(md)
+
+    async def op_dm_resume(self, conn, req, payload):
+        return self._dm_reply(await self.kernel.dm.resume(str(req.get("name", ""))))
+
+    async def op_dm_remove(self, conn, req, payload):
+        await self.kernel.dm.remove(str(req.get("name", "")), force=bool(req.get("force")))
+        return {}
+
+    async def op_dm_rename(self, conn, req, payload):
+        md = self.kernel.dm.rename(str(req.get("name", "")), req.get("new"), req.get("uuid"))
+        return self._dm_reply(md)
+
+    async def op_dm_message(self, conn, req, payload):
+        return {"reply": self.kernel.dm.message(str(req.get("name", "")), _int(req, "sector", 0),
+                                                [str(w) for w in req.get("words", [])])}
+
+    async def op_dm_list(self, conn, req, payload):
+        dm = self.kernel.dm
+        out = []
+        for md in sorted(dm.devices.values(), key=lambda m: m.name):
+            d = dm.info(md)
+            d["table"] = dm.table_lines(md)
+            d["inactive_table"] = dm.table_lines(md, inactive=True)
+            d["status"] = dm.table_lines(md, status=True)
+            out.append(d)
+        bases = {b.devno: b.name for b in self.kernel.devices.values()}
+        return {"devices": out, "bases": bases}
+
+    async def op_dm_targets(self, conn, req, payload):
+        from .dm.targets import TARGETS
+        return {"targets": [[t.name, list(t.version)] for t in TARGETS.values()]}
+
+    async def op_dm_param(self, conn, req, payload):
+        params = self.kernel.dm.params
+        name = req.get("param")
+        if name is not None:
+            if name not in params:
+                raise invalid(f"unknown parameter '{name}': known are {', '.join(params)}")
+            if "value" in req:
+                params[name] = bool(req["value"])
+        return {"params": params}
 
 
 def spec_json(spec) -> dict:

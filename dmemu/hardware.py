@@ -68,6 +68,26 @@ class BaseDevice:
     dax_capable = property(lambda self: self.spec.dax_capable)
     logical_block_size = SECTOR_SIZE
 
+    kind = property(lambda self: self.spec.kind)
+
+    def region_sync(self, sector: int, write: bool):
+        """The whole device as segments: mapped media, split around media errors."""
+        from .dm.region import Region, Seg
+        if self.removed:
+            raise io_error(f"{self.name}: device removed")
+        end, segs, pos = self.nr_sectors, [], 0
+        for s, c in self.spec.badblocks:
+            if s > pos:
+                segs.append(Seg(pos, s, "map", self, pos))
+            segs.append(Seg(s, s + c, "poison", self, s))
+            pos = s + c
+        if pos < end:
+            segs.append(Seg(pos, end, "map", self, pos))
+        return Region(0, end, segs)
+
+    async def region(self, sector: int, write: bool):
+        return self.region_sync(sector, write)
+
     def poisoned(self, sector: int, nr: int) -> list[tuple[int, int]]:
         """The media-error runs that intersect [sector, sector+nr)."""
         end = sector + nr

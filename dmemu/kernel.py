@@ -19,6 +19,7 @@ import trio
 
 from .blockdev import SECTOR_SIZE
 from .errors import DmemuError, busy, invalid, no_device
+from .dm.core import DeviceMapper, MappedDevice
 from .media import Media
 from .hardware import (BaseDevice, BaseSpec, Registry, clear_badblocks, merge_badblocks,
                        new_uuid)
@@ -39,17 +40,24 @@ def revoke_timeout() -> float:
 
 
 class Lease:
-    __slots__ = ("handle", "start", "end", "write", "backing")
+    __slots__ = ("handle", "start", "end", "write", "backing", "path")
 
-    def __init__(self, handle, start, end, write, backing):
+    def __init__(self, handle, start, end, write, backing, path=()):
         self.handle = handle
         self.start = start          # sectors of the handle's device
         self.end = end
         self.write = write
         self.backing = backing      # [(BaseDevice, first sector, end sector)] the lease reaches
+        self.path = path            # [(MappedDevice, start, end)] it was resolved through
 
     def reaches(self, dev, start: int, end: int) -> bool:
         return any(b is dev and s < end and e > start for b, s, e in self.backing)
+
+    def through(self, md) -> bool:
+        return any(d is md for d, _, _ in self.path)
+
+    def covers(self, md, start: int, end: int) -> bool:
+        return any(d is md and s < end and e > start for d, s, e in self.path)
 
 
 class Handle:
@@ -74,6 +82,7 @@ class Kernel:
         self.devices: dict[str, BaseDevice] = {}
         self.handles: dict[int, Handle] = {}
         self._next_handle = 1
+        self.dm = DeviceMapper(self)
         for spec in self.specs:
             if spec.enabled:
                 self.devices[spec.blockdev] = BaseDevice(spec, self._image_base(spec), create=True)
@@ -116,15 +125,38 @@ class Kernel:
         what = {"pmem": "namespace", "disk": "disk"}.get(kind or "", "device")
         raise no_device(f"{ident}: no such {what}")
 
+    def find_base(self, name: str) -> BaseSpec | None:
+        return next((s for s in self.specs if name in (s.blockdev, s.dev) or
+                     (s.name and name == s.name)), None)
+
     def lookup(self, ident: str):
-        spec = self.find_spec(ident)
+        """Any device users may name: /dev/pmem0, namespace0.0, disk0, /dev/mapper/x, dm-3."""
+        md = self.dm.find(ident)
+        if md is not None:
+            return md
+        key = ident[5:] if ident.startswith("/dev/") else ident
+        spec = next((s for s in self.specs if s.devno == key), None) or self.find_base(key)
+        if spec is None:
+            raise no_device(f"{ident}: no such device")
         dev = self.devices.get(spec.blockdev)
         if dev is None:
             raise no_device(f"{ident}: device is disabled (removed); enable it first")
         return dev
 
+    lookup_any = lookup
+
     def users(self, dev) -> list[Handle]:
         return [h for h in self.handles.values() if h.device is dev and not h.dead]
+
+    def users_through(self, base) -> list[Handle]:
+        """Every live handle whose device is ``base`` or stands on it."""
+        return [h for h in self.handles.values() if not h.dead and
+                (h.device is base or (isinstance(h.device, MappedDevice)
+                                      and base in self.dm.base_devices(h.device)))]
+
+    @staticmethod
+    def revoke_timeout() -> float:
+        return revoke_timeout()
 
     # -- hardware --------------------------------------------------------------------------
 
@@ -206,10 +238,10 @@ class Kernel:
         spec = self.find_spec(ident, kind=kind)
         dev = self.devices.get(spec.blockdev)
         if dev is not None:
-            users = self.users(dev)
+            users = [h.describe() for h in self.users(dev)]
+            users += [f"{md.name} ({md.devno})" for md in self.dm.holders(dev)]
             if users:
-                raise busy(f"{spec.dev or spec.blockdev} is busy: open by "
-                           + ", ".join(h.describe() for h in users)
+                raise busy(f"{spec.dev or spec.blockdev} is busy: open by " + ", ".join(users)
                            + "; unmount or close it first")
             dev.close()
             del self.devices[spec.blockdev]
@@ -266,11 +298,15 @@ class Kernel:
         self.handles[h.id] = h
         return h
 
+    def device_info(self, dev) -> dict:
+        bases = self.dm.base_devices(dev)
+        return {"name": dev.name, "devno": dev.devno, "nr_sectors": dev.nr_sectors,
+                "dax": dev.dax_capable, "flush_set": [b.name for b in bases],
+                "backings": {b.name: b.media_spec for b in bases}}
+
     def info(self, h: Handle) -> dict:
-        dev = h.device
-        return {"handle": h.id, "name": dev.name, "devno": dev.devno, "nr_sectors": dev.nr_sectors,
-                "dax": dev.dax_capable, "read_only": h.read_only, "exclusive": h.exclusive,
-                "flush_set": [dev.name], "backings": {dev.name: dev.media_spec}}
+        return {"handle": h.id, "read_only": h.read_only, "exclusive": h.exclusive,
+                **self.device_info(h.device)}
 
     def handle(self, conn, hid: int) -> Handle:
         h = self.handles.get(hid)
@@ -284,41 +320,58 @@ class Kernel:
         h.leases.clear()
         self.handles.pop(h.id, None)
 
-    def resolve(self, h: Handle, sector: int, nr: int, write: bool) -> dict:
+    async def resolve(self, h: Handle, sector: int, nr: int, write: bool) -> dict:
         """Where [sector, sector+nr) of the handle's device lives, as a lease on a range."""
         dev = h.device
-        if write and h.read_only:
+        if write and (h.read_only or getattr(dev, "read_only", False)):
             raise DmemuError(errno.EROFS, f"{dev.name}: opened read-only")
         if sector < 0 or nr <= 0 or sector + nr > dev.nr_sectors:
             raise DmemuError(errno.EIO, f"{dev.name}: access beyond end of device "
                                         f"(sector {sector}+{nr}, size {dev.nr_sectors})")
-        end = dev.nr_sectors
-        segments, pos = [], 0
-        for s, c in dev.poisoned(0, end):
-            if s > pos:
-                segments.append({"start": pos, "end": s, "kind": "map", "backing": dev.name,
-                                 "offset": pos * SECTOR_SIZE})
-            segments.append({"start": s, "end": s + c, "kind": "poison"})
-            pos = s + c
-        if pos < end:
-            segments.append({"start": pos, "end": end, "kind": "map", "backing": dev.name,
-                             "offset": pos * SECTOR_SIZE})
-        h.leases.append(Lease(h, 0, end, write, [(dev, 0, end)]))
-        return {"start": 0, "end": end, "write": write, "segments": segments,
-                "backings": {dev.name: dev.media_spec}}
+        region = await dev.region(sector, write)
+        if h.dead:
+            raise DmemuError(errno.EIO, f"{dev.name}: {h.dead}")
+        segments, backings = [], {}
+        for sg in region.segs:
+            d = {"start": sg.start, "end": sg.end, "kind": sg.kind}
+            if sg.kind == "map":
+                d.update(backing=sg.base.name, offset=sg.base_sector * SECTOR_SIZE)
+                backings[sg.base.name] = sg.base.media_spec
+            segments.append(d)
+        h.leases.append(Lease(h, region.start, region.end, write, region.backing(), region.path))
+        return {"start": region.start, "end": region.end, "write": write, "segments": segments,
+                "backings": backings}
 
-    def bio_write(self, h: Handle, sector: int, data: bytes, fua: bool) -> bool:
-        """A write dmemud performs itself: over media errors, which it clears like the driver."""
+    def bio_write(self, h: Handle, sector: int, data: bytes, fua: bool) -> list:
+        """A write dmemud performs itself: over media errors, which it clears like the driver.
+
+        Returns the base ranges whose media errors were cleared.
+        """
         dev = h.device
         if h.read_only:
             raise DmemuError(errno.EROFS, f"{dev.name}: opened read-only")
-        if sector < 0 or sector * SECTOR_SIZE + len(data) > dev.nr_sectors * SECTOR_SIZE:
+        n = len(data) // SECTOR_SIZE
+        if sector < 0 or sector + n > dev.nr_sectors:
             raise DmemuError(errno.EIO, f"{dev.name}: access beyond end of device")
-        dev.write(sector, data, fua=fua)
-        changed = clear_badblocks(dev.spec, sector, len(data) // SECTOR_SIZE)
-        if changed:
+        region = dev.region_sync(sector, True)
+        if region.end < sector + n:
+            raise DmemuError(errno.EIO, f"{dev.name}: write crosses a mapping boundary")
+        cleared, pos = [], 0
+        for sg in region.segs:
+            a, b = max(sg.start, sector), min(sg.end, sector + n)
+            if a >= b:
+                continue
+            chunk = data[(a - sector) * SECTOR_SIZE:(b - sector) * SECTOR_SIZE]
+            if sg.kind in ("map", "poison"):
+                base_sector = sg.base_sector + (a - sg.start)
+                sg.base.write(base_sector, chunk, fua=fua)
+                if clear_badblocks(sg.base.spec, base_sector, b - a):
+                    cleared.append((sg.base, base_sector, base_sector + (b - a)))
+            elif sg.kind == "error":
+                raise DmemuError(errno.EIO, f"{dev.name}: I/O error at sector {a}")
+        if cleared:
             self._save()
-        return changed
+        return cleared
 
     async def revoke(self, predicate, why: str) -> list:
         """Ask every holder of a lease matching ``predicate`` to drop it; wait for them.
@@ -374,8 +427,8 @@ class Kernel:
         self._save()
         if dev is not None:
             dev.removed = True
-            await self.kill_handles([h for h in self.handles.values() if h.device is dev],
-                                    "device removed")
+            await self.kill_handles(self.users_through(dev), "device removed")
+            await self.revoke(lambda lease: lease.reaches(dev, 0, dev.nr_sectors), "device removed")
             dev.close()
             log.info("%s removed", spec.blockdev)
         return spec
@@ -391,8 +444,12 @@ class Kernel:
     async def power_fail(self, idents: list[str], tear: bool, seed: int | None) -> dict:
         """Power is cut: users lose their devices, volatile data is lost, devices come back."""
         devs = [self.lookup(i) for i in idents] if idents else list(self.devices.values())
-        await self.kill_handles([h for h in self.handles.values() if h.device in devs and not h.dead],
-                                "power failure")
+        hit = {h.id: h for d in devs for h in self.users_through(d)}
+        await self.kill_handles(list(hit.values()), "power failure")
+        # What stood on the failed media was memory: mapped devices go, as at a reboot.
+        for md in list(self.dm.devices.values()):
+            if any(b in devs for b in self.dm.base_devices(md)):
+                await self.dm.discard(md)
         rng = random.Random(seed)
         lost = {}
         for dev in devs:

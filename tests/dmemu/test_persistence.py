@@ -1,4 +1,8 @@
 """The persistence models: what a power failure keeps and loses on each kind of device."""
+import os
+import select
+import signal
+
 import pytest
 
 from dmemu import client
@@ -129,6 +133,9 @@ async def test_daemon_crash_is_a_power_failure_clean_stop_is_not(dmemu_root):
     assert await read_back("pmem0", 0, 12) == b"in cpu cache"
     async with client.open_device("disk0") as dev:
         await dev.write(0, b"volatile" * 64)
-    import os, signal
-    os.kill(int((dmemu_root / "dmemud.pid").read_text()), signal.SIGKILL)
+    pid = int((dmemu_root / "dmemud.pid").read_text())
+    pidfd = os.pidfd_open(pid)
+    os.kill(pid, signal.SIGKILL)
+    select.select([pidfd], [], [], 30)     # readable once the process is gone
+    os.close(pidfd)
     assert await read_back("disk0", 0, 6) == b"cached"

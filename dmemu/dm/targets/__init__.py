@@ -1,0 +1,8 @@
+"""Device-mapper target types, registered by name as dm_register_target does."""
+from .error import ErrorTarget
+from .linear import LinearTarget
+from .origin import OriginTarget
+from .snapshot import SnapshotTarget
+from .zero import ZeroTarget
+
+TARGETS = {t.name: t for t in (LinearTarget, OriginTarget, SnapshotTarget, ZeroTarget, ErrorTarget)}
