@@ -103,13 +103,30 @@ class Client:
 
     async def _event(self, obj: dict) -> None:
         dev = self._devices.get(obj.get("handle"))
-        if dev is not None:
-            if obj["event"] == "revoke":
-                dev._revoke(obj.get("ranges", []))
-            elif obj["event"] == "gone":
-                dev._kill(obj.get("reason", "device gone"))
-            for hook in list(dev.event_hooks):
-                hook(obj)
+        if dev is None:
+            await self._send({"ack": obj["eid"]})
+            return
+        kind = obj["event"]
+        if kind == "revoke":
+            dev._revoke(obj.get("ranges", []))
+        elif kind == "gone":
+            dev._kill(obj.get("reason", "device gone"))
+        elif kind == "table":
+            dev._retable(obj)
+        if dev.freeze_hook is not None and kind in ("freeze", "thaw"):
+            # A filesystem freezes asynchronously (it flushes first); the reader must go on
+            # reading meanwhile, so the hook runs in its own task and acknowledges at the end.
+            self._nursery.start_soon(self._run_hook, dev, obj)
+            return
+        for hook in list(dev.event_hooks):
+            hook(obj)
+        await self._send({"ack": obj["eid"]})
+
+    async def _run_hook(self, dev, obj) -> None:
+        try:
+            await dev.freeze_hook(obj["event"])
+        except Exception:
+            log.exception("%s handler failed", obj["event"])
         await self._send({"ack": obj["eid"]})
 
     async def _send(self, obj: dict, payload: bytes = b"") -> None:
@@ -175,6 +192,7 @@ async def connect(root=None, *, autostart: bool = True, prog: str | None = None)
     client = Client(trio.SocketStream(sock), paths)
     try:
         async with trio.open_nursery() as nursery:
+            client._nursery = nursery
             nursery.start_soon(client._reader)
             try:
                 await client.call("hello", prog=prog or os.path.basename(sys.argv[0] or "python"),
@@ -221,6 +239,14 @@ class Device:
         self._leases: list[Lease] = []
         self.dead: str | None = None
         self.event_hooks: list = []     # called with each event dict before it is acknowledged
+        self.freeze_hook = None         # async fn("freeze" | "thaw"): the filesystem on top
+
+    def _retable(self, info: dict) -> None:
+        """A new table went live: size, DAX capability and the media to flush may differ."""
+        self.nr_sectors = info["nr_sectors"]
+        self.dax = info["dax"]
+        self._flush_set = [self.client.media(n, info["backings"][n]) for n in info["flush_set"]]
+        self._revoke([[0, 1 << 62]])
 
     # -- leases ----------------------------------------------------------------------------
 

@@ -42,7 +42,7 @@ class Connection:
         async with self._send_lock:
             await self.stream.send_all(protocol.encode(obj, payload))
 
-    async def event(self, name: str, *, timeout: float, **args) -> bool:
+    async def event(self, kind: str, /, *, timeout: float, **args) -> bool:
         """Send an event and wait for its acknowledgement; False if none came in time."""
         if self.closed:
             return True     # a closed connection holds nothing any more
@@ -51,7 +51,7 @@ class Connection:
         done = trio.Event()
         self._acks[eid] = [done, None]
         try:
-            await self.send({"event": name, "eid": eid, **args})
+            await self.send({"event": kind, "eid": eid, **args})
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._acks.pop(eid, None)
             return True
@@ -59,7 +59,7 @@ class Connection:
             await done.wait()
         slot = self._acks.pop(eid, None)
         if not done.is_set():
-            log.warning("pid %d (%s) did not acknowledge %s within %ss", self.pid, self.prog, name, timeout)
+            log.warning("pid %d (%s) did not acknowledge %s within %ss", self.pid, self.prog, kind, timeout)
             return False
         return slot is not None
 

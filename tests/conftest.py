@@ -19,4 +19,8 @@ def dmemu_root(monkeypatch):
     monkeypatch.setenv("DMEMU_REVOKE_TIMEOUT", "5")
     yield root
     stop_daemon(root)
+    log = root / "dmemud.log"
+    if log.exists() and "Traceback" in log.read_text():
+        # A traceback in the daemon is a bug even if the test passed: show it.
+        print(log.read_text())
     shutil.rmtree(root, ignore_errors=True)

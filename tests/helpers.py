@@ -33,3 +33,16 @@ def tool(name: str, *args, check: bool = False, input: str | None = None, env=No
     """Run a command from tools/ the way a user would, capturing its output."""
     return subprocess.run([str(TOOLS / name), *map(str, args)], capture_output=True, text=True,
                           input=input, check=check, timeout=120, env=env)
+
+
+def ok(*args, input: str | None = None) -> str:
+    """Run a command from tools/ that must succeed; its standard output."""
+    r = tool(*args, input=input)
+    assert r.returncode == 0, f"{args}: {r.stderr}"
+    return r.stdout
+
+
+async def atool(*args, input: str | None = None) -> subprocess.CompletedProcess:
+    """tool() from an async test, without blocking the trio loop (events keep flowing)."""
+    import trio
+    return await trio.to_thread.run_sync(lambda: tool(*args, input=input))

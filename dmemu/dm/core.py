@@ -38,6 +38,7 @@ class Table:
         self.lines = lines
         self.targets = targets
         self.starts = [t.begin for t in targets]
+        self.inherited_dax = None
 
     @property
     def size(self) -> int:
@@ -45,6 +46,8 @@ class Table:
 
     @property
     def dax_capable(self) -> bool:
+        if self.inherited_dax is not None:
+            return self.inherited_dax
         return bool(self.targets) and all(t.dax_capable() for t in self.targets)
 
     def target_at(self, sector: int):
@@ -345,6 +348,10 @@ class DeviceMapper:
             table = self.build_table(md, text)
         except DMError as e:
             raise DmemuError(e.errno, f"reload ioctl on {md.name} ({md.devno}) failed: {e.message}") from None
+        if not table.devices() and md.live is not None:
+            # As dm_table_determine_type: a table with no devices (error, zero) keeps the
+            # DAX capability of the live one, so `remove --force` works under a DAX user.
+            table.inherited_dax = md.live.dax_capable
         try:
             self._check_dax_change(md, table)
         except DmemuError:
