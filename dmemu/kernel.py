@@ -338,6 +338,9 @@ class Kernel:
                 d.update(backing=sg.base.name, offset=sg.base_sector * SECTOR_SIZE)
                 backings[sg.base.name] = sg.base.media_spec
             segments.append(d)
+        # The client lets a new lease replace whatever it overlaps; keep the same books here,
+        # so the list stays as small as the client's cache and revocations scan only that.
+        h.leases = [x for x in h.leases if x.end <= region.start or x.start >= region.end]
         h.leases.append(Lease(h, region.start, region.end, write, region.backing(), region.path))
         return {"start": region.start, "end": region.end, "write": write, "segments": segments,
                 "backings": backings}

@@ -33,6 +33,10 @@ def build_parser(prog: str) -> ArgumentParser:
     r.add_argument("device")
     a = sub.add_parser("add", help="bring a removed device back")
     a.add_argument("device")
+    pa = sub.add_parser("param", help="show or set a kernel parameter, e.g. 'snapshot_dax off' "
+                        "to refuse snapshots of DAX devices as Linux does")
+    pa.add_argument("name", nargs="?")
+    pa.add_argument("value", nargs="?", choices=("on", "off", "1", "0"))
     return p
 
 
@@ -66,6 +70,16 @@ async def _main(args) -> int:
         elif args.cmd == "remove":
             await k.call("disable", device=args.device)
             print(f"{args.device} removed")
+        elif args.cmd == "param":
+            req = {}
+            if args.name:
+                req["param"] = args.name
+                if args.value is not None:
+                    req["value"] = args.value in ("on", "1")
+            params = (await k.call("dm_param", **req))["params"]
+            for name, value in params.items():
+                if not args.name or name == args.name:
+                    print(f"{name} = {'on' if value else 'off'}")
         elif args.cmd == "add":
             await k.call("enable", device=args.device)
             print(f"{args.device} added")
