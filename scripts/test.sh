@@ -1,6 +1,8 @@
 #!/bin/sh
-# The whole test suite: pytest over every layer (real dmemud processes, real FUSE mounts).
+# The whole test suite: pytest over every layer (real dmemud processes, real FUSE mounts),
+# then the quick group of the fstests-style scripts.
 set -eu
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
-exec .venv/bin/python -m pytest "$@"
+.venv/bin/python -m pytest "$@"
+scripts/check -g quick
