@@ -234,6 +234,7 @@ class Device:
         self.dax = info["dax"]
         self.read_only = info["read_only"]
         self.exclusive = info["exclusive"]
+        self.bio_based = info.get("bio_based", False)
         self._flush_set = [client.media(n, info["backings"][n]) for n in info["flush_set"]]
         self._starts: list[int] = []
         self._leases: list[Lease] = []
@@ -245,6 +246,7 @@ class Device:
         """A new table went live: size, DAX capability and the media to flush may differ."""
         self.nr_sectors = info["nr_sectors"]
         self.dax = info["dax"]
+        self.bio_based = info.get("bio_based", False)
         self._flush_set = [self.client.media(n, info["backings"][n]) for n in info["flush_set"]]
         self._revoke([[0, 1 << 62]])
 
@@ -340,6 +342,8 @@ class Device:
                 buf[pos:pos + n] = seg.media.view_mv[off:off + n]
             elif seg.kind == "zero":
                 buf[pos:pos + n] = bytes(n)
+            elif seg.kind == "bio":
+                buf[pos:pos + n] = await self._bio("read", s, nbytes=n)
             else:
                 raise OSError(errno.EIO, f"{self.name}: {'media error' if seg.kind == 'poison' else 'I/O error'}"
                                          f" at sector {s}")
@@ -361,25 +365,37 @@ class Device:
             n = min(nbytes - pos, (seg.end - s) * SECTOR_SIZE)
             if seg.kind == "map":
                 seg.media.write(seg.offset + (s - seg.start) * SECTOR_SIZE, data[pos:pos + n], fua)
-            elif seg.kind == "poison":
-                # The driver clears poison on write; dmemud does that and revokes our lease.
-                try:
-                    await self.client.call("bio_write", bytes(data[pos:pos + n]), handle=self.handle,
-                                           sector=s, fua=fua)
-                except DmemuError as e:
-                    raise e.as_oserror() from None
+            elif seg.kind in ("poison", "bio"):
+                # dmemud carries these out itself: the driver clears poison on write (and we
+                # get our lease revoked), and log-writes must see every write in order.
+                await self._bio("write", s, bytes(data[pos:pos + n]), fua=fua)
             elif seg.kind != "zero":
                 raise OSError(errno.EIO, f"{self.name}: I/O error at sector {s}")
             pos += n
 
+    async def _bio(self, op: str, sector: int, data: bytes = b"", **args) -> bytes:
+        try:
+            _, out = await self.client.call_data("bio", data, handle=self.handle, bio=op,
+                                                 sector=sector, **args)
+        except DmemuError as e:
+            raise e.as_oserror() from None
+        return out
+
     async def flush(self) -> None:
         if self.dead:
             raise OSError(errno.EIO, f"{self.name}: {self.dead}")
+        if self.bio_based:
+            await self._bio("flush", 0)
+            return
         for media in self._flush_set:
             media.flush()
 
     async def discard(self, sector: int, nr_sectors: int) -> None:
-        await self.write(sector, bytes(nr_sectors * SECTOR_SIZE))
+        if self.bio_based:
+            self._check(sector, nr_sectors * SECTOR_SIZE)
+            await self._bio("discard", sector, nbytes=nr_sectors * SECTOR_SIZE)
+        else:
+            await self.write(sector, bytes(nr_sectors * SECTOR_SIZE))
 
     # -- direct_access ---------------------------------------------------------------------
 

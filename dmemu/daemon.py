@@ -280,13 +280,15 @@ class Server:
         h = self.kernel.handle(conn, _int(req, "handle"))
         return await self.kernel.resolve(h, _int(req, "sector"), _int(req, "nr"), bool(req.get("write")))
 
-    async def op_bio_write(self, conn, req, payload):
+    async def op_bio(self, conn, req, payload):
         h = self.kernel.handle(conn, _int(req, "handle"))
-        cleared = self.kernel.bio_write(h, _int(req, "sector"), payload, bool(req.get("fua")))
-        if cleared:
-            await self.kernel.revoke(lambda lease: any(lease.reaches(b, s, e) for b, s, e in cleared),
-                                     "media error cleared")
-        return {}
+        data, changed = self.kernel.bio(h, str(req.get("bio", "")), _int(req, "sector", 0), payload,
+                                        _int(req, "nbytes", 0) or 0, bool(req.get("fua")),
+                                        bool(req.get("preflush")))
+        if changed:
+            await self.kernel.revoke(lambda lease: any(lease.reaches(b, 0, b.nr_sectors) for b in changed),
+                                     "media errors changed")
+        return {}, data
 
     # -- device-mapper ioctls ----------------------------------------------------------------
 

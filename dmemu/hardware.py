@@ -111,6 +111,8 @@ class BaseDevice:
     def flush(self) -> None:
         self.media.flush()
 
+    bio_based = False
+
     def close(self) -> None:
         self.media.close()
 

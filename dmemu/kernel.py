@@ -301,7 +301,8 @@ class Kernel:
     def device_info(self, dev) -> dict:
         bases = self.dm.base_devices(dev)
         return {"name": dev.name, "devno": dev.devno, "nr_sectors": dev.nr_sectors,
-                "dax": dev.dax_capable, "flush_set": [b.name for b in bases],
+                "dax": dev.dax_capable, "bio_based": getattr(dev, "bio_based", False),
+                "flush_set": [b.name for b in bases],
                 "backings": {b.name: b.media_spec for b in bases}}
 
     def info(self, h: Handle) -> dict:
@@ -345,36 +346,61 @@ class Kernel:
         return {"start": region.start, "end": region.end, "write": write, "segments": segments,
                 "backings": backings}
 
-    def bio_write(self, h: Handle, sector: int, data: bytes, fua: bool) -> list:
-        """A write dmemud performs itself: over media errors, which it clears like the driver.
+    def bio(self, h: Handle, op: str, sector: int, data: bytes = b"", nbytes: int = 0,
+            fua: bool = False, preflush: bool = False):
+        """A bio dmemud carries out itself: writes over media errors (which it clears, as the
+        pmem driver does) and I/O to targets that must see every bio (log-writes).
 
-        Returns the base ranges whose media errors were cleared.
+        Returns (data read, base devices whose media errors changed).
         """
         dev = h.device
-        if h.read_only:
+        if op in ("write", "discard") and h.read_only:
             raise DmemuError(errno.EROFS, f"{dev.name}: opened read-only")
-        n = len(data) // SECTOR_SIZE
+        n = (len(data) if op == "write" else nbytes) // SECTOR_SIZE
         if sector < 0 or sector + n > dev.nr_sectors:
             raise DmemuError(errno.EIO, f"{dev.name}: access beyond end of device")
-        region = dev.region_sync(sector, True)
-        if region.end < sector + n:
-            raise DmemuError(errno.EIO, f"{dev.name}: write crosses a mapping boundary")
-        cleared, pos = [], 0
-        for sg in region.segs:
-            a, b = max(sg.start, sector), min(sg.end, sector + n)
-            if a >= b:
-                continue
-            chunk = data[(a - sector) * SECTOR_SIZE:(b - sector) * SECTOR_SIZE]
-            if sg.kind in ("map", "poison"):
-                base_sector = sg.base_sector + (a - sg.start)
-                sg.base.write(base_sector, chunk, fua=fua)
-                if clear_badblocks(sg.base.spec, base_sector, b - a):
-                    cleared.append((sg.base, base_sector, base_sector + (b - a)))
-            elif sg.kind == "error":
-                raise DmemuError(errno.EIO, f"{dev.name}: I/O error at sector {a}")
-        if cleared:
+        bases = self.dm.base_devices(dev)
+        before = {b.name: [list(x) for x in b.spec.badblocks] for b in bases}
+        out = b""
+        try:
+            if op == "read":
+                out = dev.read(sector, nbytes)
+            elif op == "write":
+                self._clearing_write(dev, sector, data, fua, preflush)
+            elif op == "discard":
+                if isinstance(dev, MappedDevice):
+                    dev.discard(sector, n)
+                else:
+                    self._clearing_write(dev, sector, bytes(n * SECTOR_SIZE), False, False)
+            elif op == "flush":
+                dev.flush()
+            else:
+                raise DmemuError(errno.EINVAL, f"unknown bio operation '{op}'")
+        except OSError as e:
+            raise DmemuError(e.errno or errno.EIO, e.strerror or str(e)) from None
+        changed = [b for b in bases if b.spec.badblocks != before[b.name]]
+        if changed:
             self._save()
-        return cleared
+        return out, changed
+
+    def _clearing_write(self, dev, sector, data, fua, preflush) -> None:
+        """Write, clearing media errors under the written sectors on the way down."""
+        if isinstance(dev, MappedDevice):
+            # Clear under every base range the write reaches, then write through the targets.
+            pos, end = sector, sector + len(data) // SECTOR_SIZE
+            while pos < end:
+                r = dev.region_sync(pos, False) if not dev.bio_based else None
+                if r is None:
+                    break
+                for sg in r.segs:
+                    a, b = max(sg.start, pos), min(sg.end, end)
+                    if a < b and sg.kind == "poison":
+                        clear_badblocks(sg.base.spec, sg.base_sector + (a - sg.start), b - a)
+                pos = min(r.end, end)
+            dev.write(sector, data, fua=fua, preflush=preflush)
+        else:
+            dev.write(sector, data, fua=fua, preflush=preflush)
+            clear_badblocks(dev.spec, sector, len(data) // SECTOR_SIZE)
 
     async def revoke(self, predicate, why: str) -> list:
         """Ask every holder of a lease matching ``predicate`` to drop it; wait for them.

@@ -148,50 +148,78 @@ class MappedDevice:
             await self._drained.wait()
         self._drained = None
 
-    # -- the daemon's own synchronous I/O (copy-on-write, exception store metadata) ----------
+    # -- the daemon's own synchronous I/O (copy-on-write, exception store metadata, bios) ---
 
-    def _segments(self, sector: int, nbytes: int, write: bool):
-        end = sector + -(-nbytes // SECTOR_SIZE)
-        if sector < 0 or end > self.nr_sectors:
+    def _pieces(self, sector: int, nbytes: int):
+        """(target, target-relative sector, byte offset, byte count) over a range."""
+        end = sector * SECTOR_SIZE + nbytes
+        if sector < 0 or end > self.nr_sectors * SECTOR_SIZE:
             raise OSError(errno.EIO, f"{self.name}: access beyond end of device")
-        pos = sector
-        while pos < end:
-            r = self.region_sync(pos, write)
-            for s in r.segs:
-                if s.end <= pos or s.start >= end:
-                    continue
-                a, b = max(s.start, pos), min(s.end, end)
-                yield s, a, b
-            pos = min(r.end, end)
+        pos = 0
+        while pos < nbytes:
+            s = sector + pos // SECTOR_SIZE
+            t = self.live.target_at(s)
+            n = min(nbytes - pos, (t.begin + t.len - s) * SECTOR_SIZE)
+            yield t, s - t.begin, pos, n
+            pos += n
 
     def read(self, sector: int, nbytes: int) -> bytes:
         out = bytearray()
-        for s, a, b in self._segments(sector, nbytes, False):
-            n = min((b - a) * SECTOR_SIZE, nbytes - len(out))
-            if s.kind == "map":
-                out += s.base.read(s.base_sector + (a - s.start), n)
-            elif s.kind == "zero":
-                out += bytes(n)
-            else:
-                raise OSError(errno.EIO, f"{self.name}: I/O error at sector {a}")
+        for t, off, pos, n in self._pieces(sector, nbytes):
+            while n > 0:
+                r = t.remap_sync(off, False)
+                m = min(n, (r.start + r.length - off) * SECTOR_SIZE)
+                if r.kind == "remap":
+                    out += r.lower.read(r.lower_start + off - r.start, m)
+                elif r.kind == "zero":
+                    out += bytes(m)
+                else:
+                    raise OSError(errno.EIO, f"{self.name}: I/O error at sector {t.begin + off}")
+                off, n = off + m // SECTOR_SIZE, n - m
         return bytes(out)
 
     def write(self, sector: int, data, *, fua: bool = False, preflush: bool = False) -> None:
         data = memoryview(bytes(data))
         if preflush:
             self.flush()
-        pos = 0
-        for s, a, b in self._segments(sector, len(data), True):
-            n = min((b - a) * SECTOR_SIZE, len(data) - pos)
-            if s.kind == "map":
-                s.base.write(s.base_sector + (a - s.start), data[pos:pos + n], fua=fua)
-            elif s.kind != "zero":
-                raise OSError(errno.EIO, f"{self.name}: I/O error at sector {a}")
-            pos += n
+        for t, off, pos, n in self._pieces(sector, len(data)):
+            if hasattr(t, "submit_write"):
+                t.submit_write(off, data[pos:pos + n], fua, False)
+                continue
+            while n > 0:
+                r = t.remap_sync(off, True)
+                m = min(n, (r.start + r.length - off) * SECTOR_SIZE)
+                if r.kind == "remap":
+                    r.lower.write(r.lower_start + off - r.start, data[pos:pos + m], fua=fua)
+                elif r.kind != "zero":
+                    raise OSError(errno.EIO, f"{self.name}: I/O error at sector {t.begin + off}")
+                off, pos, n = off + m // SECTOR_SIZE, pos + m, n - m
+
+    def discard(self, sector: int, nr: int) -> None:
+        for t, off, pos, n in self._pieces(sector, nr * SECTOR_SIZE):
+            if hasattr(t, "submit_discard"):
+                t.submit_discard(off, n // SECTOR_SIZE)
+            else:
+                self.write(t.begin + off, bytes(n))
 
     def flush(self) -> None:
-        for base in self.dm.base_devices(self):
-            base.flush()
+        """An empty REQ_PREFLUSH: every target passes it down to all its devices."""
+        if self.live is None:
+            return
+        for t in self.live.targets:
+            if hasattr(t, "submit_flush"):
+                t.submit_flush()
+            else:
+                for d in t.devices():
+                    d.flush()
+
+    @property
+    def bio_based(self) -> bool:
+        """Some target below must see every write and flush itself (log-writes)."""
+        if self.live is None:
+            return False
+        return any(hasattr(t, "submit_write") or getattr(d, "bio_based", False)
+                   for t in self.live.targets for d in t.devices())
 
 
 class DeviceMapper:
@@ -293,6 +321,9 @@ class DeviceMapper:
 
     def table_event(self, md: MappedDevice) -> None:
         md.event_nr += 1
+
+    def log_event(self, message: str) -> None:
+        log.warning("device-mapper: %s", message)
 
     # -- the ioctls ------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 class Seg:
     start: int              # first sector, in the coordinates of the device being resolved
     end: int
-    kind: str               # map, poison, zero, error
+    kind: str               # map, poison, zero, error, bio (dmemud carries out the I/O)
     base: object = None     # the base device (map, poison)
     base_sector: int = 0    # its sector at ``start``
 
@@ -45,7 +45,7 @@ class Remap:
     ``remap`` they map to ``lower`` at ``lower_start`` onwards."""
     start: int
     length: int
-    kind: str = "remap"     # remap, zero, error
+    kind: str = "remap"     # remap, zero, error, bio
     lower: object = None
     lower_start: int = 0
 

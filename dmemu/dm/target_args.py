@@ -85,6 +85,19 @@ class ErrorArgs:
     offset: int = 0
 
 
+@dataclass(frozen=True)
+class LogWritesArgs:
+    """log-writes <dev> <log dev>: writes go to dev and are recorded on the log device."""
+    dev: str
+    log: str
+
+
+def parse_log_writes_args(args) -> LogWritesArgs:
+    if len(args) != 2:
+        raise _fail("log-writes", "Invalid argument count")
+    return LogWritesArgs(args[0], args[1])
+
+
 def _parse_dev_offset(target: str, args) -> tuple[str, int]:
     if len(args) != 2:
         raise _fail(target, "Invalid argument count")
@@ -181,6 +194,7 @@ PARSERS = {
     "snapshot": parse_snapshot_args,
     "zero": parse_zero_args,
     "error": parse_error_args,
+    "log-writes": parse_log_writes_args,
 }
 
 

@@ -5,6 +5,9 @@ snapshot of the device holds a copy of the chunks in it (dmemu.dm.cow). With the
 parameter ``snapshot_dax`` on (the default), the target implements direct_access on those
 terms, so an origin over pmem stays DAX-capable: the 2018 proposal that Linux never built.
 """
+import errno
+
+from ..errors import DMError
 from ..region import Remap
 from ..status import origin_table_text
 from ..target_args import check_device_area
@@ -28,6 +31,9 @@ class OriginTarget(Target):
         return origin_table_text(self.dev.devno)
 
     def remap_sync(self, offset, write):
+        if write:
+            # The daemon's own writes never go through an origin: they would skip the copies.
+            raise DMError(errno.EIO, "snapshot-origin: daemon I/O cannot write an origin")
         return Remap(0, self.len, "remap", self.dev, 0)
 
     async def remap(self, offset, write):
