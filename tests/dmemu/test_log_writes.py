@@ -36,6 +36,8 @@ def test_check_runs_at_every_flush_point_and_stops_at_a_failure(logged):
     out = ok("replay-log", "--log", "/dev/disk0", "--replay", "/dev/mapper/replay", "--check", "flush",
              "--fsck", "true")
     assert out == "checked 3 flush points\n"
+    # Replay starts from the device as it is: put back the initial (zeroed) state first.
+    ok("xfs_io", "-c", "pwrite -S 0 0 12k", "/dev/mapper/replay")
     # A checker that fails once the second write is there: the first failing point is named.
     probe = f"{TOOLS}/xfs_io -c 'pread -v 4096 1' /dev/mapper/replay | grep -q '^00001000:  00'"
     r = tool("replay-log", "--log", "/dev/disk0", "--replay", "/dev/mapper/replay", "--check", "flush",
