@@ -263,6 +263,14 @@ class Server:
                                             bool(req.get("tear")), _int(req, "seed"))
         return {"lost": lost}
 
+    async def op_trace(self, conn, req, payload):
+        dev = str(req.get("device", ""))
+        if req.get("action") == "start":
+            return await self.kernel.trace_start(dev)
+        if req.get("action") == "stop":
+            return await self.kernel.trace_stop(dev)
+        raise invalid("trace action must be start or stop")
+
     async def op_open(self, conn, req, payload):
         h = self.kernel.open(conn, str(req.get("device", "")), bool(req.get("exclusive")),
                              bool(req.get("read_only")))

@@ -61,6 +61,17 @@ class BaseDevice:
         self.media_spec = Media.spec_for(spec.model, image_base, spec.size)
         self.media = Media(self.media_spec, create=create)
         self.removed = False
+        self._unheld = None         # a trio.Event while resolutions are held (trace start/stop)
+
+    def set_trace(self, path: str | None) -> None:
+        """Reopen the media with (or without) a persistence trace; callers hold the device."""
+        spec = dict(self.media_spec)
+        spec.pop("trace", None)
+        if path:
+            spec["trace"] = path
+        self.media.close()
+        self.media_spec = spec
+        self.media = Media(spec)
 
     name = property(lambda self: self.spec.blockdev)
     devno = property(lambda self: self.spec.devno)
@@ -86,6 +97,8 @@ class BaseDevice:
         return Region(0, end, segs)
 
     async def region(self, sector: int, write: bool):
+        while self._unheld is not None:
+            await self._unheld.wait()
         return self.region_sync(sector, write)
 
     def poisoned(self, sector: int, nr: int) -> list[tuple[int, int]]:

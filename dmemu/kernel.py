@@ -446,6 +446,60 @@ class Kernel:
                 nursery.start_soon(one, h)
         return failed
 
+    # -- persistence traces (crash points at every fence) -----------------------------------
+
+    def _trace_paths(self, dev) -> tuple[str, str]:
+        d = self.paths.root / "traces"
+        d.mkdir(exist_ok=True, mode=0o700)
+        return str(d / f"{dev.name}.base"), str(d / f"{dev.name}.trace")
+
+    async def _quiesced(self, dev, why: str, change) -> None:
+        """Hold new resolutions of ``dev``, take back every mapping of it, then ``change()``."""
+        dev._unheld = trio.Event()
+        try:
+            failed = await self.revoke(lambda lease: lease.reaches(dev, 0, dev.nr_sectors), why)
+            if failed:
+                raise DmemuError(errno.ETIMEDOUT, f"{dev.name}: " + ", ".join(
+                    f"pid {c.pid} ({c.prog})" for c in failed) + " did not drop its mappings; "
+                    "nothing was changed")
+            change()
+        finally:
+            held, dev._unheld = dev._unheld, None
+            held.set()
+        await self.refresh_users(dev)
+
+    async def refresh_users(self, base) -> None:
+        """Tell every user standing on ``base`` its media changed (new files to map)."""
+        for h in self.users_through(base):
+            await h.conn.event("table", timeout=revoke_timeout(), handle=h.id,
+                               **self.device_info(h.device))
+
+    async def trace_start(self, ident: str) -> dict:
+        dev = self.lookup(ident)
+        if isinstance(dev, MappedDevice) or dev.spec.model != "adr":
+            raise invalid(f"{dev.name}: persistence traces need an adr namespace (with eadr every "
+                          f"store is durable when it lands: there are no fences to stop at)")
+        if dev.media_spec.get("trace"):
+            raise busy(f"{dev.name}: already tracing to {dev.media_spec['trace']}")
+        base, trace = self._trace_paths(dev)
+
+        def start():
+            from .persist_trace import copy_sparse
+            copy_sparse(dev.media_spec["media"], base)
+            open(trace, "wb").close()
+            dev.set_trace(trace)
+        await self._quiesced(dev, "persistence trace started", start)
+        return {"base": base, "trace": trace}
+
+    async def trace_stop(self, ident: str) -> dict:
+        dev = self.lookup(ident)
+        trace = dev.media_spec.get("trace") if not isinstance(dev, MappedDevice) else None
+        if not trace:
+            raise invalid(f"{dev.name}: not tracing")
+        base, _ = self._trace_paths(dev)
+        await self._quiesced(dev, "persistence trace stopped", lambda: dev.set_trace(None))
+        return {"base": base, "trace": trace}
+
     # -- removal, power failure ------------------------------------------------------------
 
     async def disable(self, ident: str) -> BaseSpec:

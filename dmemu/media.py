@@ -66,6 +66,10 @@ class Media:
         if self.model == "disk":
             fd, self.dirty = _map(spec["dirty"], self.size // PAGE_SIZE + 1, create)
             self._fds.append(fd)
+        self.trace = None
+        if spec.get("trace"):
+            from .persist_trace import TraceWriter
+            self.trace = TraceWriter(spec["trace"])
 
     @staticmethod
     def spec_for(model: str, base: str, size: int) -> dict:
@@ -100,6 +104,8 @@ class Media:
         self.view[off:off + n] = data
         if self.model == "adr" or (fua and self.model == "disk"):
             self.media[off:off + n] = data
+            if self.trace is not None:
+                self.trace.durable(off, data)
         if self.dirty is not None:
             self._mark_dirty(off, n)
 
@@ -115,6 +121,8 @@ class Media:
             a = off - off % CACHELINE
             b = -(-(off + n) // CACHELINE) * CACHELINE
             self.media[a:b] = self.view[a:b]
+            if self.trace is not None:
+                self.trace.durable(a, self.media[a:b])
 
     def flush(self) -> None:
         """REQ_PREFLUSH: empty the volatile write cache of a disk. pmem has none for bios."""
@@ -200,4 +208,7 @@ class Media:
                 pass  # a caller still holds a view of it; the mapping goes with the process
         for fd in self._fds:
             os.close(fd)
+        if self.trace is not None:
+            self.trace.close()
+            self.trace = None
         self._fds.clear()

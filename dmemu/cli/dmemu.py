@@ -33,6 +33,19 @@ def build_parser(prog: str) -> ArgumentParser:
     r.add_argument("device")
     a = sub.add_parser("add", help="bring a removed device back")
     a.add_argument("device")
+    tr = sub.add_parser("trace", help="record what becomes durable on an adr namespace, fence by "
+                        "fence, to rebuild the media as a crash at any fence leaves it")
+    tr.add_argument("action", choices=("start", "stop", "status"))
+    tr.add_argument("device")
+    ci = sub.add_parser("crash-image", help="write the media of a traced namespace as a power "
+                        "failure right after fence K leaves it")
+    ci.add_argument("device")
+    ci.add_argument("--fence", type=int, required=True, help="0 = before the first fence")
+    ci.add_argument("-o", "--output", required=True, help="the image file to write")
+    ci.add_argument("--unflushed", type=float, default=0.0,
+                    help="probability that a line stored but not yet flushed survived")
+    ci.add_argument("--tear", action="store_true", help="surviving unflushed lines tear at 8 bytes")
+    ci.add_argument("--seed", type=int)
     pa = sub.add_parser("param", help="show or set a kernel parameter, e.g. 'snapshot_dax off' "
                         "to refuse snapshots of DAX devices as Linux does")
     pa.add_argument("name", nargs="?")
@@ -70,6 +83,33 @@ async def _main(args) -> int:
         elif args.cmd == "remove":
             await k.call("disable", device=args.device)
             print(f"{args.device} removed")
+        elif args.cmd == "trace":
+            if args.action == "status":
+                from ..persist_trace import read_trace
+                path = k.paths.root / "traces" / f"{args.device.removeprefix('/dev/')}.trace"
+                if not path.exists():
+                    print(f"{args.device}: no trace")
+                else:
+                    print(f"{args.device}: {len(read_trace(str(path)))} fences recorded in {path}")
+            else:
+                r = await k.call("trace", action=args.action, device=args.device)
+                done = "started" if args.action == "start" else "stopped"
+                print(f"{args.device}: trace {done}: base {r['base']}, trace {r['trace']}")
+        elif args.cmd == "crash-image":
+            from ..persist_trace import materialize, read_trace
+            name = args.device.removeprefix("/dev/")
+            tdir = k.paths.root / "traces"
+            if not (tdir / f"{name}.trace").exists():
+                from ..errors import no_device
+                raise no_device(f"{args.device}: no trace recorded: run 'dmemu trace start {name}' first")
+            records = read_trace(str(tdir / f"{name}.trace"))
+            if not 0 <= args.fence <= len(records):
+                from ..errors import invalid
+                raise invalid(f"fence {args.fence} out of range: the trace has {len(records)} fences")
+            n = materialize(str(tdir / f"{name}.base"), records, args.fence, args.output,
+                            unflushed=args.unflushed, tear=args.tear, seed=args.seed)
+            print(f"{args.output}: media after fence {args.fence} of {len(records)}"
+                  + (f", {n} unflushed lines survived" if args.unflushed else ""))
         elif args.cmd == "param":
             req = {}
             if args.name:
