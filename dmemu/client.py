@@ -352,11 +352,18 @@ class Device:
     async def write(self, sector: int, data, *, fua: bool = False, preflush: bool = False) -> None:
         if self.read_only:
             raise OSError(errno.EROFS, f"{self.name}: opened read-only")
-        data = memoryview(data).cast("B")
         nbytes = len(data)
         self._check(sector, nbytes)
         if preflush:
             await self.flush()
+        # The common case, one mapped segment, is a single copy into the mapping.
+        lease = self._lease_at(sector, True)
+        if lease is not None:
+            seg = lease.segment(sector)
+            if seg.kind == "map" and (seg.end - sector) * SECTOR_SIZE >= nbytes:
+                seg.media.write(seg.offset + (sector - seg.start) * SECTOR_SIZE, data, fua)
+                return
+        data = memoryview(data).cast("B")
         pos = 0
         while pos < nbytes:
             s = sector + pos // SECTOR_SIZE
