@@ -123,7 +123,7 @@ def xattr(path, name):
 async def command(t: Target, argv: list[str], opts) -> None:
     cmd, args = argv[0], argv[1:]
     if cmd in ("pwrite", "pread"):
-        seed, bsize, sync_after, flags, verbose = 0xcd, 65536, None, [], False
+        seed, bsize, sync_after, verbose = 0xcd, 65536, None, False
         rest = []
         it = iter(args)
         for a in it:
@@ -182,7 +182,7 @@ async def command(t: Target, argv: list[str], opts) -> None:
     elif cmd == "statx":
         st = os.fstat(host(t).fd)
         attrs = STATX_ATTR_DAX if xattr(t.path, DAX_STATE_XATTR) == "1" else 0
-        print(f"stat.mask = 0x17ff")
+        print("stat.mask = 0x17ff")
         print(f"stat.blksize = {st.st_blksize}")
         print(f"stat.attributes = 0x{attrs:x}")
         print(f"stat.nlink = {st.st_nlink}")

@@ -5,6 +5,7 @@ A DmemuError (or an OSError from the layers below) becomes one line on stderr,
 """
 import argparse
 import logging
+import os
 import sys
 
 import trio
@@ -43,3 +44,11 @@ def run(prog: str, fn, *args) -> int:
         return fail(prog, e.strerror if e.filename is None else f"{e.filename}: {e.strerror}")
     except KeyboardInterrupt:
         return 130
+
+
+def command_main(default_prog: str, build_parser, body, argv=None) -> int:
+    """The whole main() of an async command: parse, set up logging, run ``body(args)``."""
+    prog = os.path.basename(sys.argv[0]) or default_prog
+    args = build_parser(prog).parse_args(argv)
+    setup_logging(int(getattr(args, "verbose", 0) or 0))
+    return run(prog, body, args)

@@ -3,13 +3,12 @@
 Plain disks are non-DAX block devices backed by a file with a volatile write cache, like a
 loop device on a disk: the other half of a mixed DAX/non-DAX table.
 """
-import os
 import sys
 
 from .. import client
 from ..units import human, parse_size
-from .common import ArgumentParser, run, setup_logging
-from .ndctl import dump
+from .common import ArgumentParser, command_main
+from .ndctl import dump, power_fail
 
 
 def build_parser(prog: str) -> ArgumentParser:
@@ -77,9 +76,7 @@ async def _main(args) -> int:
                       f"{'yes' if d['dax'] else 'no':<3} {d['model']:<5} "
                       f"{'live' if d['enabled'] else 'removed'}")
         elif args.cmd == "power-fail":
-            r = await k.call("power_fail", devices=args.devices, tear=args.tear, seed=args.seed)
-            for name, lost in sorted(r["lost"].items()):
-                print(f"{name}: power failed, {lost} bytes not yet durable were lost")
+            await power_fail(k, args)
         elif args.cmd == "remove":
             await k.call("disable", device=args.device)
             print(f"{args.device} removed")
@@ -127,10 +124,7 @@ async def _main(args) -> int:
 
 
 def main(argv=None) -> int:
-    prog = os.path.basename(sys.argv[0]) or "dmemu"
-    args = build_parser(prog).parse_args(argv)
-    setup_logging(args.verbose)
-    return run(prog, _main, args)
+    return command_main("dmemu", build_parser, _main, argv)
 
 
 if __name__ == "__main__":

@@ -2,12 +2,11 @@
 
 Tables come from --table, a file argument, or standard input, as with the real command.
 """
-import os
 import sys
 
 from .. import client
 from ..errors import DmemuError
-from .common import ArgumentParser, run, setup_logging
+from .common import ArgumentParser, command_main
 
 
 def build_parser(prog: str) -> ArgumentParser:
@@ -239,10 +238,7 @@ async def _report(k, args) -> int:
 
 
 def main(argv=None) -> int:
-    prog = os.path.basename(sys.argv[0]) or "dmsetup"
-    args = build_parser(prog).parse_args(argv)
-    setup_logging(args.verbose)
-    return run(prog, _main, args)
+    return command_main("dmsetup", build_parser, _main, argv)
 
 
 if __name__ == "__main__":

@@ -5,12 +5,11 @@ namespace, list, inject-error); ``power-fail`` and ``remove`` are dmemu's additi
 real hardware does by itself. Namespaces are named namespace0.N, their block devices pmemN.
 """
 import json
-import os
 import sys
 
 from .. import client
 from ..units import human, parse_size
-from .common import ArgumentParser, run, setup_logging
+from .common import ArgumentParser, command_main
 
 DEFAULT_SIZE = "256M"
 
@@ -147,17 +146,19 @@ async def _main(args) -> int:
             await k.call("clear_error", device=args.namespace, sector=args.block,
                          count=args.count if args.block is not None else None)
         elif cmd == "power-fail":
-            r = await k.call("power_fail", devices=args.devices, tear=args.tear, seed=args.seed)
-            for name, lost in sorted(r["lost"].items()):
-                print(f"{name}: power failed, {lost} bytes not yet durable were lost")
+            await power_fail(k, args)
     return 0
 
 
+async def power_fail(k, args) -> None:
+    """Shared with `dmemu power-fail`."""
+    r = await k.call("power_fail", devices=args.devices, tear=args.tear, seed=args.seed)
+    for name, lost in sorted(r["lost"].items()):
+        print(f"{name}: power failed, {lost} bytes not yet durable were lost")
+
+
 def main(argv=None) -> int:
-    prog = os.path.basename(sys.argv[0]) or "ndctl"
-    args = build_parser(prog).parse_args(argv)
-    setup_logging(args.verbose)
-    return run(prog, _main, args)
+    return command_main("ndctl", build_parser, _main, argv)
 
 
 if __name__ == "__main__":

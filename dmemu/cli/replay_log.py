@@ -10,7 +10,6 @@ Named and shaped after fstests' src/log-writes/replay-log:
         (replay to each flush or FUA point in turn and run CMD there; stop at the first
          failure, exit 1 and name the entry)
 """
-import os
 import subprocess
 import sys
 
@@ -19,7 +18,7 @@ import trio
 from .. import client
 from ..dm.replay import apply, is_point, mark_name, read_log
 from ..errors import DmemuError
-from .common import ArgumentParser, run, setup_logging
+from .common import ArgumentParser, command_main
 
 
 def build_parser(prog: str) -> ArgumentParser:
@@ -90,9 +89,7 @@ async def _main(args) -> int:
 
 
 def main(argv=None) -> int:
-    prog = os.path.basename(sys.argv[0]) or "replay-log"
-    args = build_parser(prog).parse_args(argv)
-    return run(prog, _main, args)
+    return command_main("replay-log", build_parser, _main, argv)
 
 
 if __name__ == "__main__":

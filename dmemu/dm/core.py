@@ -19,7 +19,7 @@ from ..blockdev import SECTOR_SIZE
 from ..errors import DmemuError, busy, invalid, no_device
 from .cow import Origins
 from .errors import DMError
-from .region import Region, Seg, flat, lift
+from .region import Region, flat, lift
 from .table import format_table_line, parse_table
 from .target_args import construct_line
 from .targets import TARGETS

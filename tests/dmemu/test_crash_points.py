@@ -1,6 +1,4 @@
 """Crash points on adr pmem: the media as a power failure at each fence would leave it."""
-import pytest
-
 from dmemu import client
 from tests.helpers import ok, tool
 
