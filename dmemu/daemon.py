@@ -25,6 +25,12 @@ log = logging.getLogger(__name__)
 
 VERSION = 1
 
+# Operations after which devices may have appeared, gone, been renamed or resized: each
+# bumps the server's device generation, so that a watcher (the device view) follows without
+# re-reading the lists on every lookup. Failed attempts bump too; a spurious bump is harmless.
+DEVICE_CHANGING_OPS = frozenset({"create_namespace", "destroy", "create_disk", "disable", "enable",
+                                 "power_fail", "dm_create", "dm_resume", "dm_remove", "dm_rename"})
+
 
 class Connection:
     def __init__(self, server: "Server", stream: trio.SocketStream, pid: int):
@@ -121,6 +127,8 @@ class Connection:
             log.exception("operation %s failed", op)
             reply, data = {"id": rid, "error": {"errno": errno.EIO,
                                                 "message": f"dmemud: internal error in {op}; see {self.server.paths.log}"}}, b""
+        if op in DEVICE_CHANGING_OPS:
+            self.server.devices_changed()     # before the reply: its sender may look at once
         try:
             await self.send(reply, data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -146,6 +154,13 @@ class Server:
         self.connections: set[Connection] = set()
         self.stop = trio.Event()
         self.stopping = False
+        self.generation = 0
+        self._changed = trio.Event()
+
+    def devices_changed(self) -> None:
+        self.generation += 1
+        self._changed.set()
+        self._changed = trio.Event()
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         self.kernel.boot()
@@ -221,6 +236,13 @@ class Server:
         await k.kill_handles(users, "dmemud shut down")
         self.stopping = True     # stop once this reply has gone out
         return {}
+
+    async def op_changes(self, conn, req, payload):
+        """The device generation; with ``wait``, answered only once it differs from ``since``."""
+        since = _int(req, "since")
+        while req.get("wait") and since == self.generation:
+            await self._changed.wait()
+        return {"generation": self.generation}
 
     async def op_create_namespace(self, conn, req, payload):
         size = parse_size(req.get("size", ""), what="size")
