@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 # How far a write region may grow past the chunk asked for, over chunks every snapshot
 # already holds: fewer round trips for rewrites, small enough to keep revocations cheap.
-MAX_REGION_CHUNKS = 1024
+MAX_REGION_CHUNKS = 64
 
 
 class Origins:

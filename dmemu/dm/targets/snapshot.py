@@ -21,7 +21,7 @@ from .base import Target
 log = logging.getLogger(__name__)
 
 # How many neighbouring chunks one read region may cover, when they map the same way.
-MAX_RUN = 1024
+MAX_RUN = 256
 
 
 class SnapshotTarget(Target):
