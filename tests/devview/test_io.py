@@ -196,3 +196,14 @@ def test_suspended_device_holds_io_until_resume_and_the_view_stays_responsive(vi
         if reader.poll() is None:
             reader.kill()
             reader.wait()
+
+
+def test_truncating_opens_and_truncate_leave_the_device_alone(view):
+    ok("ndctl", "create-namespace", "-s", "4M")
+    f = view / "pmem0"
+    dd_ok(f"of={f}", "bs=4k", "seek=1", "count=1", input=b"k" * 4096)    # no notrunc: ftruncate
+    with open(f, "w") as out:                                             # O_TRUNC
+        out.write("hi")
+    os.truncate(f, 0)
+    assert os.stat(f).st_size == 4 * MiB
+    assert dd_ok(f"if={f}", "bs=4k", "count=2") == b"hi" + bytes(4094) + b"k" * 4096
