@@ -34,7 +34,7 @@ def build_parser(prog: str) -> ArgumentParser:
     p.add_argument("--stop", action="store_true", help="unmount the view and wait for it to end")
     p.add_argument("--debug-fuse", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
-    p.add_argument("-v", "--verbose", action="count", default=0)
+    p.add_argument("-v", "--verbose", action="count", default=0, help="say more (-vv: debug)")
     return p
 
 
