@@ -19,7 +19,9 @@ The files behave as block devices: reads and writes go through dmemud's device s
 is a cache flush, O_DIRECT needs 512-byte aligned offsets and sizes, writes past the end fail
 with ENOSPC. They are regular files to the host, so ioctls such as 'blockdev --getsize64'
 cannot work on them: use 'stat -c %s FILE' for the size, or 'losetup -f --show FILE' for a
-real block device."""
+real block device. O_EXCL never reaches the view (FUSE drops it from open flags), so an
+exclusive claim needs a dmemu client (a daxfs mount); opening for writing a device that
+someone claimed fails with EBUSY. Shared mmap of the files is refused (ENODEV)."""
 
 
 def build_parser(prog: str) -> ArgumentParser:
@@ -32,7 +34,7 @@ def build_parser(prog: str) -> ArgumentParser:
     p.add_argument("--stop", action="store_true", help="unmount the view and wait for it to end")
     p.add_argument("--debug-fuse", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
-    p.add_argument("-v", "--verbose", action="count", default=0)
+    p.add_argument("-v", "--verbose", action="count", default=0, help="say more (-vv: debug)")
     return p
 
 
@@ -63,6 +65,11 @@ def main(argv=None) -> int:
 
 
 def _foreground(paths: StatePaths, mountpoint: str, args) -> int:
+    if args.ready_fd is not None:
+        # Daemonized: stderr is devview.log, where times say when things happened.
+        for h in logging.getLogger().handlers:
+            h.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+
     def ready():
         control.write_record(paths, mountpoint)
         if args.ready_fd is not None:

@@ -43,6 +43,14 @@ class DevViewOps(pyfuse3.Operations):
 
     # -- names -----------------------------------------------------------------------------
 
+    async def _refresh(self) -> None:
+        try:
+            await self.refresh()
+        except (OSError, DmemuError) as e:
+            # dmemud is gone: the view is about to unmount itself; answer, do not crash.
+            log.warning("cannot reach dmemud: %s", e)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
     def _node(self, inode):
         node = self.tree.nodes.get(inode)
         if node is None:
@@ -50,7 +58,7 @@ class DevViewOps(pyfuse3.Operations):
         return node
 
     async def lookup(self, parent_inode, name, ctx=None):
-        await self.refresh()
+        await self._refresh()
         node = self.tree.child(parent_inode, _name(name))
         if node is None or node.gone:
             raise pyfuse3.FUSEError(errno.ENOENT)
@@ -65,7 +73,7 @@ class DevViewOps(pyfuse3.Operations):
                 self.tree.maybe_drop(node)
 
     async def getattr(self, inode, ctx=None):
-        await self.refresh()
+        await self._refresh()
         return self._node(inode).attributes(self.uid, self.gid)
 
     async def setattr(self, inode, attr, fields, fh, ctx):
@@ -80,7 +88,7 @@ class DevViewOps(pyfuse3.Operations):
         return os.fsencode(node.target)
 
     async def opendir(self, inode, ctx):
-        await self.refresh()
+        await self._refresh()
         node = self._node(inode)
         if node.kind != "dir" or node.gone:
             raise pyfuse3.FUSEError(errno.ENOTDIR if node.kind != "dir" else errno.ENOENT)

@@ -47,8 +47,8 @@ class DevView:
             changes = self.tree.update(*entries(bases, dms))
             self.generation = gen
         if changes:
-            log.info("devices changed: %d gone, %d added, %d resized",
-                     len(changes.gone), len(changes.added), len(changes.resized))
+            log.info("devices changed: %d gone, %d renamed, %d added, %d resized", len(changes.gone),
+                     len(changes.moved), len(changes.added), len(changes.resized))
             try:
                 self._send.send_nowait(changes)
             except trio.WouldBlock:
@@ -66,10 +66,13 @@ class DevView:
 
 
 def _invalidate(changes: Changes) -> None:
-    for parent, name, inode in changes.gone + changes.added:
+    # A removed device's entry is deleted (its open files see nlink 0, "(deleted)" in
+    # /proc/PID/fd); a renamed or new name is only dropped, to be looked up again.
+    for (parent, name, inode), deleted in ([(g, True) for g in changes.gone]
+                                           + [(m, False) for m in changes.moved + changes.added]):
         try:
-            pyfuse3.invalidate_entry(parent, os.fsencode(name),
-                                     deleted=inode if (parent, name, inode) in changes.gone else 0)
+            pyfuse3.invalidate_entry(parent, os.fsencode(name), deleted=inode if deleted else 0)
+            log.debug("invalidated %s in inode %d", name, parent)
         except OSError as e:
             if e.errno not in (errno.ENOENT, errno.ENOTDIR):
                 log.warning("invalidate %s: %s", name, e)

@@ -50,7 +50,7 @@ class Node:
         else:
             # Block devices are root:disk 0660 in Linux; a read-only device loses its write bits.
             a.st_mode = stat.S_IFREG | (0o440 if self.read_only else 0o660)
-            a.st_nlink, a.st_size = 1, self.size
+            a.st_nlink, a.st_size = (0 if self.gone else 1), self.size
         a.st_uid, a.st_gid = uid, gid
         a.st_blksize = 4096
         a.st_blocks = (a.st_size + 511) // 512
@@ -67,12 +67,13 @@ class Node:
 @dataclass
 class Changes:
     """What an update did, for the kernel's caches: entries to drop, inodes to re-read."""
-    gone: list = field(default_factory=list)        # (parent inode, name, inode)
+    gone: list = field(default_factory=list)        # (parent inode, name, inode): device removed
+    moved: list = field(default_factory=list)       # (parent inode, old name, inode): renamed
     resized: list = field(default_factory=list)     # inodes whose size changed
     added: list = field(default_factory=list)       # (parent inode, name, inode)
 
     def __bool__(self):
-        return bool(self.gone or self.resized or self.added)
+        return bool(self.gone or self.moved or self.resized or self.added)
 
 
 class Tree:
@@ -126,10 +127,11 @@ class Tree:
             want = wanted.get(key)
             if want is None or self._parent_inode(want[1]) != node.parent or want[2] != node.name:
                 self.children[node.parent].pop(node.name, None)
-                changes.gone.append((node.parent, node.name, node.inode))
                 if want is None:
+                    changes.gone.append((node.parent, node.name, node.inode))
                     self._retire(node)
                 else:
+                    changes.moved.append((node.parent, node.name, node.inode))
                     node.name = None            # re-linked below under its new name
         for key, (kind, parent, name, entry) in wanted.items():
             parent = self._parent_inode(parent)

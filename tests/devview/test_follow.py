@@ -7,7 +7,7 @@ import trio
 import trio.testing
 
 from dmemu import client
-from tests.devview.viewhelp import dd_ok
+from tests.devview.viewhelp import dd_ok, wait_for
 from tests.helpers import atool, ok
 
 MiB = 1 << 20
@@ -101,3 +101,29 @@ async def test_changes_long_poll_answers_when_the_generation_moves(dmemu_root):
             assert got == []
             assert (await atool("dmemu", "disk", "create", "-s", "1M")).returncode == 0
         assert got == [g + 1]
+
+
+
+def test_the_kernel_drops_entries_of_devices_that_went(view):
+    """Nothing walks the paths here: only the view's invalidations can unhash the entries
+    the open files hold, which the kernel shows as ' (deleted)' in /proc/self/fd."""
+    ok("ndctl", "create-namespace", "-s", "4M")
+    ok("dmsetup", "create", "a", "--table", "0 8 zero")
+    ok("dmsetup", "create", "b", "--table", "0 8 zero")
+    fds = {p: os.open(view / p, os.O_RDONLY) for p in ("pmem0", "mapper/a", "mapper/b")}
+
+    def dropped(p):
+        return os.readlink(f"/proc/self/fd/{fds[p]}").endswith(" (deleted)")
+    try:
+        assert not any(dropped(p) for p in fds)
+        ok("ndctl", "disable-namespace", "namespace0.0")
+        wait_for(lambda: dropped("pmem0"), what="pmem0 to be dropped")
+        assert os.fstat(fds["pmem0"]).st_nlink == 0
+        ok("dmsetup", "rename", "b", "c")
+        wait_for(lambda: dropped("mapper/b"), what="mapper/b to be dropped")
+        assert os.fstat(fds["mapper/b"]).st_nlink == 1          # renamed, not removed
+        assert not dropped("mapper/a")
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    ok("dmsetup", "remove", "a")

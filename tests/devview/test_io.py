@@ -196,3 +196,42 @@ def test_suspended_device_holds_io_until_resume_and_the_view_stays_responsive(vi
         if reader.poll() is None:
             reader.kill()
             reader.wait()
+
+
+def test_truncating_opens_and_truncate_leave_the_device_alone(view):
+    ok("ndctl", "create-namespace", "-s", "4M")
+    f = view / "pmem0"
+    dd_ok(f"of={f}", "bs=4k", "seek=1", "count=1", input=b"k" * 4096)    # no notrunc: ftruncate
+    with open(f, "w") as out:                                             # O_TRUNC
+        out.write("hi")
+    os.truncate(f, 0)
+    assert os.stat(f).st_size == 4 * MiB
+    assert dd_ok(f"if={f}", "bs=4k", "count=2") == b"hi" + bytes(4094) + b"k" * 4096
+
+
+def test_random_unaligned_io_matches_a_model(view):
+    ok("ndctl", "create-namespace", "-s", "4M")
+    ok("dmsetup", "create", "lin", "--table", "0 64 linear pmem0 8")       # 32 KiB, odd start
+    size = 64 * 512
+    model = bytearray(size)
+    rng = random.Random(7)
+    fd = os.open(view / "mapper/lin", os.O_RDWR)
+    try:
+        for step in range(300):
+            off = rng.randrange(size + 600)
+            n = rng.choice([1, 7, 511, 512, 513, 1500, 4096, 5000])
+            if rng.random() < 0.6:
+                data = rng.randbytes(n)
+                if off >= size:
+                    with pytest.raises(OSError) as e:
+                        os.pwrite(fd, data, off)
+                    assert e.value.errno == errno.ENOSPC
+                    continue
+                done = os.pwrite(fd, data, off)
+                assert done == min(n, size - off), step
+                model[off:off + done] = data[:done]
+            else:
+                assert os.pread(fd, n, off) == bytes(model[off:off + n]), step
+    finally:
+        os.close(fd)
+    assert device_bytes("lin", 0, size) == bytes(model)

@@ -56,7 +56,7 @@ def test_tree_keeps_inodes_through_rename_and_resize_and_reports_changes():
     c = t.update(*entries([base("pmem0", "u0")], [dm("b", 0, size=16), dm("vg-lv", 1, uuid="LVM-1")]))
     assert names(t, t.mapper) == ["b", "vg-lv"]
     assert t.child(t.mapper, "b").inode == ino_a and t.child(t.mapper, "b").size == 16 * 512
-    assert c.gone == [(t.mapper, "a", ino_a)] and (t.mapper, "b", ino_a) in c.added
+    assert c.moved == [(t.mapper, "a", ino_a)] and not c.gone and (t.mapper, "b", ino_a) in c.added
     assert c.resized == [ino_a]
     assert not t.update(*entries([base("pmem0", "u0")], [dm("b", 0, size=16), dm("vg-lv", 1, uuid="LVM-1")]))
 

@@ -6,8 +6,8 @@ import tempfile
 
 import pytest
 
-from tests.devview.viewhelp import device_bytes
-from tests.helpers import ok, tool
+from tests.devview.viewhelp import device_bytes, wait_for
+from tests.helpers import TOOLS, ok, tool
 
 MiB = 1 << 20
 
@@ -95,3 +95,34 @@ def test_stop_refuses_while_files_are_open_and_another_mountpoint_works(view, tm
         r = tool("dmemu-devview", "--stop", "-m", str(other))
         assert r.returncode == 0, r.stderr
     assert not os.path.ismount(other)
+
+
+def test_foreground_view_serves_until_stopped(dmemu_root, tmp_path):
+    ok("ndctl", "create-namespace", "-s", "4M")
+    mp = tmp_path / "fg"
+    proc = subprocess.Popen([str(TOOLS / "dmemu-devview"), "-f", "-m", str(mp)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: os.path.ismount(mp) or proc.poll() is not None, what="the mount")
+        assert proc.poll() is None, proc.stderr.read()
+        assert sorted(os.listdir(mp)) == ["mapper", "pmem0"]
+        r = tool("dmemu-devview", "--stop", "-m", str(mp))
+        assert r.returncode == 0, r.stderr
+        assert proc.wait(timeout=30) == 0
+        assert proc.stderr.read() == ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if os.path.ismount(mp):
+            subprocess.run(["fusermount3", "-u", "-z", str(mp)], capture_output=True)
+    assert not os.path.ismount(mp)
+
+
+def test_the_view_unmounts_itself_when_dmemud_stops(view):
+    ok("ndctl", "create-namespace", "-s", "4M")
+    assert os.path.exists(view / "pmem0")
+    ok("dmemud", "stop")
+    wait_for(lambda: not os.path.ismount(view), what="the view to unmount itself")
+    r = tool("dmemu-devview", "--stop")
+    assert (r.returncode, r.stderr) == (1, f"dmemu-devview: no device view is mounted at {view}\n")

@@ -35,3 +35,4 @@ def device_bytes(name: str, offset: int, n: int) -> bytes:
         async with client.open_device(name, read_only=True) as dev:
             return await dev.read(offset // 512, n)
     return trio.run(go)
+
