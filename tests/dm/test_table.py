@@ -2,6 +2,7 @@
 import errno
 
 import pytest
+from hypothesis import given, strategies as st
 
 from dmemu.dm.errors import DMError, TableError
 from dmemu.dm.table import TableLine, format_table_line, parse_table, table_length
@@ -80,3 +81,19 @@ def test_daemon_may_register_its_own_targets():
 ])
 def test_format_table_line(args, expected):
     assert format_table_line(*args) == expected
+
+
+@given(st.lists(st.tuples(st.integers(1, 1 << 30),
+                          st.sampled_from(["linear pmem0 0", "zero", "error", "snapshot-origin 259:0"])),
+                min_size=1, max_size=20))
+def test_dmsetup_table_output_parses_back_to_the_same_lines(spec):
+    """What we print for a table is a table we accept, with the same lines."""
+    start, out = 0, []
+    for length, target_text in spec:
+        target, _, text = target_text.partition(" ")
+        out.append(format_table_line(start, length, target, text))
+        start += length
+    lines = parse_table("\n".join(out))
+    assert [(l.start, l.length, l.target_name, " ".join(l.args)) for l in lines] == \
+        [(sum(s[0] for s in spec[:i]), length, *tt.partition(" ")[::2])
+         for i, (length, tt) in enumerate(spec)]
