@@ -1,19 +1,18 @@
-"""The pure, kernel-faithful pieces of dmemu's device-mapper emulation.
-
-Nothing here owns a device or does I/O scheduling: dmemud's core resolves device names,
-keeps tables live and inactive, and calls into these modules to parse tables, validate
-target constructor arguments, format `dmsetup table`/`status` text and run the snapshot
-exception stores (persistent `P`/`PO` in Linux's on-disk layout, transient `N`).
+"""dmemu's device-mapper emulation.
 
 Modules:
+    core             mapped devices, table slots, suspend/resume, the ioctls
+    region           resolution of a device range down to the media (what leases are)
+    cow              copy-on-write between an origin and its snapshots
+    targets/         one module per target: linear, snapshot-origin, snapshot, zero, error,
+                     log-writes
+    replay           reading and replaying a log-writes log
     errors           DMError (errno + kernel-voiced message) and its subclasses
     table            table text -> TableLine values; dmsetup's line format
-    target_args      constructor arguments of linear, snapshot-origin, snapshot, zero, error
-    table_type       BIO_BASED vs DAX_BIO_BASED, and the reload rule with its explanation
+    target_args      constructor arguments of every target, in the kernel's words
     exception_store  the store interface, chunk-size validation, the P/PO/N factory
     persistent       the P/PO store in Linux's on-disk format
     transient        the N store
-    chunk_io         splitting bios at chunk boundaries, COW remapping
     status           the target text of `dmsetup table` and `dmsetup status`
 
 Devices handed to the stores are synchronous objects with ``name``, ``devno``,
