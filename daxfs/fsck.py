@@ -201,8 +201,9 @@ class Checker:
     def check_inodes(self) -> None:
         """Every inode the bitmap calls in use must decode and have a sane type."""
         for ino in sorted(self.bad_inodes):
+            # clearing it = leaving it out of the rebuilt inode bitmap (check_bitmaps)
             if self.problem(f"inode {ino}: {self.inode_errors[ino]}; clearing it", fixable=True):
-                self.ibm.set_run(ino, 1, False)
+                self._write_slot(ino, bytes(fmt.INODE_SIZE))
         root = self.inodes.get(self.sb.root_ino)
         if root is None or not root.is_dir:
             self.problem("root inode missing or not a directory")
@@ -366,6 +367,9 @@ class Checker:
                 fmt.unpack_xattrs(await self.read(inode.xattr_block))
             except PARSE_ERRORS as e:
                 if self.problem(f"inode {inode.ino}: {e}; dropping its xattrs", fixable=True):
+                    b = inode.xattr_block
+                    if self.owner.get(b) == inode.ino:
+                        self.used.data[b >> 3] &= ~(1 << (b & 7)) & 0xFF
                     inode.xattr_block = 0
                     self._write_inode(inode)
 
