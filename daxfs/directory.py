@@ -185,7 +185,8 @@ class Directory:
         bi = start // BS
         nblocks = len(self.blocks)
         while bi < nblocks:
-            buf = self.blocks[bi]
+            # a snapshot: the caller may await between entries while records change
+            buf = bytes(self.blocks[bi])
             base = bi * BS
             off = 0
             while off < BS:
