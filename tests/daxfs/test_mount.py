@@ -1,0 +1,307 @@
+"""Real FUSE mounts of an image file, driven by ordinary shell tools.
+
+Each test gets a fresh image in tmp_path, mounted by the daxfs command (which returns once
+the mount is live); teardown unmounts it, waits for the daemon to release the image (its
+flock, waited on with a timeout), and checks that fsck finds nothing wrong.
+"""
+import errno
+import hashlib
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+TOP = Path(__file__).resolve().parents[2]
+TOOLS = TOP / "tools"
+DOCS = Path("/usr/share/doc")
+
+pytestmark = pytest.mark.skipif(
+    not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None or os.geteuid() != 0,
+    reason="real FUSE mounts need /dev/fuse, fusermount3 and root")
+
+
+def run(*cmd, check=True, user=None, **kw):
+    if user is not None:
+        cmd = ("setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups") + cmd
+    r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=300, **kw)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({r.returncode}): {r.stderr.strip()}")
+    return r
+
+
+def sh(script, **kw):
+    return run("sh", "-ec", script, **kw)
+
+
+def is_mounted(mnt) -> bool:
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == str(mnt) for line in f)
+
+
+class Mount:
+    def __init__(self, image: Path, mnt: Path):
+        self.image, self.mnt = image, mnt
+
+    def mount(self, opts="allow_other,default_permissions", helper=False):
+        if helper:
+            r = run(TOOLS / "mount.fuse.daxfs", self.image, self.mnt, "-o", opts, check=False)
+        else:
+            r = run(TOOLS / "daxfs", self.image, self.mnt, "-o", opts, check=False)
+        assert r.returncode == 0, r.stderr
+        assert is_mounted(self.mnt)       # the command returned only once it was live
+        return self
+
+    def unmount(self):
+        if is_mounted(self.mnt):
+            run("fusermount3", "-u", self.mnt)
+        # the daemon holds the image's flock until it has committed and exited
+        run("flock", "-w", "60", self.image, "true")
+
+    def fsck(self):
+        r = run(TOOLS / "fsck.daxfs", "-n", self.image, check=False)
+        assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.fixture
+def image(tmp_path):
+    img = tmp_path / "fs.img"
+    with open(img, "wb") as f:
+        f.truncate(512 << 20)
+    run(TOOLS / "mkfs.daxfs", "-L", "test", img)
+    return img
+
+
+@pytest.fixture
+def mntdir():
+    """A mount point other users can reach (pytest's tmp_path is root-only)."""
+    d = Path(tempfile.mkdtemp(prefix="daxfs-mnt-"))
+    d.chmod(0o755)
+    yield d
+    if not is_mounted(d):
+        d.rmdir()
+
+
+@pytest.fixture
+def m(image, mntdir):
+    mount = Mount(image, mntdir)
+    yield mount.mount()
+    mount.unmount()
+    mount.fsck()
+
+
+def test_files_stat_and_persistence(m):
+    mnt = m.mnt
+    sh(f"echo hello > {mnt}/a; mkdir -p {mnt}/d/e; ln {mnt}/a {mnt}/d/hard; "
+       f"ln -s ../a {mnt}/d/sym; chmod 0640 {mnt}/a")
+    st = os.stat(mnt / "a")
+    assert st.st_size == 6 and stat.S_IMODE(st.st_mode) == 0o640 and st.st_nlink == 2
+    assert os.stat(mnt / "d").st_nlink == 3
+    assert run("stat", "-c", "%s %h %F", mnt / "d/sym").stdout.split()[0] == "4"
+    assert (mnt / "d/sym").read_text() == "hello\n"
+    assert os.readlink(mnt / "d/sym") == "../a"
+    m.unmount()
+    m.mount()
+    assert (mnt / "d/hard").read_text() == "hello\n"
+    assert sorted(os.listdir(mnt / "d")) == ["e", "hard", "sym"]
+
+
+def test_cp_tar_find_roundtrip(m, tmp_path):
+    src = DOCS
+    run("cp", "-a", src, m.mnt / "doc")
+    run("diff", "-r", "--no-dereference", src, m.mnt / "doc")
+    n_src = len(run("find", src).stdout.splitlines())
+    assert len(run("find", m.mnt / "doc").stdout.splitlines()) == n_src
+    out = tmp_path / "out"
+    out.mkdir()
+    sh(f"tar -C {m.mnt} -cf - doc | tar -C {out} -xf -")
+    run("diff", "-r", "--no-dereference", src, out / "doc")
+    run("mv", m.mnt / "doc", m.mnt / "doc2")
+    run("rm", "-rf", m.mnt / "doc2")
+    assert os.listdir(m.mnt) == []
+
+
+def test_dd_large_and_sparse(m):
+    f = m.mnt / "big"
+    run("dd", "if=/dev/urandom", f"of={f}", "bs=1M", "count=48", "conv=fsync", "status=none")
+    data = f.read_bytes()
+    assert len(data) == 48 << 20
+    m.unmount()
+    m.mount()
+    assert hashlib.sha256(f.read_bytes()).digest() == hashlib.sha256(data).digest()
+    s = m.mnt / "sparse"
+    run("dd", "if=/dev/zero", f"of={s}", "bs=4096", "count=1", "seek=1310720", "status=none")
+    st = os.stat(s)
+    assert st.st_size == 5 * (1 << 30) + 4096
+    assert st.st_blocks <= 8 * 2
+    with open(s, "rb") as fh:
+        fh.seek(3 << 30)
+        assert fh.read(8192) == bytes(8192)
+    run("truncate", "-s", "100", s)
+    assert os.stat(s).st_size == 100 and os.stat(s).st_blocks <= 8
+
+
+def test_df_real_numbers(m):
+    before = os.statvfs(m.mnt)
+    assert before.f_bsize == 4096 and before.f_blocks == (512 << 20) // 4096
+    assert before.f_namemax == 255
+    run("dd", "if=/dev/zero", f"of={m.mnt}/f", "bs=1M", "count=8", "status=none")
+    after = os.statvfs(m.mnt)
+    assert before.f_bfree - after.f_bfree >= 2048
+    assert before.f_ffree - after.f_ffree == 1
+    df = run("df", "-B4096", "--output=size", m.mnt).stdout.split()
+    assert int(df[-1]) == before.f_blocks
+
+
+def test_xattrs_shell(m):
+    if shutil.which("setfattr") is None:
+        pytest.skip("setfattr/getfattr missing: install the Debian package 'attr'")
+    f = m.mnt / "x"
+    f.write_text("x")
+    run("setfattr", "-n", "user.color", "-v", "blue", f)
+    run("setfattr", "-n", "trusted.t", "-v", "0x00ff", f)
+    out = run("getfattr", "-d", "-m", "-", "--absolute-names", f).stdout
+    assert 'user.color="blue"' in out and "trusted.t=" in out
+    run("setfattr", "-x", "user.color", f)
+    r = run("getfattr", "-n", "user.color", f, check=False)
+    assert r.returncode != 0 and "No such attribute" in r.stderr
+    assert os.getxattr(f, "trusted.t") == b"\x00\xff"
+
+
+def test_permissions_for_unprivileged_user(m):
+    mnt = m.mnt
+    sh(f"mkdir {mnt}/rootonly && echo secret > {mnt}/rootonly/s && chmod 600 {mnt}/rootonly/s;"
+       f"mkdir {mnt}/shared && chmod 1777 {mnt}/shared")
+    nobody = 65534
+    r = run("touch", mnt / "nope", user=nobody, check=False)
+    assert r.returncode != 0 and "Permission denied" in r.stderr
+    r = run("cat", mnt / "rootonly/s", user=nobody, check=False)
+    assert r.returncode != 0 and "Permission denied" in r.stderr
+    run("sh", "-c", f"echo mine > {mnt}/shared/n", user=nobody)
+    st = os.stat(mnt / "shared/n")
+    assert (st.st_uid, st.st_gid) == (nobody, nobody)
+    r = run("chmod", "777", mnt / "rootonly", user=nobody, check=False)
+    assert r.returncode != 0 and "Operation not permitted" in r.stderr
+    (mnt / "shared/rootfile").write_text("r")
+    r = run("rm", "-f", mnt / "shared/rootfile", user=nobody, check=False)
+    assert r.returncode != 0                         # sticky directory
+    assert run("cat", mnt / "shared/n", user=nobody).stdout == "mine\n"
+
+
+def test_special_files_and_unlinked_open_file(m):
+    mnt = m.mnt
+    os.mkfifo(mnt / "fifo")
+    assert stat.S_ISFIFO(os.stat(mnt / "fifo").st_mode)
+    os.mknod(mnt / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    assert os.stat(mnt / "null").st_rdev == os.makedev(1, 3)
+    # an unlinked open file stays readable and is freed at close
+    free0 = os.statvfs(mnt).f_bfree
+    with open(mnt / "tmp", "wb+") as f:
+        f.write(b"z" * (4 << 20))
+        f.flush()
+        os.fsync(f.fileno())
+        os.unlink(mnt / "tmp")
+        f.seek(0)
+        assert f.read(3) == b"zzz"
+    # the kernel releases asynchronously after close; an fsync of the root waits for it
+    fd = os.open(mnt, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+    assert os.statvfs(mnt).f_bfree >= free0 - 2
+
+
+def test_rename_and_errors_through_fuse(m):
+    mnt = m.mnt
+    (mnt / "a").write_text("a")
+    (mnt / "b").write_text("b")
+    os.mkdir(mnt / "d")
+    (mnt / "d/x").write_text("x")
+    with pytest.raises(OSError) as e:
+        os.rmdir(mnt / "d")
+    assert e.value.errno == errno.ENOTEMPTY
+    with pytest.raises(OSError) as e:
+        os.open(mnt / ("n" * 256), os.O_CREAT | os.O_WRONLY)
+    assert e.value.errno == errno.ENAMETOOLONG
+    with pytest.raises(OSError) as e:
+        os.rename(mnt / "d", mnt / "d/sub")
+    assert e.value.errno == errno.EINVAL
+    os.rename(mnt / "a", mnt / "b")
+    assert (mnt / "b").read_text() == "a" and not (mnt / "a").exists()
+    run("mv", "-T", "--exchange", mnt / "b", mnt / "d/x", check=False)
+    fd = os.open(mnt / "d", os.O_RDONLY)
+    os.fsync(fd)                       # fsyncdir must work, not ENOSYS
+    os.close(fd)
+
+
+def test_large_directory_listing(m):
+    d = m.mnt / "many"
+    d.mkdir()
+    n = 5000
+    for i in range(n):
+        (d / f"f{i:05d}").touch()
+    names = os.listdir(d)
+    assert len(names) == n and len(set(names)) == n
+    assert len(run("find", d, "-type", "f").stdout.splitlines()) == n
+    m.unmount()
+    m.mount()
+    assert len(os.listdir(d)) == n
+
+
+def test_second_rw_mount_and_mkfs_refused(m, tmp_path):
+    other = tmp_path / "mnt2"
+    other.mkdir()
+    r = run(TOOLS / "daxfs", m.image, other, check=False)
+    assert r.returncode != 0 and "in use" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not is_mounted(other)
+    r = run(TOOLS / "mkfs.daxfs", "-f", m.image, check=False)
+    assert r.returncode != 0 and "in use" in r.stderr
+
+
+def test_helper_ro_and_remount(image, tmp_path):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    m = Mount(image, mnt)
+    m.mount("rw")
+    (mnt / "f").write_text("data")
+    m.unmount()
+    try:
+        m.mount("ro,dax=never,allow_other", helper=True)
+        assert (mnt / "f").read_text() == "data"
+        with pytest.raises(OSError) as e:
+            (mnt / "g").write_text("x")
+        assert e.value.errno == errno.EROFS
+        opts = [ln.split()[3] for ln in open("/proc/mounts") if ln.split()[1] == str(mnt)][0]
+        assert "ro" in opts.split(",") and "nodev" not in opts.split(",")
+        fsname = [ln.split()[0] for ln in open("/proc/mounts") if ln.split()[1] == str(mnt)][0]
+        assert fsname == str(image)
+        r = run(TOOLS / "mount.fuse.daxfs", image, mnt, "-o", "remount,ro", check=False)
+        assert r.returncode == 0, r.stderr
+    finally:
+        m.unmount()
+    m.fsck()
+
+
+def test_mkfs_and_fsck_commands(tmp_path):
+    img = tmp_path / "i.img"
+    with open(img, "wb") as f:
+        f.truncate(16 << 20)
+    r = run(TOOLS / "mkfs.daxfs", "-L", "lab", "-U", "12345678-1234-1234-1234-123456789abc", img)
+    assert "12345678-1234-1234-1234-123456789abc" in r.stdout
+    r = run(TOOLS / "mkfs.daxfs", img, check=False)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "-f" in r.stderr
+    assert run(TOOLS / "fsck.daxfs", "-n", img).returncode == 0
+    with open(img, "r+b") as f:           # damage the block bitmap
+        f.seek(4096 * (1 + 256))
+        f.write(b"\0" * 8)
+    r = run(TOOLS / "fsck.daxfs", "-n", img, check=False)
+    assert r.returncode == 4 and "bitmap" in r.stdout
+    r = run(TOOLS / "fsck.daxfs", "-y", img, check=False)
+    assert r.returncode == 1
+    assert run(TOOLS / "fsck.daxfs", "-n", img).returncode == 0
+    for cmd in ("mkfs.daxfs", "fsck.daxfs", "daxfs"):
+        assert run(TOOLS / cmd, "--help").stdout.startswith("usage:")
+    r = run(TOOLS / "fsck.daxfs", tmp_path / "missing", check=False)
+    assert r.returncode == 8 and "Traceback" not in r.stderr
