@@ -30,11 +30,29 @@ class Bitmap:
         return bool(self.data[bit >> 3] & (1 << (bit & 7)))
 
     def set_run(self, bit: int, n: int, value: bool) -> None:
-        for b in range(bit, bit + n):
+        if n <= 0:
+            return
+        data = self.data
+        end = bit + n
+        b = bit
+        while b < end and (b & 7):                  # leading partial byte
             if value:
-                self.data[b >> 3] |= 1 << (b & 7)
+                data[b >> 3] |= 1 << (b & 7)
             else:
-                self.data[b >> 3] &= ~(1 << (b & 7)) & 0xFF
+                data[b >> 3] &= ~(1 << (b & 7)) & 0xFF
+            b += 1
+        full = (end - b) >> 3                       # whole bytes in one slice assignment
+        if full:
+            data[b >> 3:(b >> 3) + full] = (b"\xff" if value else b"\0") * full
+            b += full * 8
+        while b < end:                              # trailing partial byte
+            if value:
+                data[b >> 3] |= 1 << (b & 7)
+            else:
+                data[b >> 3] &= ~(1 << (b & 7)) & 0xFF
+            b += 1
+        if self.dirty_blocks is None:
+            return
         for blk in range(bit // BITS_PER_BLOCK, (bit + n - 1) // BITS_PER_BLOCK + 1):
             self.dirty_blocks.add(blk)
 
@@ -71,10 +89,22 @@ class Bitmap:
         return -1
 
     def run_length(self, bit: int, limit: int) -> int:
-        n = 0
-        while bit + n < limit and not self.test(bit + n):
-            n += 1
-        return n
+        """Number of clear bits from bit on (at most limit - bit)."""
+        data = self.data
+        b = bit
+        while b < limit and (b & 7):
+            if data[b >> 3] & (1 << (b & 7)):
+                return b - bit
+            b += 1
+        if b < limit:
+            byte = b >> 3
+            end = min(len(data), (limit + 7) >> 3)
+            chunk = data[byte:end]
+            zeros = len(chunk) - len(chunk.lstrip(b"\0"))
+            b += zeros * 8
+            while b < limit and not data[b >> 3] & (1 << (b & 7)):
+                b += 1
+        return min(b, limit) - bit
 
 
 def _first_not_ff(data: bytearray, start: int, end: int) -> int:
@@ -90,15 +120,19 @@ def _first_not_ff(data: bytearray, start: int, end: int) -> int:
 
 
 class BlockAllocator:
-    """Hands out runs of free device blocks in the data area."""
+    """Hands out runs of free device blocks in the data area.
+
+    ``bitmap`` is what goes to the device; ``busy`` is what the allocator searches: in use
+    on the device or freed but not yet reusable (see the module docstring)."""
 
     def __init__(self, bitmap: Bitmap, data_start: int, total_blocks: int, free: int):
         self.bitmap = bitmap
+        self.busy = Bitmap(bytearray(bitmap.data), bitmap.nbits)
+        self.busy.dirty_blocks = None
         self.data_start = data_start
         self.total = total_blocks
         self.free = free                    # free on disk (what the superblock records)
-        self.pending: list[tuple[int, int]] = []   # freed but not reusable yet
-        self.pending_count = 0
+        self.pending_count = 0              # freed but not reusable yet
         self.cursor = data_start
 
     @property
@@ -113,25 +147,23 @@ class BlockAllocator:
         got = 0
         pos = goal if self.data_start <= goal < self.total else self.cursor
         wrapped = False
+        busy = self.busy
         while got < want:
-            b = self.bitmap.find_free(pos, self.total)
+            b = busy.find_free(pos, self.total)
             if b < 0:
                 if wrapped:
                     break
                 wrapped = True
                 pos = self.data_start
                 continue
-            if self._is_pending(b):
-                pos = b + 1
-                continue
-            n = 0
-            while got + n < want and b + n < self.total and not self.bitmap.test(b + n) \
-                    and not self._is_pending(b + n):
-                n += 1
+            n = min(want - got, busy.run_length(b, self.total))
             runs.append((b, n))
+            busy.set_run(b, n, True)
             got += n
             pos = b + n
         if got < want:                      # cannot happen while counts are right
+            for b, n in runs:
+                busy.set_run(b, n, False)
             raise FsError(errno.ENOSPC, "no space left on device (bitmap full)")
         for b, n in runs:
             self.bitmap.set_run(b, n, True)
@@ -139,30 +171,17 @@ class BlockAllocator:
         self.cursor = pos
         return runs
 
-    def _is_pending(self, b: int) -> bool:
-        if not self.pending_count:
-            return False
-        if self._pending_set is None:
-            self._pending_set = set()
-            for s, n in self.pending:
-                self._pending_set.update(range(s, s + n))
-        return b in self._pending_set
-
-    _pending_set = None
-
     def free_run(self, b: int, n: int) -> None:
         if n <= 0:
             return
         self.bitmap.set_run(b, n, False)
         self.free += n
-        self.pending.append((b, n))
         self.pending_count += n
-        self._pending_set = None
 
     def release_pending(self) -> None:
-        self.pending.clear()
+        if self.pending_count:
+            self.busy.data[:] = self.bitmap.data
         self.pending_count = 0
-        self._pending_set = None
 
 
 class InodeAllocator:

@@ -89,6 +89,8 @@ async def serve(source: str, mountpoint: str, mo: MountOptions, *, ready=None) -
         fs = await Filesystem.mount(dev, read_only=mo.read_only, track_lookups=True)
         stack.push_async_callback(fs.unmount)
         ops = Operations(fs)
+        stack.callback(lambda: log.info("requests served: %s; %d bytes written",
+                                        dict(sorted(ops.requests.items())), ops.write_bytes))
         pyfuse3.init(ops, mountpoint, mo.fuse)
         unmounted = False
 

@@ -25,8 +25,12 @@ ATTR_TIMEOUT = 60.0
 
 
 def _handler(fn):
+    name = fn.__name__
+
     @functools.wraps(fn)
     async def wrapper(self, *args, **kw):
+        # requests per kind: the cost model of a Python FUSE daemon (logged at unmount)
+        self.requests[name] = self.requests.get(name, 0) + 1
         try:
             return await fn(self, *args, **kw)
         except pyfuse3.FUSEError:
@@ -58,6 +62,8 @@ class Operations(pyfuse3.Operations):
     def __init__(self, fs: Filesystem):
         super().__init__()
         self.fs = fs
+        self.requests: dict[str, int] = {}
+        self.write_bytes = 0
         self._inval_send, self._inval_recv = trio.open_memory_channel(1000)
         fs.on_invalidate = self.invalidate
 
@@ -184,6 +190,7 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def write(self, fh, off, buf):
+        self.write_bytes += len(buf)
         return await self.fs.write(fh, off, buf)
 
     @_handler
