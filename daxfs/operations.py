@@ -10,6 +10,7 @@ invalidate_inode from a background task, never from inside a handler.
 """
 import errno
 import functools
+import json
 import logging
 import os
 
@@ -22,6 +23,9 @@ from .fs import Ctx, Filesystem
 log = logging.getLogger(__name__)
 
 ATTR_TIMEOUT = 60.0
+# Read-only counters of the daemon (requests per kind, commits) on the root directory, for
+# tests and benchmarks that count requests per operation; not listed by listxattr.
+STATS_XATTR = b"trusted.daxfs.stats"
 
 
 def _handler(fn):
@@ -254,6 +258,10 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def getxattr(self, inode, name, ctx):
+        if name == STATS_XATTR and inode == pyfuse3.ROOT_INODE:
+            return json.dumps({"requests": self.requests,
+                               "write_bytes": self.write_bytes,
+                               "commits": self.fs.journal.commits}).encode()
         return await self.fs.getxattr(inode, name)
 
     @_handler

@@ -305,3 +305,67 @@ def test_mkfs_and_fsck_commands(tmp_path):
         assert run(TOOLS / cmd, "--help").stdout.startswith("usage:")
     r = run(TOOLS / "fsck.daxfs", tmp_path / "missing", check=False)
     assert r.returncode == 8 and "Traceback" not in r.stderr
+
+
+def stats(mnt) -> dict:
+    import json
+    return json.loads(os.getxattr(mnt, "trusted.daxfs.stats"))
+
+
+def test_request_counts(m):
+    """Non-zero attribute timeouts: warm stats and reads cost no getattr requests; big
+    writes arrive as big requests; readdirplus lists a directory in few requests."""
+    mnt = m.mnt
+    f = mnt / "f"
+    f.write_bytes(os.urandom(1 << 20))
+    os.stat(f)
+    before = stats(mnt)["requests"]
+    for _ in range(100):
+        os.stat(f)
+    with open(f, "rb") as fh:
+        for _ in range(10):
+            fh.seek(0)
+            fh.read()
+    after = stats(mnt)["requests"]
+    assert after.get("getattr", 0) - before.get("getattr", 0) <= 1
+    assert after.get("lookup", 0) - before.get("lookup", 0) <= 1
+    s0 = stats(mnt)
+    run("dd", "if=/dev/zero", f"of={mnt}/w", "bs=1M", "count=16", "status=none")
+    s1 = stats(mnt)
+    writes = s1["requests"]["write"] - s0["requests"].get("write", 0)
+    assert s1["write_bytes"] - s0["write_bytes"] == 16 << 20
+    assert writes <= 16 * 8, f"{writes} write requests for 16 MiB"     # >= 128 KiB each
+    d = mnt / "d"
+    d.mkdir()
+    for i in range(2000):
+        (d / f"n{i}").touch()
+    s0 = stats(mnt)["requests"]
+    assert len(os.listdir(d)) == 2000
+    s1 = stats(mnt)["requests"]
+    assert s1["readdir"] - s0.get("readdir", 0) <= 2000 // 20
+
+
+def test_mount_t_fuse_daxfs(image, mntdir):
+    """mount(8) finds the helper as /sbin/mount.fuse.daxfs (scripts/setup.sh links it)."""
+    link = Path("/sbin/mount.fuse.daxfs")
+    if not link.exists() or link.resolve() != (TOOLS / "mount.fuse.daxfs").resolve():
+        pytest.skip("/sbin/mount.fuse.daxfs does not point at this checkout: run scripts/setup.sh")
+    m = Mount(image, mntdir)
+    try:
+        r = run("mount", "-t", "fuse.daxfs", image, mntdir, "-o", "allow_other,default_permissions",
+                check=False)
+        assert r.returncode == 0, r.stderr
+        assert is_mounted(mntdir)
+        os.mknod(mntdir / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        with open(mntdir / "null", "wb") as f:          # dev: device nodes work
+            f.write(b"x")
+        line = [ln.split() for ln in open("/proc/mounts") if ln.split()[1] == str(mntdir)][0]
+        assert line[0] == str(image) and line[2] == "fuse"
+        run("mount", "-t", "fuse.daxfs", "-o", "remount,ro", image, mntdir)   # as fstests does
+        with pytest.raises(OSError) as e:
+            (mntdir / "x").write_text("x")
+        assert e.value.errno == errno.EROFS
+        run("umount", mntdir)
+    finally:
+        m.unmount()
+    m.fsck()
