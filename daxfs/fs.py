@@ -100,6 +100,7 @@ class Filesystem:
         self.dirty_dirs: set[Inode] = set()
         self.dirty_xattrs: set[Inode] = set()
         self.sb_dirty = False
+        self.data_meta_dirty = False       # dirty metadata other than timestamps
         self.handles: dict[int, Handle] = {}
         self.next_fh = 1
         self.opens: dict[int, int] = {}
@@ -274,6 +275,11 @@ class Filesystem:
 
     def _dirty(self, inode: Inode) -> None:
         self.dirty_inodes.add(inode)
+        self.data_meta_dirty = True
+
+    def _dirty_times(self, inode: Inode) -> None:
+        """Only timestamps changed: fdatasync need not commit for this (as on Linux)."""
+        self.dirty_inodes.add(inode)
 
     def _writable(self) -> None:
         if self.read_only:
@@ -345,6 +351,7 @@ class Filesystem:
         self.dirty_dirs.clear()
         self.dirty_xattrs.clear()
         self.sb_dirty = False
+        self.data_meta_dirty = False
         if not self.journal.fits(len(images)):
             await self.journal.reset()
             self.balloc.release_pending()
@@ -1088,18 +1095,25 @@ class Filesystem:
             raise FsError(errno.EFBIG, "file too large")
         async with self.lock:
             self._writable()
-            await self._write_data(inode, off, data)
+            allocated = await self._write_data(inode, off, data)
+            now = time.time_ns()
+            inode.mtime_ns = inode.ctime_ns = now
             if off + len(data) > inode.size:
                 inode.size = off + len(data)
-            self._touch(inode, mtime=True)
-            if h.flags & (os.O_SYNC | os.O_DSYNC):
-                if not await self._commit():
-                    await self.dev.flush()
+                self._dirty(inode)
+            elif allocated:
+                self._dirty(inode)
+            else:
+                self._dirty_times(inode)
+            if h.flags & os.O_SYNC == os.O_SYNC:         # O_SYNC includes the O_DSYNC bit
+                await self._sync_locked(datasync=False)
+            elif h.flags & os.O_DSYNC:
+                await self._sync_locked(datasync=True)
             else:
                 await self._maybe_commit()
         return len(data)
 
-    async def _write_data(self, inode: Inode, off: int, data) -> None:
+    async def _write_data(self, inode: Inode, off: int, data) -> bool:
         """Allocate what the range needs, then write it with one device write per run of
         contiguous device blocks; partial blocks at the edges are read-modify-written.
         Lock held, so no commit can reference the new blocks before their data is written."""
@@ -1145,7 +1159,7 @@ class Filesystem:
             await self.dev.write(pblk * fmt.BLOCK_SECTORS, data[pos:pos + n * BS])
             pos += n * BS
             lblk += n
-        self._dirty(inode)
+        return bool(holes)
 
     async def fsync(self, fh_or_ino: int, datasync: bool = False, *, is_fh: bool = True) -> None:
         """Make the file's data and the metadata needed to reach it durable. The running
@@ -1154,8 +1168,15 @@ class Filesystem:
         if self.read_only:
             return
         async with self.lock:
-            if not await self._commit():
-                await self.dev.flush()
+            await self._sync_locked(datasync)
+
+    async def _sync_locked(self, datasync: bool) -> None:
+        """fdatasync skips the commit when only timestamps are dirty (Linux does the same);
+        the data itself is made durable by the device flush either way."""
+        if datasync and not self.data_meta_dirty:
+            await self.dev.flush()
+        elif not await self._commit():
+            await self.dev.flush()
 
     async def fsyncdir(self, ino: int, datasync: bool = False) -> None:
         await self.fsync(ino, datasync, is_fh=False)

@@ -261,7 +261,26 @@ async def w_journal_wrap_and_reuse(fs, rec):
             rec.promise({old.decode(): None})
 
 
-@pytest.mark.parametrize("workload", [w_files, w_directory_churn, w_overwrite_truncate_xattr,
+async def w_fdatasync_overwrite(fs, rec):
+    """In-place overwrites change only timestamps, so fdatasync and O_DSYNC skip the commit
+    and only flush: the data must still be durable."""
+    fh, f = await fs.create(R, b"db", 0o644, os.O_RDWR)
+    await fs.write(fh, 0, b"0" * 40000)
+    await fs.fsync(fh)
+    rec.promise({"db": b"0" * 40000})
+    await fs.write(fh, 8192, b"1" * 4096)
+    await fs.fsync(fh, datasync=True)
+    rec.promise({"db": b"0" * 8192 + b"1" * 4096 + b"0" * 27712})
+    dh = await fs.open(f.ino, os.O_RDWR | os.O_DSYNC)
+    await fs.write(dh, 0, b"2" * 100)
+    rec.promise({"db": b"2" * 100 + b"0" * 8092 + b"1" * 4096 + b"0" * 27712})
+    await fs.write(dh, 40000, b"3" * 10)             # extends: must commit the size
+    rec.promise({"db": b"2" * 100 + b"0" * 8092 + b"1" * 4096 + b"0" * 27712 + b"3" * 10})
+    await fs.release(dh)
+    await fs.release(fh)
+
+
+@pytest.mark.parametrize("workload", [w_fdatasync_overwrite, w_files, w_directory_churn, w_overwrite_truncate_xattr,
                                       w_orphan_and_osync, w_journal_wrap_and_reuse],
                          ids=lambda w: w.__name__[2:])
 async def test_crash_matrix(workload):
