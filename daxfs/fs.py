@@ -33,6 +33,7 @@ from .journal import Journal, read_blocks, write_blocks
 log = logging.getLogger(__name__)
 
 BS = fmt.BLOCK_SIZE
+RELATIME_NS = 24 * 3600 * 10**9
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 LINK_MAX = 65000
@@ -109,6 +110,7 @@ class Filesystem:
         self.balloc: BlockAllocator
         self.ialloc: InodeAllocator
         self.on_invalidate = None          # callback(ino) when changed behind the kernel
+        self.relatime = not read_only      # False: noatime
         # commit a running transaction before it outgrows a quarter of the journal
         self.commit_threshold = max(8, (sb.journal_blocks - 1) // 4)
 
@@ -1047,7 +1049,22 @@ class Filesystem:
         inode = self.handle(fh).inode
         if inode.is_dir:
             raise FsError(errno.EISDIR, "is a directory")
-        return await self._read_data(inode, off, size)
+        data = await self._read_data(inode, off, size)
+        if self.relatime and (inode.atime_ns <= inode.mtime_ns or inode.atime_ns <= inode.ctime_ns
+                              or time.time_ns() - inode.atime_ns > RELATIME_NS):
+            await self._touch_atime(inode)
+        return data
+
+    async def _touch_atime(self, inode: Inode) -> None:
+        """relatime, as Linux's default: update atime on the first read after a change or
+        once a day. The kernel caches attributes, so tell it the atime changed."""
+        async with self.lock:
+            if not inode.mode:
+                return
+            inode.atime_ns = time.time_ns()
+            self._dirty_times(inode)
+        if self.on_invalidate is not None:
+            self.on_invalidate(inode.ino)
 
     async def _read_data(self, inode: Inode, off: int, size: int) -> bytes:
         """One device read per extent the range touches; holes read as zeros."""

@@ -32,6 +32,7 @@ class MountOptions:
     fuse: list = field(default_factory=list)   # what goes to pyfuse3.init
     dax: str | None = None                      # taken out for the DAX mount logic
     commit_interval: float = 5.0
+    noatime: bool = False
 
 
 def parse_options(opts: list[str], source: str) -> MountOptions:
@@ -49,6 +50,10 @@ def parse_options(opts: list[str], source: str) -> MountOptions:
             mo.dax = "always"
         elif o.startswith("dax="):
             mo.dax = o[4:]
+        elif o == "noatime":
+            mo.noatime = True
+        elif o in ("atime", "relatime"):
+            mo.noatime = False
         elif o.startswith("commit="):
             try:
                 mo.commit_interval = float(o[7:])
@@ -87,6 +92,8 @@ async def serve(source: str, mountpoint: str, mo: MountOptions, *, ready=None) -
         dev = await stack.enter_async_context(
             open_source(source, exclusive=not mo.read_only, read_only=mo.read_only))
         fs = await Filesystem.mount(dev, read_only=mo.read_only, track_lookups=True)
+        if mo.noatime:
+            fs.relatime = False
         stack.push_async_callback(fs.unmount)
         ops = Operations(fs)
         stack.callback(lambda: log.info("requests served: %s; %d bytes written",

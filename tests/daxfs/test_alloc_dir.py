@@ -59,7 +59,7 @@ def test_directory_100k_entries_fast_and_stable_cookies():
     for i in range(0, n, 7):
         assert d.lookup(f"file-{i:06d}".encode())[0] == i + 2
     elapsed = time.perf_counter() - t0
-    assert elapsed < 20
+    assert elapsed < 60          # catches quadratic behaviour, which takes minutes
     # a listing interrupted half-way and resumed after removals returns every survivor once
     it = d.entries_from(0)
     first = [next(it) for _ in range(n // 2)]

@@ -395,3 +395,16 @@ async def test_readdir_large_directory_persists():
     assert len(await fs2.listdir(d2.ino)) == n // 2
     await fs2.unmount()
     await assert_clean(fs.dev)
+
+
+async def test_relatime(fs):
+    fh, f = await fs.create(R, b"f", 0o644, os.O_RDWR)
+    await fs.write(fh, 0, b"x")
+    seen = []
+    fs.on_invalidate = seen.append
+    await fs.read(fh, 0, 1)
+    assert f.atime_ns > f.mtime_ns and seen == [f.ino]
+    a = f.atime_ns
+    await fs.read(fh, 0, 1)                     # not again until the next change
+    assert f.atime_ns == a and seen == [f.ino]
+    await fs.release(fh)
