@@ -327,7 +327,8 @@ def test_request_counts(m):
             fh.seek(0)
             fh.read()
     after = stats(mnt)["requests"]
-    assert after.get("getattr", 0) - before.get("getattr", 0) <= 1
+    # (one or two after the relatime update invalidates the cached attributes)
+    assert after.get("getattr", 0) - before.get("getattr", 0) <= 3
     assert after.get("lookup", 0) - before.get("lookup", 0) <= 1
     s0 = stats(mnt)
     run("dd", "if=/dev/zero", f"of={mnt}/w", "bs=1M", "count=16", "status=none")
