@@ -54,7 +54,8 @@ class Directory:
 
     def __init__(self, blocks: list[bytearray], where: str = "directory"):
         self.blocks = blocks
-        self.index: dict[bytes, tuple[int, int, int]] = {}   # name -> (ino, ftype, pos)
+        # name -> record position; the record itself holds ino and type (saves memory)
+        self.index: dict[bytes, int] = {}
         self.dirty: set[int] = set()        # block indices changed since the last commit
         self._slack = [0] * len(blocks)     # free bytes per block (maybe not contiguous)
         self._last = [0] * len(blocks)      # offset of the last record of each block
@@ -70,7 +71,7 @@ class Directory:
                         raise CorruptError(f"{where}: hash mismatch for {name!r}")
                     if name in self.index:
                         raise CorruptError(f"{where}: duplicate entry {name!r}")
-                    self.index[name] = (ino, ftype, bi * BS + off)
+                    self.index[name] = bi * BS + off
                     slack += rec_len - fmt.dirent_size(len(name))
                 else:
                     slack += rec_len
@@ -82,7 +83,13 @@ class Directory:
         return len(self.index)
 
     def lookup(self, name: bytes):
-        return self.index.get(name)
+        """(ino, ftype, pos) of the entry, or None."""
+        pos = self.index.get(name)
+        if pos is None:
+            return None
+        bi, off = divmod(pos, BS)
+        rec = _unpack(self.blocks[bi], off)
+        return rec[0], rec[3], pos
 
     def add(self, name: bytes, ino: int, ftype: int) -> bool:
         """Insert a record; False if no block has room (the caller adds a block and retries).
@@ -125,7 +132,7 @@ class Directory:
                 new_off, new_len = off, rec_len
             _pack(buf, new_off, ino, fmt.name_hash(name), new_len, ftype, len(name))
             buf[new_off + HDR:new_off + HDR + len(name)] = name
-            self.index[name] = (ino, ftype, bi * BS + new_off)
+            self.index[name] = bi * BS + new_off
             self._slack[bi] -= need
             self.dirty.add(bi)
             if new_off + new_len == BS:
@@ -143,7 +150,7 @@ class Directory:
         return bi
 
     def remove(self, name: bytes) -> None:
-        ino, ftype, pos = self.index.pop(name)
+        pos = self.index.pop(name)
         bi, off = divmod(pos, BS)
         buf = self.blocks[bi]
         _, _, rec_len, _, nlen = _unpack(buf, off)
@@ -169,12 +176,11 @@ class Directory:
 
     def set_ino(self, name: bytes, ino: int, ftype: int) -> None:
         """Point an existing entry at another inode in place (rename over a target)."""
-        _, _, pos = self.index[name]
+        pos = self.index[name]
         bi, off = divmod(pos, BS)
         buf = self.blocks[bi]
         r = _unpack(buf, off)
         _pack(buf, off, ino, r[1], r[2], ftype, r[4])
-        self.index[name] = (ino, ftype, pos)
         self.dirty.add(bi)
 
     def entries_from(self, cookie: int):

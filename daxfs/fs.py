@@ -19,6 +19,7 @@ import os
 import stat
 import struct
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import trio
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 BS = fmt.BLOCK_SIZE
 RELATIME_NS = 24 * 3600 * 10**9
+ITABLE_CACHE = 2048         # inode-table blocks kept (8 MiB, 32k inodes)
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 LINK_MAX = 65000
@@ -96,8 +98,11 @@ class Filesystem:
         self.journal = Journal(dev, sb.journal_start, sb.journal_blocks)
         self.overlay: dict[int, bytes] = {}      # replayed images on a read-only mount
         self.inodes: dict[int, Inode] = {}
-        self.itable: dict[int, bytearray] = {}   # inode-table blocks read so far
-        self.dirty_inodes: set[Inode] = set()
+        # recently used inode-table blocks (commit patches dirty inodes into them)
+        self.itable: OrderedDict[int, bytearray] = OrderedDict()
+        self.committing = False
+        # by number: a slot freed and reused within one transaction is written once, new
+        self.dirty_inodes: dict[int, Inode] = {}
         self.dirty_dirs: set[Inode] = set()
         self.dirty_xattrs: set[Inode] = set()
         self.sb_dirty = False
@@ -252,9 +257,17 @@ class Filesystem:
             prev_end = lblk + ln
 
     async def _itable_block(self, blk: int) -> bytearray:
+        """The block is re-read when it was evicted: the device holds its latest content,
+        since a commit writes its images home before it ends, and no block is evicted while
+        a commit is running."""
         buf = self.itable.get(blk)
         if buf is None:
-            buf = self.itable[blk] = bytearray(await self._read_meta(blk))
+            buf = bytearray(await self._read_meta(blk))
+            buf = self.itable.setdefault(blk, buf)
+            if len(self.itable) > ITABLE_CACHE and not self.committing:
+                self.itable.popitem(last=False)
+        else:
+            self.itable.move_to_end(blk)
         return buf
 
     async def _dir(self, inode: Inode) -> Directory:
@@ -276,12 +289,12 @@ class Filesystem:
         return inode.dir
 
     def _dirty(self, inode: Inode) -> None:
-        self.dirty_inodes.add(inode)
+        self.dirty_inodes[inode.ino] = inode
         self.data_meta_dirty = True
 
     def _dirty_times(self, inode: Inode) -> None:
         """Only timestamps changed: fdatasync need not commit for this (as on Linux)."""
-        self.dirty_inodes.add(inode)
+        self.dirty_inodes[inode.ino] = inode
 
     def _writable(self) -> None:
         if self.read_only:
@@ -295,7 +308,7 @@ class Filesystem:
             len(self.ialloc.bitmap.dirty_blocks) + len(self.dirty_xattrs) + 1
         for inode in self.dirty_dirs:
             n += len(inode.dir.dirty)
-        for inode in self.dirty_inodes:
+        for inode in self.dirty_inodes.values():
             if inode.extents_dirty:
                 n += len(inode.chain)
         return n
@@ -313,9 +326,16 @@ class Filesystem:
         """Write the running transaction to the journal, then home. Lock held."""
         if not self.has_dirty:
             return False
+        self.committing = True
+        try:
+            return await self._commit_locked()
+        finally:
+            self.committing = False
+
+    async def _commit_locked(self) -> bool:
         images: dict[int, bytes] = {}
         sb = self.sb
-        for inode in self.dirty_inodes:
+        for inode in self.dirty_inodes.values():
             if inode.extents_dirty:
                 n = len(inode.ext_lblk)
                 if n > fmt.INLINE_EXTENTS:
@@ -418,6 +438,12 @@ class Filesystem:
         """Give the extent chain exactly as many blocks as the extents need."""
         n = len(inode.ext_lblk)
         need = 0 if n <= fmt.INLINE_EXTENTS else -(-n // fmt.EXTENTS_PER_BLOCK)
+        if len(inode.chain) == need == 0:
+            inode.extents_dirty = True
+            self._dirty(inode)
+            return
+        if not isinstance(inode.chain, list):
+            inode.chain = []
         while len(inode.chain) > need:
             self.balloc.free_run(inode.chain.pop(), 1)
         if len(inode.chain) < need:
@@ -438,7 +464,7 @@ class Filesystem:
             self.balloc.free_run(inode.xattr_block, 1)
         self.ialloc.release(inode.ino)
         inode.mode = 0
-        inode.ext_lblk, inode.ext_len, inode.ext_pblk, inode.chain = [], [], [], []
+        inode.ext_lblk = inode.ext_len = inode.ext_pblk = inode.chain = ()
         inode.xattr_block = 0
         inode.dir = None
         self._dirty(inode)

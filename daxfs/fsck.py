@@ -419,7 +419,7 @@ class Checker:
             for b in range(pblk, pblk + ln):
                 if self.owner.get(b) == ino:
                     self.used.data[b >> 3] &= ~(1 << (b & 7)) & 0xFF
-        for b in inode.chain + ([inode.xattr_block] if inode.xattr_block else []):
+        for b in list(inode.chain) + ([inode.xattr_block] if inode.xattr_block else []):
             if self.owner.get(b) == ino:
                 self.used.data[b >> 3] &= ~(1 << (b & 7)) & 0xFF
         inode.mode = 0

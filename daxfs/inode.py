@@ -13,6 +13,9 @@ from . import format as fmt
 from .errors import CorruptError
 
 
+_NONE = ()
+
+
 class Inode:
     __slots__ = ("ino", "mode", "uid", "gid", "nlink", "size", "atime_ns", "mtime_ns",
                  "ctime_ns", "crtime_ns", "flags", "generation", "rdev", "extent_block",
@@ -28,10 +31,11 @@ class Inode:
         self.atime_ns = self.mtime_ns = self.ctime_ns = self.crtime_ns = 0
         self.flags = self.generation = self.rdev = 0
         self.extent_block = self.xattr_block = self.orphan_next = self.parent = 0
-        self.ext_lblk: list[int] = []
-        self.ext_len: list[int] = []
-        self.ext_pblk: list[int] = []
-        self.chain: list[int] = []
+        # most files have few or no extents: share one empty tuple until the first one
+        self.ext_lblk: list[int] = _NONE
+        self.ext_len: list[int] = _NONE
+        self.ext_pblk: list[int] = _NONE
+        self.chain: list[int] = _NONE
         self.extents_dirty = False
         self.xattrs = None
         self.dir = None
@@ -69,12 +73,16 @@ class Inode:
             if i.extent_block:
                 raise CorruptError(f"inode {ino}: extent chain with only {n} extents")
             off = fmt.INODE_FMT.size
+            if n:
+                i.ext_lblk, i.ext_len, i.ext_pblk = [], [], []
             for _ in range(n):
                 lblk, ln, pblk = fmt.EXTENT_FMT.unpack_from(buf, off)
                 i.ext_lblk.append(lblk); i.ext_len.append(ln); i.ext_pblk.append(pblk)
                 off += fmt.EXTENT_FMT.size
         elif not i.extent_block:
             raise CorruptError(f"inode {ino}: {n} extents but no extent chain")
+        else:
+            i.ext_lblk, i.ext_len, i.ext_pblk, i.chain = [], [], [], []
         return i
 
     def nextents_on_disk(self, buf) -> int:
@@ -115,6 +123,8 @@ class Inode:
 
     def add_extent(self, lblk: int, n: int, pblk: int) -> None:
         """Map n blocks at lblk (which must be a hole) to pblk.., merging with neighbours."""
+        if self.ext_lblk is _NONE:
+            self.ext_lblk, self.ext_len, self.ext_pblk = [], [], []
         lb, ll, lp = self.ext_lblk, self.ext_len, self.ext_pblk
         i = bisect.bisect_right(lb, lblk)
         # merge with the previous extent when logically and physically contiguous

@@ -408,3 +408,25 @@ async def test_relatime(fs):
     await fs.read(fh, 0, 1)                     # not again until the next change
     assert f.atime_ns == a and seen == [f.ino]
     await fs.release(fh)
+
+
+async def test_inode_freed_and_reused_in_one_transaction(dev):
+    """Found by the model test: the freed and the new inode with the same number were both
+    in the transaction, and the free slot could be written over the new inode."""
+    for _ in range(20):
+        fs = await Filesystem.mount(dev)
+        fh, f = await fs.create(R, b"a", 0o644, os.O_RDWR)
+        await fs.release(fh)
+        await fs.sync()
+        await fs.unlink(R, b"a")
+        fs.ialloc.cursor = 1
+        fh, g = await fs.create(R, b"b", 0o644, os.O_RDWR)
+        await fs.release(fh)
+        assert g.ino == f.ino and g.generation == f.generation + 1
+        await fs.sync()
+        dev.power_fail()
+        fs = await Filesystem.mount(dev)
+        assert (await fs.lookup(R, b"b")).ino == g.ino
+        await fs.unlink(R, b"b")
+        await fs.unmount()
+        await assert_clean(dev)
