@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 BS = fmt.BLOCK_SIZE
 RELATIME_NS = 24 * 3600 * 10**9
+OP_MAX_BLOCKS = 16          # metadata blocks one ordinary operation can dirty, at most
 ITABLE_CACHE = 2048         # inode-table blocks kept (8 MiB, 32k inodes)
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -118,6 +119,7 @@ class Filesystem:
         self.relatime = not read_only      # False: noatime
         # commit a running transaction before it outgrows a quarter of the journal
         self.commit_threshold = max(8, (sb.journal_blocks - 1) // 4)
+        self._ops_to_check = 1
 
     @classmethod
     async def mount(cls, dev, *, read_only: bool = False, track_lookups: bool = False):
@@ -319,8 +321,17 @@ class Filesystem:
                     or self.balloc.bitmap.dirty_blocks or self.ialloc.bitmap.dirty_blocks)
 
     async def _maybe_commit(self) -> None:
-        if self._pending_blocks() >= self.commit_threshold:
+        """Commit once the transaction nears a quarter of the journal. Counting its blocks
+        costs O(dirty objects), so it is only counted when enough operations have passed to
+        possibly reach the threshold (an operation dirties at most ~OP_MAX_BLOCKS blocks)."""
+        self._ops_to_check -= 1
+        if self._ops_to_check > 0:
+            return
+        n = self._pending_blocks()
+        if n >= self.commit_threshold:
             await self._commit()
+            n = 0
+        self._ops_to_check = max(1, (self.commit_threshold - n) // OP_MAX_BLOCKS)
 
     async def _commit(self) -> bool:
         """Write the running transaction to the journal, then home. Lock held."""
