@@ -1149,6 +1149,9 @@ class Filesystem:
             raise FsError(errno.EFBIG, "file too large")
         async with self.lock:
             self._writable()
+            n = await self._fit_to_space(inode, off, len(data))
+            if n < len(data):           # a short write when the device fills up, as Linux
+                data = memoryview(data)[:n]
             allocated = await self._write_data(inode, off, data)
             now = time.time_ns()
             inode.mtime_ns = inode.ctime_ns = now
@@ -1166,6 +1169,42 @@ class Filesystem:
             else:
                 await self._maybe_commit()
         return len(data)
+
+    async def _fit_to_space(self, inode: Inode, off: int, length: int) -> int:
+        """How many bytes from off can be written with the free blocks left (ENOSPC if
+        none): holes in the range need new blocks, mapped blocks do not."""
+        first, last = off // BS, (off + length - 1) // BS
+        need = 0
+        lblk = first
+        while lblk <= last:
+            pblk, run = inode.map(lblk)
+            n = last + 1 - lblk if run == 0 else min(run, last + 1 - lblk)
+            if not pblk:
+                need += n
+            lblk += n
+        margin = 2 + need // fmt.EXTENTS_PER_BLOCK
+        if need + margin <= self.balloc.available:
+            return length
+        if self.balloc.pending_count:
+            await self._commit()
+            await self.journal.reset()
+            self.balloc.release_pending()
+            if need + margin <= self.balloc.available:
+                return length
+        budget = self.balloc.available - 2 - self.balloc.available // fmt.EXTENTS_PER_BLOCK
+        if budget <= 0:
+            raise FsError(errno.ENOSPC, "no space left on device")
+        lblk = first
+        while lblk <= last:
+            pblk, run = inode.map(lblk)
+            n = last + 1 - lblk if run == 0 else min(run, last + 1 - lblk)
+            if not pblk:
+                if n > budget:
+                    lblk += budget
+                    break
+                budget -= n
+            lblk += n
+        return max(0, min(length, lblk * BS - off))
 
     async def _write_data(self, inode: Inode, off: int, data) -> bool:
         """Allocate what the range needs, then write it with one device write per run of

@@ -57,7 +57,9 @@ class Mount:
 
     def unmount(self):
         if is_mounted(self.mnt):
-            run("fusermount3", "-u", self.mnt)
+            r = run("fusermount3", "-u", self.mnt, check=False)
+            # the daemon may have unmounted itself meanwhile (SIGTERM)
+            assert r.returncode == 0 or not is_mounted(self.mnt), r.stderr
         # the daemon holds the image's flock until it has committed and exited
         run("flock", "-w", "60", self.image, "true")
 
@@ -367,6 +369,57 @@ def test_mount_t_fuse_daxfs(image, mntdir):
             (mntdir / "x").write_text("x")
         assert e.value.errno == errno.EROFS
         run("umount", mntdir)
+    finally:
+        m.unmount()
+    m.fsck()
+
+
+def daemon_pids(image: Path) -> list[int]:
+    """Processes holding the image open: the daxfs daemon this test started."""
+    pids = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd) == str(image) for fd in (p / "fd").iterdir()):
+                pids.append(int(p.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_sigterm_unmounts_cleanly(image, mntdir):
+    m = Mount(image, mntdir).mount()
+    try:
+        (mntdir / "f").write_text("kept")         # no fsync: the final commit must carry it
+        pids = daemon_pids(image)
+        assert len(pids) == 1
+        os.kill(pids[0], 15)
+    finally:
+        m.unmount()            # waits for the daemon to let go of the image
+    assert not is_mounted(mntdir)
+    m.fsck()
+    m.mount()
+    try:
+        assert (mntdir / "f").read_text() == "kept"
+    finally:
+        m.unmount()
+
+
+def test_enospc_through_fuse(tmp_path, mntdir):
+    img = tmp_path / "small.img"
+    with open(img, "wb") as f:
+        f.truncate(16 << 20)
+    run(TOOLS / "mkfs.daxfs", img)
+    m = Mount(img, mntdir).mount()
+    try:
+        r = run("dd", "if=/dev/zero", f"of={mntdir}/fill", "bs=1M", "count=64", "status=none",
+                check=False)
+        assert r.returncode != 0 and "No space left" in r.stderr
+        st = os.statvfs(mntdir)
+        assert st.f_bavail < 16
+        os.unlink(mntdir / "fill")
+        run("dd", "if=/dev/zero", f"of={mntdir}/again", "bs=1M", "count=4", "status=none")
     finally:
         m.unmount()
     m.fsck()
