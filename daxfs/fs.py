@@ -1254,7 +1254,7 @@ class Filesystem:
             lblk += n
         return bool(holes)
 
-    async def fsync(self, fh_or_ino: int, datasync: bool = False, *, is_fh: bool = True) -> None:
+    async def fsync(self, fh: int, datasync: bool = False) -> None:
         """Make the file's data and the metadata needed to reach it durable. The running
         transaction is committed as a whole (group commit), so a following fsync of another
         file usually finds nothing left to do but a cache flush."""
@@ -1272,7 +1272,11 @@ class Filesystem:
             await self.dev.flush()
 
     async def fsyncdir(self, ino: int, datasync: bool = False) -> None:
-        await self.fsync(ino, datasync, is_fh=False)
+        """A directory's entries are metadata: the same group commit covers them."""
+        if self.read_only:
+            return
+        async with self.lock:
+            await self._sync_locked(datasync=False)
 
 
 _GEN_OFF = struct.calcsize("<IIIIQqqqqI")     # offset of INODE_FMT's 'generation'

@@ -40,6 +40,7 @@ class Checker:
         self.fixed: list[str] = []
         self.overlay: dict[int, bytes] = {}
         self.writes: dict[int, bytes] = {}   # repaired blocks to write back
+        self.patches: list = []              # directory record changes to make
 
     # -- reporting -----------------------------------------------------------------------
     def problem(self, msg: str, fixable: bool = False) -> bool:
@@ -95,6 +96,8 @@ class Checker:
         self.check_connectivity()
         self.check_bitmaps()
         self.check_counts()
+        if self.repair:
+            await self.apply_patches()
         if self.writes:
             await self.write_back()
         if self.errors:
@@ -435,30 +438,25 @@ class Checker:
         blk = ino // fmt.INODES_PER_BLOCK
         self.writes[sb.itable_start + blk] = bytes(self.itable[blk * BS:(blk + 1) * BS])
 
-    def _dir_block(self, pblk: int) -> bytearray:
-        if pblk not in self.writes:
-            raise KeyError
-        return bytearray(self.writes[pblk])
-
     def _clear_entry(self, pblk: int, off: int) -> None:
         self._patch_entry(pblk, off, ino=0)
 
     def _patch_entry(self, pblk: int, off: int, **fields) -> None:
-        self._pending_patches.append((pblk, off, fields))
+        """Queue a change to one directory record (applied by apply_patches, which needs
+        to read the block, so it runs after the synchronous passes)."""
+        self.patches.append((pblk, off, fields))
 
-    _pending_patches: list
+    async def apply_patches(self) -> None:
+        for pblk, off, f in self.patches:
+            buf = bytearray(self.writes.get(pblk) or await self.read(pblk))
+            ino, h, rec_len, ftype, nlen = DIRENT_FMT.unpack_from(buf, off)
+            new_ino = f.get("ino", ino)
+            DIRENT_FMT.pack_into(buf, off, new_ino, f.get("hash", h), rec_len,
+                                 f.get("ftype", ftype), nlen if new_ino else 0)
+            self.writes[pblk] = bytes(buf)
 
 
 async def check(dev, *, repair: bool = False, out=None) -> tuple[int, Checker]:
+    """Check dev (repairing with repair=True); the exit code and the checker's findings."""
     c = Checker(dev, repair=repair, out=out)
-    c._pending_patches = []
-    code = await c.run()
-    if c._pending_patches and c.repair:
-        for pblk, off, f in c._pending_patches:
-            buf = bytearray(await c.read(pblk))
-            ino, h, rec_len, ftype, nlen = DIRENT_FMT.unpack_from(buf, off)
-            DIRENT_FMT.pack_into(buf, off, f.get("ino", ino), f.get("hash", h), rec_len,
-                                 f.get("ftype", ftype), nlen if f.get("ino", ino) else 0)
-            c.writes[pblk] = bytes(buf)
-        await c.write_back()
-    return code, c
+    return await c.run(), c

@@ -85,7 +85,9 @@ class Inode:
             i.ext_lblk, i.ext_len, i.ext_pblk, i.chain = [], [], [], []
         return i
 
-    def nextents_on_disk(self, buf) -> int:
+    @staticmethod
+    def nextents_on_disk(buf) -> int:
+        """The extent count of an encoded inode (its extents may be in the chain)."""
         return fmt.INODE_FMT.unpack_from(buf, 0)[12]
 
     # -- file type helpers ---------------------------------------------------------------

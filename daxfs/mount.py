@@ -65,6 +65,10 @@ def parse_options(opts: list[str], source: str) -> MountOptions:
         mo.fuse.append(o)
     if mo.read_only:
         mo.fuse.append("ro")
+    # daxfs leaves permission checks to the kernel (mode bits, sticky directories,
+    # chown/chmod rules): without this option every user could do anything
+    if "default_permissions" not in mo.fuse:
+        mo.fuse.append("default_permissions")
     mo.fuse.append(f"fsname={source}")
     return mo
 
