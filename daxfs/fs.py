@@ -117,6 +117,7 @@ class Filesystem:
         self.ialloc: InodeAllocator
         self.on_invalidate = None          # callback(ino) when changed behind the kernel
         self.relatime = not read_only      # False: noatime
+        self.writeback_cache = False       # the FUSE mount lets the kernel cache writes
         # commit a running transaction before it outgrows a quarter of the journal
         self.commit_threshold = max(8, (sb.journal_blocks - 1) // 4)
         self._ops_to_check = 1
@@ -1137,10 +1138,13 @@ class Filesystem:
         inode = h.inode
         if not inode.is_reg:
             raise FsError(errno.EINVAL if not inode.is_dir else errno.EISDIR, "not a file")
-        if h.flags & os.O_ACCMODE == os.O_RDONLY:
-            raise FsError(errno.EBADF, "file not open for writing")
-        if h.flags & os.O_APPEND:
-            off = inode.size
+        # with the kernel's writeback cache, dirty pages come back through any open handle
+        # and the kernel has already placed O_APPEND writes
+        if not self.writeback_cache:
+            if h.flags & os.O_ACCMODE == os.O_RDONLY:
+                raise FsError(errno.EBADF, "file not open for writing")
+            if h.flags & os.O_APPEND:
+                off = inode.size
         if not data:
             return 0
         if off < 0:

@@ -33,6 +33,7 @@ class MountOptions:
     dax: str | None = None                      # taken out for the DAX mount logic
     commit_interval: float = 5.0
     noatime: bool = False
+    writeback: bool = False                     # FUSE writeback cache (-o writeback)
 
 
 def parse_options(opts: list[str], source: str) -> MountOptions:
@@ -50,6 +51,9 @@ def parse_options(opts: list[str], source: str) -> MountOptions:
             mo.dax = "always"
         elif o.startswith("dax="):
             mo.dax = o[4:]
+        elif o in ("writeback", "nowriteback"):
+            mo.writeback = o == "writeback"
+            continue
         elif o == "noatime":
             mo.noatime = True
         elif o in ("atime", "relatime"):
@@ -100,6 +104,11 @@ async def serve(source: str, mountpoint: str, mo: MountOptions, *, ready=None) -
             fs.relatime = False
         stack.push_async_callback(fs.unmount)
         ops = Operations(fs)
+        if mo.writeback:
+            # the kernel merges small writes into large ones and sends them at writeback
+            # or fsync; fsync still commits, so durability rules do not change
+            ops.enable_writeback_cache = True
+            fs.writeback_cache = True
         stack.callback(lambda: log.info("requests served: %s; %d bytes written",
                                         dict(sorted(ops.requests.items())), ops.write_bytes))
         pyfuse3.init(ops, mountpoint, mo.fuse)

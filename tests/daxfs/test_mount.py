@@ -423,3 +423,33 @@ def test_enospc_through_fuse(tmp_path, mntdir):
     finally:
         m.unmount()
     m.fsck()
+
+
+def test_writeback_cache_mount(image, mntdir):
+    """-o writeback: the kernel caches writes and sends them later, through any handle;
+    content, appends and fsync must behave exactly as without it."""
+    m = Mount(image, mntdir).mount("writeback,allow_other")
+    try:
+        f = mntdir / "wb"
+        payload = os.urandom(1 << 20)
+        fd = os.open(f, os.O_WRONLY | os.O_CREAT, 0o644)    # write-only: the kernel may
+        for i in range(0, len(payload), 4096):               # read it back to fill pages
+            os.pwrite(fd, payload[i:i + 1000], i)
+        os.fsync(fd)
+        os.close(fd)
+        with open(f, "ab") as fa:
+            fa.write(b"tail")
+        want = bytearray(len(payload) - 4096 + 1000)
+        for i in range(0, len(payload), 4096):
+            want[i:i + 1000] = payload[i:i + 1000]
+        assert f.read_bytes() == bytes(want) + b"tail"
+        s = stats(mntdir)["requests"]
+        assert s["write"] < 256          # 256 small writes were merged by the kernel
+    finally:
+        m.unmount()
+    m.fsck()
+    m.mount()
+    try:
+        assert (mntdir / "wb").read_bytes() == bytes(want) + b"tail"
+    finally:
+        m.unmount()
