@@ -66,17 +66,17 @@ def crash_image(initial: bytes, log: list, k: int, rng=None) -> bytearray:
     return media
 
 
-def crash_points(log: list, limit: int = 70) -> list[int]:
+def crash_points(log: list, extra: int = 40) -> list[int]:
+    """Every point right after a flush or FUA write, right before each, and `extra`
+    random points in between (torn transactions)."""
     points = {0, len(log)}
     for i, e in enumerate(log):
         if e[0] == "flush" or e[3]:
-            points.add(i + 1)       # right after a flush / FUA write
-            points.add(i)           # right before it
-    pts = sorted(points)
-    if len(pts) > limit:
-        rng = random.Random(len(log))
-        pts = sorted(set(rng.sample(pts, limit)) | {0, len(log)})
-    return pts
+            points.add(i + 1)
+            points.add(i)
+    rng = random.Random(len(log))
+    points.update(rng.sample(range(len(log) + 1), min(extra, len(log) + 1)))
+    return sorted(points)
 
 
 class Sparse:
@@ -280,7 +280,37 @@ async def w_fdatasync_overwrite(fs, rec):
     await fs.release(fh)
 
 
-@pytest.mark.parametrize("workload", [w_fdatasync_overwrite, w_files, w_directory_churn, w_overwrite_truncate_xattr,
+async def w_namespace(fs, rec):
+    """Exchanges, directory moves, rmdir, hard links, symlinks and xattrs."""
+    from daxfs.fs import RENAME_EXCHANGE
+    a = await fs.mkdir(R, b"a")
+    b = await fs.mkdir(R, b"b")
+    for d, name, data in ((a, b"f", b"first"), (b, b"g", b"second")):
+        fh, _ = await fs.create(d.ino, name, 0o644, os.O_RDWR)
+        await fs.write(fh, 0, data)
+        await fs.release(fh)
+    await fs.sync()
+    rec.promise({"a/f": b"first", "b/g": b"second"})
+    await fs.rename(a.ino, b"f", b.ino, b"g", RENAME_EXCHANGE)
+    await fs.fsyncdir(a.ino)
+    rec.promise({"a/f": b"second", "b/g": b"first"})
+    sub = await fs.mkdir(a.ino, b"sub")
+    await fs.symlink(sub.ino, b"ln", b"../f")
+    f = await fs.lookup(a.ino, b"f")
+    await fs.link(f.ino, sub.ino, b"hard")
+    await fs.setxattr(f.ino, b"user.tag", b"v1")
+    await fs.rename(a.ino, b"sub", b.ino, b"moved")
+    await fs.sync()
+    rec.promise({"b/moved/ln": b"->../f", "b/moved/hard": b"second", "a/sub/ln": None})
+    await fs.unlink((await fs.lookup(b.ino, b"moved")).ino, b"ln")
+    await fs.unlink((await fs.lookup(b.ino, b"moved")).ino, b"hard")
+    await fs.rmdir(b.ino, b"moved")
+    await fs.removexattr(f.ino, b"user.tag")
+    await fs.sync()
+    rec.promise({"b/moved/hard": None, "b/moved/ln": None, "a/f": b"second"})
+
+
+@pytest.mark.parametrize("workload", [w_namespace, w_fdatasync_overwrite, w_files, w_directory_churn, w_overwrite_truncate_xattr,
                                       w_orphan_and_osync, w_journal_wrap_and_reuse],
                          ids=lambda w: w.__name__[2:])
 async def test_crash_matrix(workload):
