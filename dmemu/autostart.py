@@ -1,0 +1,67 @@
+"""Start dmemud when a client finds it absent, so that two clients racing get one daemon.
+
+The spawner holds ``spawn.lock`` while it checks and starts; the daemon itself holds its
+pidfile lock for life, so even a daemon started by hand cannot be doubled.
+"""
+import fcntl
+import os
+import socket
+import subprocess
+import sys
+import time
+
+from .errors import DmemuError
+from .paths import StatePaths
+
+START_TIMEOUT = 30.0
+
+
+def _can_connect(path: str) -> bool:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def ensure_daemon(paths: StatePaths) -> None:
+    if _can_connect(str(paths.socket)):
+        return
+    paths.ensure()
+    with open(paths.root / "spawn.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _can_connect(str(paths.socket)):
+            return
+        spawn(paths)
+
+
+def spawn(paths: StatePaths) -> int:
+    """Start a detached dmemud and return its pid once it accepts connections."""
+    r, w = os.pipe()
+    env = dict(os.environ, DMEMU_ROOT=str(paths.root))
+    # The daemon must import this very dmemu, whether installed or run from a checkout.
+    top = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = top + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    with open(paths.log, "ab") as logf:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dmemu.cli.dmemud", "run", "--ready-fd", str(w)],
+            stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, pass_fds=(w,),
+            start_new_session=True, env=env, cwd="/")
+    os.close(w)
+    deadline = time.monotonic() + START_TIMEOUT
+    got = b""
+    try:
+        while b"\n" not in got and time.monotonic() < deadline:
+            chunk = os.read(r, 64)
+            if not chunk:
+                break
+            got += chunk
+    finally:
+        os.close(r)
+    if not got.startswith(b"ready"):
+        code = proc.poll()
+        raise DmemuError(5, f"dmemud did not start (exit status {code}); see {paths.log}")
+    return proc.pid

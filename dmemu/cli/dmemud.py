@@ -1,0 +1,114 @@
+"""dmemud: run, start, stop and ask about the emulated kernel daemon."""
+import argparse
+import logging
+import os
+import sys
+
+import trio
+
+from .. import client
+from ..autostart import ensure_daemon
+from ..daemon import DaemonLock, Server
+from ..errors import DmemuError
+from ..paths import StatePaths
+from .common import ArgumentParser, fail, run
+
+log = logging.getLogger("dmemud")
+
+
+def build_parser(prog: str) -> ArgumentParser:
+    p = ArgumentParser(prog=prog, description="The dmemu emulated kernel: owns pmem namespaces, "
+                       "disks and device-mapper devices, and serves them on a unix socket in "
+                       "DMEMU_ROOT.")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
+    r = sub.add_parser("run", help="run in the foreground (logs to the state directory)")
+    r.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    sub.add_parser("start", help="start in the background unless already running")
+    s = sub.add_parser("stop", help="stop cleanly (refused while devices are in use)")
+    s.add_argument("-f", "--force", action="store_true", help="stop even if devices are in use")
+    sub.add_parser("status", help="say whether it runs, where, and who uses which device")
+    return p
+
+
+def _serve(paths: StatePaths, ready_fd: int | None) -> int:
+    paths.ensure()
+    lock = DaemonLock(paths)
+    lock.acquire()
+    handler = logging.FileHandler(paths.log)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(logging.INFO)
+
+    async def main():
+        server = Server(paths)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run)
+            if ready_fd is not None:
+                os.write(ready_fd, b"ready\n")
+                os.close(ready_fd)
+    try:
+        trio.run(main)
+    finally:
+        lock.release()
+    return 0
+
+
+async def _stop(paths: StatePaths, force: bool) -> int:
+    if not paths.socket.exists():
+        print("dmemud is not running")
+        return 0
+    try:
+        async with client.connect(paths.root, autostart=False, prog="dmemud") as c:
+            await c.call("shutdown", force=force)
+    except DmemuError as e:
+        if e.errno == 111:   # ECONNREFUSED: a stale socket, nobody serves it
+            print("dmemud is not running")
+            return 0
+        raise
+    # Wait until the daemon has released its lock, so "stop; start" never races.
+    import fcntl
+    with open(paths.pidfile, "a") as f:
+        await trio.to_thread.run_sync(fcntl.flock, f, fcntl.LOCK_EX)
+        fcntl.flock(f, fcntl.LOCK_UN)
+    print("dmemud stopped")
+    return 0
+
+
+async def _status(paths: StatePaths) -> int:
+    try:
+        async with client.connect(paths.root, autostart=False, prog="dmemud") as c:
+            st = await c.call("status")
+    except DmemuError:
+        print(f"dmemud is not running (state directory {paths.root})")
+        return 3     # as systemctl/LSB status: program is not running
+    print(f"dmemud is running: pid {st['pid']}, state directory {st['root']}, "
+          f"{st['connections'] - 1} other client(s), up {st['uptime']:.0f}s")
+    for o in st["opens"]:
+        mode = "exclusive" if o["exclusive"] else ("read-only" if o["read_only"] else "shared")
+        print(f"  {o['device']}: {mode} open by pid {o['pid']} ({o['prog']})")
+    return 0
+
+
+def main(argv=None) -> int:
+    prog = os.path.basename(sys.argv[0]) or "dmemud"
+    args = build_parser(prog).parse_args(argv)
+    paths = StatePaths()
+    try:
+        if args.cmd == "run":
+            return _serve(paths, args.ready_fd)
+        if args.cmd == "start":
+            ensure_daemon(paths)
+            print(f"dmemud is running in {paths.root}")
+            return 0
+        if args.cmd == "stop":
+            return run(prog, _stop, paths, args.force)
+        if args.cmd in (None, "status"):
+            return run(prog, _status, paths)
+    except DmemuError as e:
+        return fail(prog, e.message)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

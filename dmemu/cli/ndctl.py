@@ -1,0 +1,165 @@
+"""ndctl: manage emulated pmem namespaces the way ndctl manages real ones.
+
+Subcommands and JSON follow ndctl (create-namespace, destroy-namespace, enable-/disable-
+namespace, list, inject-error); ``power-fail`` and ``remove`` are dmemu's additions for what
+real hardware does by itself. Namespaces are named namespace0.N, their block devices pmemN.
+"""
+import json
+import sys
+
+from .. import client
+from ..units import human, parse_size
+from .common import ArgumentParser, command_main
+
+DEFAULT_SIZE = "256M"
+
+
+def namespace_json(d: dict, *, media_errors: bool = False, human_units: bool = False) -> dict:
+    """A namespace as `ndctl list` prints it (dmemu's own fields are named so)."""
+    size = human(d["size"]) if human_units else d["size"]
+    out = {"dev": d["dev"], "mode": d["mode"]}
+    if d["mode"] == "fsdax":
+        out["map"] = "mem"
+    out.update(size=size, uuid=d["uuid"], sector_size=512)
+    if d["mode"] == "fsdax":
+        out["align"] = d["align"]
+    out["blockdev"] = d["blockdev"]
+    if d.get("name"):
+        out["name"] = d["name"]
+    # Where a store becomes durable: ndctl reports this per region; here it is per namespace.
+    out["persistence_domain"] = "cpu_cache" if d["model"] == "eadr" else "memory_controller"
+    if not d["enabled"]:
+        out["state"] = "disabled"
+    if media_errors and d["badblocks"]:
+        out["badblock_count"] = sum(c for _, c in d["badblocks"])
+        out["badblocks"] = [{"offset": s, "length": c, "dimms": []} for s, c in d["badblocks"]]
+    return out
+
+
+def dump(obj) -> str:
+    """ndctl's JSON: two-space indent, no space after the colon."""
+    return json.dumps(obj, indent=2, separators=(",", ":"))
+
+
+def print_list(items: list) -> None:
+    # ndctl prints a lone object bare and several as an array.
+    if len(items) == 1:
+        print(dump(items[0]))
+    elif items:
+        print(dump(items))
+
+
+def build_parser(prog: str) -> ArgumentParser:
+    p = ArgumentParser(prog=prog, description="Manage emulated pmem namespaces (dmemu).")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND", required=True)
+
+    c = sub.add_parser("create-namespace", help="create a namespace (and its /dev/pmemN)")
+    c.add_argument("-s", "--size", default=DEFAULT_SIZE, help=f"capacity, e.g. 64M, 1G (default {DEFAULT_SIZE})")
+    c.add_argument("-a", "--align", help="alignment: 4K, 2M (default) or 1G")
+    c.add_argument("-m", "--mode", default="fsdax", choices=("fsdax", "raw"),
+                   help="fsdax: DAX-capable (default); raw: a plain block device, not DAX-capable")
+    c.add_argument("-n", "--name", default="", help="a label for the namespace")
+    c.add_argument("--persistence", default="eadr", choices=("eadr", "adr"),
+                   help="eadr: stores durable when they land (default); adr: stores are lost "
+                        "at power failure unless flushed and fenced")
+    c.add_argument("-r", "--region", default="region0", help="only region0 exists here")
+
+    d = sub.add_parser("destroy-namespace", help="destroy a namespace (refused while in use)")
+    d.add_argument("namespace")
+    d.add_argument("-f", "--force", action="store_true", help="accepted for ndctl compatibility")
+
+    for name, text in (("disable-namespace", "hot-remove a namespace: its users get errors"),
+                       ("remove", "same as disable-namespace (dmemu)"),
+                       ("enable-namespace", "bring a disabled namespace back")):
+        x = sub.add_parser(name, help=text)
+        x.add_argument("namespace")
+
+    ls = sub.add_parser("list", help="list namespaces as JSON")
+    ls.add_argument("-N", "--namespaces", action="store_true", help="list namespaces (the default)")
+    ls.add_argument("-M", "--media-errors", action="store_true", help="include media errors")
+    ls.add_argument("-i", "--idle", action="store_true", help="include disabled namespaces")
+    ls.add_argument("-u", "--human", action="store_true", help="human-readable sizes")
+    ls.add_argument("-n", "--namespace", help="only this namespace")
+
+    ie = sub.add_parser("inject-error", help="inject (or clear, or show) media errors")
+    ie.add_argument("namespace")
+    ie.add_argument("-B", "--block", type=int, default=0, help="first 512-byte block")
+    ie.add_argument("-n", "--count", type=int, default=1, help="number of blocks")
+    ie.add_argument("-d", "--uninject", action="store_true", help="clear instead of inject")
+    ie.add_argument("-t", "--status", action="store_true", help="show the injected errors")
+    ie.add_argument("-N", "--no-notify", action="store_true", help="accepted for compatibility")
+
+    ce = sub.add_parser("clear-errors", aliases=["clear-error"], help="clear media errors")
+    ce.add_argument("namespace")
+    ce.add_argument("-B", "--block", type=int, help="first 512-byte block (default: all)")
+    ce.add_argument("-n", "--count", type=int, default=1, help="number of blocks")
+
+    pf = sub.add_parser("power-fail", help="cut the power (dmemu): volatile data is lost, "
+                        "users lose their devices")
+    pf.add_argument("devices", nargs="*", help="devices (default: all)")
+    pf.add_argument("--tear", action="store_true", help="let unflushed lines tear at 8-byte words")
+    pf.add_argument("--seed", type=int, help="seed for --tear")
+    return p
+
+
+async def _main(args) -> int:
+    async with client.connect(prog="ndctl") as k:
+        cmd = args.cmd
+        if cmd == "create-namespace":
+            if args.region != "region0":
+                from ..errors import no_device
+                raise no_device(f"region '{args.region}' not found: only region0 exists")
+            size = parse_size(args.size)
+            r = await k.call("create_namespace", size=str(size), align=args.align, mode=args.mode,
+                             name=args.name, persistence=args.persistence)
+            print(dump(namespace_json(r["namespace"])))
+        elif cmd == "destroy-namespace":
+            await k.call("destroy", device=args.namespace, kind="pmem")
+            print("destroyed 1 namespace")
+        elif cmd in ("disable-namespace", "remove"):
+            await k.call("disable", device=args.namespace)
+            print("disabled 1 namespace")
+        elif cmd == "enable-namespace":
+            await k.call("enable", device=args.namespace)
+            print("enabled 1 namespace")
+        elif cmd == "list":
+            devs = (await k.call("list", kind="pmem"))["devices"]
+            devs = [d for d in devs if d["enabled"] or args.idle]
+            if args.namespace:
+                devs = [d for d in devs if args.namespace in (d["dev"], d["blockdev"], d["name"])]
+            print_list([namespace_json(d, media_errors=args.media_errors, human_units=args.human)
+                        for d in devs])
+        elif cmd == "inject-error":
+            if args.status:
+                r = await k.call("list", kind="pmem")
+                spec = next((d for d in r["devices"] if args.namespace in (d["dev"], d["blockdev"], d["name"])), None)
+                if spec is None:
+                    from ..errors import no_device
+                    raise no_device(f"{args.namespace}: no such namespace")
+                print(dump({"badblocks": [{"block": s, "count": c} for s, c in spec["badblocks"]]}))
+            elif args.uninject:
+                await k.call("clear_error", device=args.namespace, sector=args.block, count=args.count)
+            else:
+                await k.call("inject_error", device=args.namespace, sector=args.block, count=args.count)
+        elif cmd in ("clear-errors", "clear-error"):
+            await k.call("clear_error", device=args.namespace, sector=args.block,
+                         count=args.count if args.block is not None else None)
+        elif cmd == "power-fail":
+            await power_fail(k, args)
+    return 0
+
+
+async def power_fail(k, args) -> None:
+    """Shared with `dmemu power-fail`."""
+    r = await k.call("power_fail", devices=args.devices, tear=args.tear, seed=args.seed)
+    for name, lost in sorted(r["lost"].items()):
+        print(f"{name}: power failed, {lost} bytes not yet durable were lost")
+
+
+def main(argv=None) -> int:
+    return command_main("ndctl", build_parser, _main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

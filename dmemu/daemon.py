@@ -1,0 +1,428 @@
+"""dmemud: the server loop, client connections and the operations they may ask for.
+
+One trio task reads each connection; every request runs in its own task so that a request
+that waits (a revocation waiting for other clients) never stops this connection's
+acknowledgements from being read. Only DmemuError (a refusal in the kernel's voice) goes back
+to a client as an error; anything else is a bug, logged with its traceback, and answered EIO.
+"""
+import errno
+import fcntl
+import logging
+import os
+import socket
+import struct
+import time
+
+import trio
+
+from . import protocol
+from .errors import DmemuError, busy, invalid
+from .kernel import Kernel
+from .paths import StatePaths
+from .units import parse_size
+
+log = logging.getLogger(__name__)
+
+VERSION = 1
+
+# Operations after which devices may have appeared, gone, been renamed or resized: each
+# bumps the server's device generation, so that a watcher (the device view) follows without
+# re-reading the lists on every lookup. Failed attempts bump too; a spurious bump is harmless.
+DEVICE_CHANGING_OPS = frozenset({"create_namespace", "destroy", "create_disk", "disable", "enable",
+                                 "power_fail", "dm_create", "dm_resume", "dm_remove", "dm_rename"})
+
+
+class Connection:
+    def __init__(self, server: "Server", stream: trio.SocketStream, pid: int):
+        self.server = server
+        self.stream = stream
+        self.pid = pid
+        self.prog = "?"
+        self.handles: set[int] = set()
+        self._send_lock = trio.Lock()
+        self._acks: dict[int, list] = {}
+        self._next_eid = 1
+        self.closed = False
+
+    async def send(self, obj: dict, payload: bytes = b"") -> None:
+        async with self._send_lock:
+            await self.stream.send_all(protocol.encode(obj, payload))
+
+    async def event(self, kind: str, /, *, timeout: float, **args) -> bool:
+        """Send an event and wait for its acknowledgement; False if none came in time."""
+        if self.closed:
+            return True     # a closed connection holds nothing any more
+        eid = self._next_eid
+        self._next_eid += 1
+        done = trio.Event()
+        self._acks[eid] = [done, None]
+        try:
+            await self.send({"event": kind, "eid": eid, **args})
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._acks.pop(eid, None)
+            return True
+        with trio.move_on_after(timeout):
+            await done.wait()
+        slot = self._acks.pop(eid, None)
+        if not done.is_set():
+            log.warning("pid %d (%s) did not acknowledge %s within %ss", self.pid, self.prog, kind, timeout)
+            return False
+        return slot is not None
+
+    def _ack(self, obj: dict) -> None:
+        slot = self._acks.get(obj["ack"])
+        if slot:
+            slot[1] = obj
+            slot[0].set()
+
+    def _release_all(self) -> None:
+        self.closed = True
+        for slot in self._acks.values():
+            slot[0].set()
+        kernel = self.server.kernel
+        for hid in list(self.handles):
+            h = kernel.handles.get(hid)
+            if h is not None:
+                kernel.close(h)
+        self.handles.clear()
+
+    async def serve(self) -> None:
+        reader = protocol.FrameReader(self.stream)
+        try:
+            async with trio.open_nursery() as nursery:
+                while True:
+                    try:
+                        frame = await reader.read()
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, ValueError):
+                        frame = None
+                    if frame is None:
+                        nursery.cancel_scope.cancel()
+                        break
+                    obj, payload = frame
+                    if "ack" in obj:
+                        self._ack(obj)
+                    else:
+                        nursery.start_soon(self._request, obj, payload)
+        finally:
+            self._release_all()
+            with trio.CancelScope(shield=True):
+                await self.stream.aclose()
+
+    async def _request(self, obj: dict, payload: bytes) -> None:
+        rid = obj.get("id")
+        op = obj.get("op", "")
+        handler = getattr(self.server, "op_" + op, None)
+        try:
+            if handler is None:
+                raise invalid(f"unknown operation '{op}'")
+            result = await handler(self, obj, payload)
+            if isinstance(result, tuple):
+                result, data = result
+            else:
+                data = b""
+            reply = {"id": rid, "ok": result if result is not None else {}}
+        except DmemuError as e:
+            reply, data = {"id": rid, "error": e.to_wire()}, b""
+        except Exception:
+            log.exception("operation %s failed", op)
+            reply, data = {"id": rid, "error": {"errno": errno.EIO,
+                                                "message": f"dmemud: internal error in {op}; see {self.server.paths.log}"}}, b""
+        if op in DEVICE_CHANGING_OPS:
+            self.server.devices_changed()     # before the reply: its sender may look at once
+        try:
+            await self.send(reply, data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        if self.server.stopping:
+            self.server.stop.set()
+
+
+def _int(obj: dict, key: str, default=None) -> int | None:
+    v = obj.get(key, default)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise invalid(f"{key} must be an integer")
+    return v
+
+
+class Server:
+    def __init__(self, paths: StatePaths):
+        self.paths = paths
+        self.kernel = Kernel(paths)
+        self.started = time.time()
+        self.connections: set[Connection] = set()
+        self.stop = trio.Event()
+        self.stopping = False
+        self.generation = 0
+        self._changed = trio.Event()
+
+    def devices_changed(self) -> None:
+        self.generation += 1
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        self.kernel.boot()
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        path = str(self.paths.socket)
+        if os.path.exists(path):
+            os.unlink(path)     # stale: we hold the daemon lock, so nobody serves it
+        old = os.umask(0o177)
+        try:
+            await sock.bind(path)
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        sock.listen(128)
+        listener = trio.SocketListener(sock)
+        log.info("dmemud %d listening on %s", os.getpid(), path)
+        try:
+            async with trio.open_nursery() as nursery:
+                self.kernel.dm._nursery = nursery
+                nursery.start_soon(self._accept, listener, nursery)
+                task_status.started()
+                await self.stop.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+                self.kernel.shutdown()
+                log.info("dmemud %d stopped", os.getpid())
+
+    async def _accept(self, listener, nursery) -> None:
+        while True:
+            stream = await listener.accept()
+            creds = stream.socket.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            pid, uid, _ = struct.unpack("3i", creds)
+            if uid not in (0, os.geteuid()):
+                await stream.aclose()
+                continue
+            conn = Connection(self, stream, pid)
+            nursery.start_soon(self._serve, conn)
+
+    async def _serve(self, conn: Connection) -> None:
+        self.connections.add(conn)
+        try:
+            await conn.serve()
+        finally:
+            self.connections.discard(conn)
+
+    # -- operations ------------------------------------------------------------------------
+    # Each takes (connection, request, payload) and returns a JSON-able dict, optionally with
+    # a payload as (dict, bytes).
+
+    async def op_hello(self, conn, req, payload):
+        conn.prog = str(req.get("prog", "?"))[:64]
+        return {"version": VERSION, "pid": os.getpid(), "root": str(self.paths.root)}
+
+    async def op_status(self, conn, req, payload):
+        k = self.kernel
+        return {"pid": os.getpid(), "root": str(self.paths.root), "uptime": time.time() - self.started,
+                "connections": len(self.connections),
+                "opens": [{"device": h.device.name, "pid": h.conn.pid, "prog": h.conn.prog,
+                           "exclusive": h.exclusive, "read_only": h.read_only}
+                          for h in k.handles.values() if not h.dead]}
+
+    async def op_shutdown(self, conn, req, payload):
+        k = self.kernel
+        users = [h for h in k.handles.values() if not h.dead and h.conn is not conn]
+        if users and not req.get("force"):
+            raise busy("dmemud has devices in use by " + ", ".join(sorted({h.describe() for h in users}))
+                       + "; unmount or close them first, or use --force")
+        await k.kill_handles(users, "dmemud shut down")
+        self.stopping = True     # stop once this reply has gone out
+        return {}
+
+    async def op_changes(self, conn, req, payload):
+        """The device generation; with ``wait``, answered only once it differs from ``since``."""
+        since = _int(req, "since")
+        while req.get("wait") and since == self.generation:
+            await self._changed.wait()
+        return {"generation": self.generation}
+
+    async def op_create_namespace(self, conn, req, payload):
+        size = parse_size(req.get("size", ""), what="size")
+        align = parse_size(req["align"], what="align") if req.get("align") is not None else None
+        spec = self.kernel.create_namespace(size, align, req.get("mode") or "fsdax",
+                                            req.get("name") or "", req.get("persistence") or "eadr")
+        return {"namespace": spec_json(spec)}
+
+    async def op_list(self, conn, req, payload):
+        kind = req.get("kind")
+        return {"devices": [spec_json(s) for s in self.kernel.specs if not kind or s.kind == kind]}
+
+    async def op_destroy(self, conn, req, payload):
+        spec = self.kernel.destroy(str(req.get("device", "")), req.get("kind") or "pmem")
+        return {"device": spec_json(spec)}
+
+    async def op_create_disk(self, conn, req, payload):
+        size = parse_size(req.get("size", ""), what="size")
+        spec = self.kernel.create_disk(size, req.get("name"))
+        return {"disk": spec_json(spec)}
+
+    async def op_inject_error(self, conn, req, payload):
+        spec = await self.kernel.inject_error(str(req.get("device", "")), _int(req, "sector", 0),
+                                              _int(req, "count", 1))
+        return {"device": spec_json(spec)}
+
+    async def op_clear_error(self, conn, req, payload):
+        spec = await self.kernel.clear_error(str(req.get("device", "")), _int(req, "sector"),
+                                             _int(req, "count"))
+        return {"device": spec_json(spec)}
+
+    async def op_disable(self, conn, req, payload):
+        return {"device": spec_json(await self.kernel.disable(str(req.get("device", ""))))}
+
+    async def op_enable(self, conn, req, payload):
+        return {"device": spec_json(self.kernel.enable(str(req.get("device", ""))))}
+
+    async def op_power_fail(self, conn, req, payload):
+        lost = await self.kernel.power_fail([str(d) for d in req.get("devices", [])],
+                                            bool(req.get("tear")), _int(req, "seed"))
+        return {"lost": lost}
+
+    async def op_trace(self, conn, req, payload):
+        dev = str(req.get("device", ""))
+        if req.get("action") == "start":
+            return await self.kernel.trace_start(dev)
+        if req.get("action") == "stop":
+            return await self.kernel.trace_stop(dev)
+        raise invalid("trace action must be start or stop")
+
+    async def op_open(self, conn, req, payload):
+        h = self.kernel.open(conn, str(req.get("device", "")), bool(req.get("exclusive")),
+                             bool(req.get("read_only")))
+        conn.handles.add(h.id)
+        return self.kernel.info(h)
+
+    async def op_close(self, conn, req, payload):
+        h = self.kernel.handles.get(_int(req, "handle"))
+        if h is not None and h.conn is conn:
+            self.kernel.close(h)
+            conn.handles.discard(h.id)
+        return {}
+
+    async def op_resolve(self, conn, req, payload):
+        h = self.kernel.handle(conn, _int(req, "handle"))
+        return await self.kernel.resolve(h, _int(req, "sector"), _int(req, "nr"), bool(req.get("write")))
+
+    async def op_bio(self, conn, req, payload):
+        h = self.kernel.handle(conn, _int(req, "handle"))
+        data, changed = self.kernel.bio(h, str(req.get("bio", "")), _int(req, "sector", 0), payload,
+                                        _int(req, "nbytes", 0) or 0, bool(req.get("fua")),
+                                        bool(req.get("preflush")))
+        if changed:
+            await self.kernel.revoke(lambda lease: any(lease.reaches(b, 0, b.nr_sectors) for b in changed),
+                                     "media errors changed")
+        return {}, data
+
+    # -- device-mapper ioctls ----------------------------------------------------------------
+
+    def _dm_reply(self, md) -> dict:
+        return self.kernel.dm.info(md)
+
+    async def op_dm_create(self, conn, req, payload):
+        dm = self.kernel.dm
+        md = dm.create(str(req.get("name", "")), str(req.get("uuid") or ""), bool(req.get("read_only")))
+        table = req.get("table")
+        if table is not None:
+            try:
+                dm.load(md.name, table)
+                await dm.resume(md.name)
+            except BaseException:
+                # dmsetup create is all or nothing: no half-made device is left behind.
+                await dm.remove(md.name, force=False)
+                raise
+        return self._dm_reply(md)
+
+    async def op_dm_load(self, conn, req, payload):
+        return self._dm_reply(self.kernel.dm.load(str(req.get("name", "")), str(req.get("table", ""))))
+
+    async def op_dm_clear(self, conn, req, payload):
+        return self._dm_reply(self.kernel.dm.clear(str(req.get("name", ""))))
+
+    async def op_dm_suspend(self, conn, req, payload):
+        md = await self.kernel.dm.suspend(str(req.get("name", "")), noflush=bool(req.get("noflush")),
+                                          nolockfs=bool(req.get("nolockfs")))
+        return self._dm_reply(md)
+
+    async def op_dm_resume(self, conn, req, payload):
+        return self._dm_reply(await self.kernel.dm.resume(str(req.get("name", ""))))
+
+    async def op_dm_remove(self, conn, req, payload):
+        await self.kernel.dm.remove(str(req.get("name", "")), force=bool(req.get("force")))
+        return {}
+
+    async def op_dm_rename(self, conn, req, payload):
+        md = self.kernel.dm.rename(str(req.get("name", "")), req.get("new"), req.get("uuid"))
+        return self._dm_reply(md)
+
+    async def op_dm_message(self, conn, req, payload):
+        return {"reply": self.kernel.dm.message(str(req.get("name", "")), _int(req, "sector", 0),
+                                                [str(w) for w in req.get("words", [])])}
+
+    async def op_dm_list(self, conn, req, payload):
+        dm = self.kernel.dm
+        out = []
+        for md in sorted(dm.devices.values(), key=lambda m: m.name):
+            d = dm.info(md)
+            d["table"] = dm.table_lines(md)
+            d["inactive_table"] = dm.table_lines(md, inactive=True)
+            d["status"] = dm.table_lines(md, status=True)
+            out.append(d)
+        bases = {b.devno: b.name for b in self.kernel.devices.values()}
+        return {"devices": out, "bases": bases}
+
+    async def op_dm_targets(self, conn, req, payload):
+        from .dm.targets import TARGETS
+        return {"targets": [[t.name, list(t.version)] for t in TARGETS.values()]}
+
+    async def op_dm_param(self, conn, req, payload):
+        params = self.kernel.dm.params
+        name = req.get("param")
+        if name is not None:
+            if name not in params:
+                raise invalid(f"unknown parameter '{name}': known are {', '.join(params)}")
+            if "value" in req:
+                params[name] = bool(req["value"])
+        return {"params": params}
+
+
+def spec_json(spec) -> dict:
+    d = {"kind": spec.kind, "blockdev": spec.blockdev, "devno": spec.devno, "size": spec.size,
+         "uuid": spec.uuid, "model": spec.model, "dax": spec.dax_capable, "enabled": spec.enabled,
+         "badblocks": spec.badblocks}
+    if spec.kind == "pmem":
+        d.update(dev=spec.dev, name=spec.name, mode=spec.mode, align=spec.align)
+    return d
+
+
+class DaemonLock:
+    """Held for the daemon's lifetime, so two daemons never serve one state directory."""
+
+    def __init__(self, paths: StatePaths):
+        self.paths = paths
+        self.fd = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.paths.pidfile, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise DmemuError(errno.EEXIST, f"dmemud is already running (pid {other or '?'}) "
+                                           f"in {self.paths.root}")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            os.close(self.fd)
+            self.fd = None

@@ -1,0 +1,199 @@
+"""snapshot: a point-in-time view of an origin, its changes kept in an exception store.
+
+A chunk with an exception lives on the COW device; any other chunk is read from the
+origin. A write to the snapshot allocates an exception and copies the origin chunk first.
+When the store is full the snapshot is invalidated (P, N) and all its I/O fails, or for
+PO it overflows: writes fail, reads carry on. With ``snapshot_dax`` the target implements
+direct_access when origin and COW are both DAX-capable; a table that mixes DAX-capable and
+non-DAX devices under one snapshot is refused, with the devices named.
+"""
+import errno
+import logging
+
+from ...errors import DmemuError
+from ..errors import DMError, ExceptionStoreFull, TargetError
+from ..exception_store import create_exception_store
+from ..region import Remap
+from ..status import snapshot_status_text, snapshot_table_text
+from ..target_args import check_device_area, check_snapshot_devices
+from .base import Target
+
+log = logging.getLogger(__name__)
+
+# How many neighbouring chunks one read region may cover, when they map the same way.
+MAX_RUN = 256
+
+
+class SnapshotTarget(Target):
+    name = "snapshot"
+    version = (1, 16, 0)
+
+    def __init__(self, dm, line, args):
+        super().__init__(dm, line, args)
+        self.args = args
+        self.origin = dm.get_device(args.origin, line)
+        self.cow = dm.get_device(args.cow, line)
+        check_snapshot_devices(args, self.origin, self.cow)
+        check_device_area(self.name, self.origin, 0, self.len)
+        if self.origin.dax_capable != self.cow.dax_capable:
+            raise TargetError(errno.EINVAL, mixed_dax_message(dm, self.origin, self.cow))
+        self.direct_access = dm.params["snapshot_dax"]
+        self.md = dm.loading          # the mapped device this table is loaded into
+        self.store = create_exception_store(args.store_type, args.chunk_size, self.cow)
+        try:
+            meta = self.store.read_metadata()
+        except OSError as e:
+            raise TargetError(errno.EIO, f"snapshot: Failed to read snapshot metadata: {e.strerror}")
+        except DMError as e:
+            raise TargetError(e.errno, f"snapshot: {e.message}") from None
+        self.chunk_size = self.store.chunk_size
+        self.shift = self.chunk_size.bit_length() - 1
+        self.exceptions = dict(meta.exceptions)
+        self.valid = meta.valid
+        self.overflow = False
+        self.active = False
+        self.warnings = meta.warnings
+        dm.origins.register(self)
+
+    def devices(self):
+        return [self.origin, self.cow]
+
+    def table_text(self):
+        return snapshot_table_text(self.origin.devno, self.cow.devno, self.store.table_text(),
+                                   self.args.features)
+
+    def status_text(self):
+        return snapshot_status_text(self.store.usage(), valid=self.valid, overflow=self.overflow)
+
+    def has_exception(self, chunk: int) -> bool:
+        return chunk in self.exceptions
+
+    # -- copy-on-write ---------------------------------------------------------------------
+
+    def _copy(self, old: int) -> bool:
+        """Allocate an exception for origin chunk ``old`` and copy it; False if full."""
+        try:
+            new = self.store.prepare_exception(old)
+        except ExceptionStoreFull:
+            return False
+        first = old << self.shift
+        n = min(self.chunk_size, self.origin.nr_sectors - first)
+        ok = True
+        try:
+            data = self.origin.read(first, n * 512)
+            self.cow.write(new << self.shift, data)
+        except OSError:
+            log.error("snapshot %s: copying chunk %d failed", self.md.name, old)
+            ok = False
+        for done in self.store.commit_exception(old, new, valid=ok):
+            if done.success:
+                self.exceptions[done.old_chunk] = done.new_chunk
+            else:
+                self.invalidate("Error reading/writing.")
+        return True
+
+    def copy_origin_chunk(self, sector: int) -> bool:
+        """Called by the origin before a write: True if a copy was made just now."""
+        chunk = sector >> self.shift
+        if chunk in self.exceptions or not self.valid:
+            return False
+        if not self._copy(chunk):
+            self.invalidate("Unable to allocate exception.")
+            return False
+        return True
+
+    def invalidate(self, why: str) -> None:
+        if not self.valid:
+            return
+        log.error("device-mapper: snapshots: Invalidating snapshot: %s", why)
+        self.valid = False
+        self.store.drop_snapshot()
+        self.dm.table_event(self.md)
+        md = self.md
+        self.dm.spawn_revoke(lambda lease: lease.through(md), "snapshot invalidated")
+
+    # -- mapping ---------------------------------------------------------------------------
+
+    def _fail(self, what: str):
+        state = "Overflow" if self.overflow and self.valid else "Invalid"
+        return DmemuError(errno.EIO, f"{self.md.name}: snapshot is {state}: {what} fails")
+
+    def _run(self, chunk: int, limit: int, step) -> tuple[int, int]:
+        """The run of chunks around ``chunk`` that ``step(c)`` says map like it."""
+        lo, hi, n = chunk, chunk + 1, 0
+        while hi < limit and n < MAX_RUN and step(hi):
+            hi, n = hi + 1, n + 1
+        n = 0
+        while lo > 0 and n < MAX_RUN and step(lo - 1):
+            lo, n = lo - 1, n + 1
+        return lo, hi
+
+    def _remap_chunk(self, chunk: int) -> Remap:
+        nchunks = -(-self.len // self.chunk_size)
+        new = self.exceptions.get(chunk)
+        if new is None:
+            lo, hi = self._run(chunk, nchunks, lambda c: c not in self.exceptions)
+            start = lo << self.shift
+            return Remap(start, min(hi << self.shift, self.len) - start, "remap", self.origin, start)
+        delta = new - chunk
+        lo, hi = self._run(chunk, nchunks, lambda c: self.exceptions.get(c) == c + delta)
+        start = lo << self.shift
+        return Remap(start, min(hi << self.shift, self.len) - start, "remap", self.cow,
+                     (lo + delta) << self.shift)
+
+    def remap_sync(self, offset, write):
+        if not self.valid:
+            raise self._fail("I/O")
+        return self._remap_chunk(offset >> self.shift)
+
+    async def remap(self, offset, write):
+        if not self.valid:
+            raise self._fail("I/O")
+        chunk = offset >> self.shift
+        if not write or chunk in self.exceptions:
+            return self._remap_chunk(chunk)
+        if self.overflow:
+            raise self._fail("write")
+        async with self.dm.origins.lock(self.origin):
+            if chunk not in self.exceptions:
+                if not self.valid:
+                    raise self._fail("I/O")
+                if not self._copy(chunk):
+                    if self.store.type_name == "PO":
+                        self.overflow = True
+                        self.dm.table_event(self.md)
+                        raise self._fail("write")
+                    self.invalidate("Unable to allocate exception.")
+                    raise self._fail("write")
+                # Read leases of this chunk still point at the origin: take them back.
+                first = self.begin + (chunk << self.shift)
+                md = self.md
+                await self.dm.kernel.revoke(
+                    lambda lease: lease.covers(md, first, first + self.chunk_size),
+                    "snapshot write")
+            if not self.valid:
+                raise self._fail("I/O")
+            return self._remap_chunk(chunk)
+
+    async def resume(self):
+        self.active = True
+        # Leases handed out before this snapshot existed write the origin without copying.
+        await self.dm.revoke_reaching(self.origin, 0, self.origin.nr_sectors, "snapshot activated",
+                                      writes_only=True)
+
+    def postsuspend(self):
+        pass
+
+    def dtr(self):
+        self.active = False
+        self.dm.origins.unregister(self)
+
+
+def mixed_dax_message(dm, origin, cow) -> str:
+    def side(role, dev):
+        state = "DAX-capable" if dev.dax_capable else "not DAX-capable"
+        return f"{role} {dm.describe(dev)} is {state}"
+    return ("snapshot: cannot mix DAX-capable and non-DAX devices in one snapshot: "
+            f"{side('origin', origin)}, {side('COW', cow)}; put the COW on a "
+            + ("DAX-capable device (a pmem namespace in fsdax mode)" if origin.dax_capable
+               else "non-DAX device") + " like its origin")

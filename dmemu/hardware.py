@@ -1,0 +1,189 @@
+"""The emulated hardware: pmem namespaces and plain disks, and the registry that keeps them.
+
+Namespaces and disks are hardware: they survive a restart of dmemud (a reboot), with their
+media errors. The registry is one JSON file replaced atomically, so a crash in the middle of
+a create or destroy leaves either the old or the new list, never half of one.
+"""
+import json
+import logging
+import os
+import uuid as uuidlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .blockdev import SECTOR_SIZE
+from .errors import io_error
+from .media import Media
+
+log = logging.getLogger(__name__)
+
+PMEM_MAJOR = 259    # blkext: where Linux numbers pmem block devices
+DISK_MAJOR = 7      # loop: a plain disk here is a file-backed block device, like a loop device
+DAX_MODES = ("fsdax",)
+MODES = ("fsdax", "raw", "sector")   # devdax has no block device, so it cannot be emulated here
+
+
+@dataclass
+class BaseSpec:
+    """One base device as the registry stores it."""
+    kind: str                  # "pmem" or "disk"
+    blockdev: str              # pmem0, disk0: the name users type (also as /dev/NAME)
+    size: int                  # bytes
+    minor: int
+    uuid: str
+    model: str                 # eadr, adr (pmem) or disk
+    dev: str = ""              # namespace0.0 for pmem
+    name: str = ""             # the namespace's optional label
+    mode: str = "fsdax"        # fsdax (DAX-capable), raw or sector (not DAX-capable)
+    align: int = 0
+    enabled: bool = True
+    badblocks: list = field(default_factory=list)   # [[sector, count], ...], sorted, merged
+
+    @property
+    def devno(self) -> str:
+        major = PMEM_MAJOR if self.kind == "pmem" else DISK_MAJOR
+        return f"{major}:{self.minor}"
+
+    @property
+    def dax_capable(self) -> bool:
+        return self.kind == "pmem" and self.mode in DAX_MODES
+
+
+class BaseDevice:
+    """A live base device in dmemud: its spec, its mapped media and its media errors.
+
+    Also the synchronous device interface the DM targets in the daemon use (read, write with
+    fua/preflush, flush), with media errors failing reads as the pmem driver does.
+    """
+
+    def __init__(self, spec: BaseSpec, image_base: str, *, create: bool = False):
+        self.spec = spec
+        self.media_spec = Media.spec_for(spec.model, image_base, spec.size)
+        self.media = Media(self.media_spec, create=create)
+        self.removed = False
+        self._unheld = None         # a trio.Event while resolutions are held (trace start/stop)
+
+    def set_trace(self, path: str | None) -> None:
+        """Reopen the media with (or without) a persistence trace; callers hold the device."""
+        spec = dict(self.media_spec)
+        spec.pop("trace", None)
+        if path:
+            spec["trace"] = path
+        self.media.close()
+        self.media_spec = spec
+        self.media = Media(spec)
+
+    name = property(lambda self: self.spec.blockdev)
+    devno = property(lambda self: self.spec.devno)
+    nr_sectors = property(lambda self: self.spec.size // SECTOR_SIZE)
+    dax_capable = property(lambda self: self.spec.dax_capable)
+    logical_block_size = SECTOR_SIZE
+
+    kind = property(lambda self: self.spec.kind)
+
+    def region_sync(self, sector: int, write: bool):
+        """The whole device as segments: mapped media, split around media errors."""
+        from .dm.region import Region, Seg
+        if self.removed:
+            raise io_error(f"{self.name}: device removed")
+        end, segs, pos = self.nr_sectors, [], 0
+        for s, c in self.spec.badblocks:
+            if s > pos:
+                segs.append(Seg(pos, s, "map", self, pos))
+            segs.append(Seg(s, s + c, "poison", self, s))
+            pos = s + c
+        if pos < end:
+            segs.append(Seg(pos, end, "map", self, pos))
+        return Region(0, end, segs)
+
+    async def region(self, sector: int, write: bool):
+        while self._unheld is not None:
+            await self._unheld.wait()
+        return self.region_sync(sector, write)
+
+    def poisoned(self, sector: int, nr: int) -> list[tuple[int, int]]:
+        """The media-error runs that intersect [sector, sector+nr)."""
+        end = sector + nr
+        return [(s, c) for s, c in self.spec.badblocks if s < end and s + c > sector]
+
+    def read(self, sector: int, nbytes: int) -> bytes:
+        if self.removed:
+            raise io_error(f"{self.name}: device removed").as_oserror()
+        if self.poisoned(sector, -(-nbytes // SECTOR_SIZE)):
+            raise io_error(f"{self.name}: media error in sectors {sector}+{nbytes // SECTOR_SIZE}").as_oserror()
+        return self.media.read(sector * SECTOR_SIZE, nbytes)
+
+    def write(self, sector: int, data, *, fua: bool = False, preflush: bool = False) -> None:
+        """Callers that may write over media errors clear them (Kernel.clear_poison)."""
+        if self.removed:
+            raise io_error(f"{self.name}: device removed").as_oserror()
+        if preflush:
+            self.media.flush()
+        self.media.write(sector * SECTOR_SIZE, data, fua)
+
+    def flush(self) -> None:
+        self.media.flush()
+
+    bio_based = False
+
+    def close(self) -> None:
+        self.media.close()
+
+
+def merge_badblocks(runs: list) -> list:
+    out: list[list[int]] = []
+    for s, c in sorted(runs):
+        if out and s <= out[-1][0] + out[-1][1]:
+            out[-1][1] = max(out[-1][1], s + c - out[-1][0])
+        else:
+            out.append([s, c])
+    return out
+
+
+def clear_badblocks(spec: BaseSpec, sector: int, count: int) -> bool:
+    """Forget media errors in [sector, sector+count), as a write over them clears poison."""
+    end = sector + count
+    out, changed = [], False
+    for s, c in spec.badblocks:
+        e = s + c
+        if e <= sector or s >= end:
+            out.append([s, c])
+            continue
+        changed = True
+        if s < sector:
+            out.append([s, sector - s])
+        if e > end:
+            out.append([end, e - end])
+    spec.badblocks = out
+    return changed
+
+
+class Registry:
+    """hardware.json: the list of base devices, written by replace-and-fsync."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def load(self) -> list[BaseSpec]:
+        if not self.path.exists():
+            return []
+        with open(self.path) as f:
+            data = json.load(f)
+        return [BaseSpec(**d) for d in data.get("devices", [])]
+
+    def save(self, specs: list[BaseSpec]) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            json.dump({"version": 1, "devices": [asdict(s) for s in specs]}, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def new_uuid() -> str:
+    return str(uuidlib.uuid4())
