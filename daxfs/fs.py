@@ -24,8 +24,10 @@ from dataclasses import dataclass
 
 import trio
 
+from . import daxattr
 from . import format as fmt
 from .alloc import Bitmap, BlockAllocator, InodeAllocator
+from .dax import DaxIO, DaxPolicy
 from .directory import Directory, dtype, empty_block
 from .errors import CorruptError, FsError
 from .inode import Inode
@@ -41,9 +43,40 @@ RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 LINK_MAX = 65000
 XATTR_CREATE, XATTR_REPLACE = 1, 2
-# The xattr through which the persistent DAX flag (FS_XFLAG_DAX) can be read and set,
-# since FUSE cannot carry FS_IOC_FSSETXATTR (see docs/format.md).
-DAX_XATTR = b"trusted.daxfs.dax"
+# The xattrs through which DAX state is read and set, since FUSE cannot carry
+# FS_IOC_FSSETXATTR nor STATX_ATTR_DAX (see daxfs/daxattr.py and docs/format.md).
+DAX_XATTR = daxattr.DAX_FLAG_XATTR.encode()
+DAX_STATE_XATTR = daxattr.DAX_STATE_XATTR.encode()
+SYNC_XATTR = daxattr.SYNC_XATTR.encode()
+MOUNT_DAX_XATTR = daxattr.MOUNT_DAX_XATTR.encode()
+VIRTUAL_XATTRS = (DAX_XATTR, DAX_STATE_XATTR, SYNC_XATTR, MOUNT_DAX_XATTR)
+
+
+class GateLock:
+    """The filesystem lock, with a gate a freeze closes: while the device under the mount is
+    suspended (a snapshot being taken), operations that change anything wait at the gate;
+    reads go on."""
+
+    def __init__(self):
+        self._lock = trio.Lock()
+        self._open: trio.Event | None = None
+
+    async def __aenter__(self):
+        while self._open is not None:
+            await self._open.wait()
+        await self._lock.acquire()
+
+    async def __aexit__(self, *exc):
+        self._lock.release()
+
+    def close_gate(self) -> None:
+        if self._open is None:
+            self._open = trio.Event()
+
+    def open_gate(self) -> None:
+        gate, self._open = self._open, None
+        if gate is not None:
+            gate.set()
 
 
 @dataclass
@@ -95,7 +128,10 @@ class Filesystem:
         self.sb = sb
         self.read_only = read_only
         self.track_lookups = track_lookups
-        self.lock = trio.Lock()
+        self.lock = GateLock()
+        self.dax = DaxPolicy("never", False)    # set by the mount (dax= option, device)
+        self.daxio = DaxIO(dev) if getattr(dev, "dax", False) else None
+        self.dead: str | None = None          # the device went away: every call fails
         self.journal = Journal(dev, sb.journal_start, sb.journal_blocks)
         self.overlay: dict[int, bytes] = {}      # replayed images on a read-only mount
         self.inodes: dict[int, Inode] = {}
@@ -205,6 +241,9 @@ class Filesystem:
         """Free what only the kernel still referenced, commit, flush, mark clean."""
         if self.read_only:
             return
+        if self.dead:
+            log.warning("unmounted %s without writing: %s", self.dev.name, self.dead)
+            return
         async with self.lock:
             for ino in list(self.orphans):
                 await self._free_inode(await self.iget(ino))
@@ -217,6 +256,48 @@ class Filesystem:
             await write_blocks(self.dev, 0, self.sb.pack(), fua=True)
             await self.dev.flush()
         log.info("unmounted %s cleanly", self.dev.name)
+
+    # ----------------------------------------------------------------------------------
+    # DAX and the device under the mount
+
+    def effective_dax(self, inode: Inode) -> bool:
+        """S_DAX: decided when the inode comes into use, kept until its last close, so a
+        flag change on an open file takes effect only afterwards (dax.rst, generic/608)."""
+        if inode.s_dax is not None:
+            return inode.s_dax
+        return self.dax.decide(inode.is_reg, bool(inode.flags & fmt.IFLAG_DAX))
+
+    async def freeze(self) -> None:
+        """The device is being suspended: make everything durable, drop the mappings, and
+        hold every change until thaw (freeze_super + the DAX mappings of the 2018 thread)."""
+        async with self.lock:
+            if not self.read_only and not self.dead:
+                await self._commit()
+                await self.dev.flush()
+            self.lock.close_gate()
+        if self.daxio is not None:
+            self.daxio.drop()
+        log.info("frozen for a suspend of %s", self.dev.name)
+
+    def thaw(self) -> None:
+        self.lock.open_gate()
+        log.info("thawed")
+
+    def device_gone(self, reason: str) -> None:
+        """The device was removed or lost power under the mount: fail everything from now
+        on (EIO), never hang, and let the kernel drop what it caches."""
+        self.dead = reason
+        self.lock.open_gate()
+        if self.daxio is not None:
+            self.daxio.drop()
+        log.error("%s: %s; every operation fails with EIO until unmounted", self.dev.name, reason)
+        if self.on_invalidate is not None:
+            for ino in list(self.inodes):
+                self.on_invalidate(ino)
+
+    def _alive(self) -> None:
+        if self.dead:
+            raise FsError(errno.EIO, f"{self.dev.name}: {self.dead}")
 
     # ----------------------------------------------------------------------------------
     # inode cache
@@ -957,6 +1038,12 @@ class Filesystem:
         inode = await self.iget(ino)
         if name == DAX_XATTR:
             return b"1" if inode.flags & fmt.IFLAG_DAX else b"0"
+        if name == DAX_STATE_XATTR:
+            return b"1" if self.effective_dax(inode) else b"0"
+        if name == SYNC_XATTR:
+            return b"1" if inode.sync_mode else b"0"
+        if name == MOUNT_DAX_XATTR and ino == self.sb.root_ino:
+            return self.dax.mode.encode()
         self._check_xattr_name(inode, name)
         v = (await self._xattrs(inode)).get(name)
         if v is None:
@@ -979,6 +1066,16 @@ class Filesystem:
                 inode.flags = (inode.flags & ~fmt.IFLAG_DAX) | (fmt.IFLAG_DAX if value == b"1" else 0)
                 self._touch(inode)
                 return
+            if name == SYNC_XATTR:
+                if value not in (b"0", b"1"):
+                    raise FsError(errno.EINVAL, "the synchronous mode is 0 or 1")
+                if value == b"1" and not self.effective_dax(inode):
+                    # mmap(MAP_SYNC) on a file that is not DAX fails so on Linux
+                    raise FsError(errno.EOPNOTSUPP, "the synchronous mode needs a DAX file")
+                inode.sync_mode = value == b"1"
+                return
+            if name in (DAX_STATE_XATTR, MOUNT_DAX_XATTR):
+                raise FsError(errno.EPERM, "read-only attribute")
             self._check_xattr_name(inode, name)
             if name.startswith(b"user.") and not (inode.is_reg or inode.is_dir):
                 raise FsError(errno.EPERM, "user xattrs only on files and directories")
@@ -1046,6 +1143,9 @@ class Filesystem:
     # files
 
     def _open_handle(self, inode: Inode, flags: int) -> int:
+        if inode.is_reg and not self.opens.get(inode.ino):
+            # S_DAX is decided as the inode comes into use and kept until the last close
+            inode.s_dax = self.dax.decide(True, bool(inode.flags & fmt.IFLAG_DAX))
         fh = self.next_fh
         self.next_fh += 1
         self.handles[fh] = Handle(inode, flags)
@@ -1064,6 +1164,7 @@ class Filesystem:
             raise FsError(errno.EISDIR, "is a directory")
         if flags & os.O_ACCMODE != os.O_RDONLY:
             self._writable()
+        self._alive()
         fh = self._open_handle(inode, flags)
         if flags & os.O_TRUNC and inode.is_reg and inode.size:
             await self.setattr(ino, size=0)
@@ -1079,7 +1180,8 @@ class Filesystem:
             self.opens[ino] = left
             return
         self.opens.pop(ino, None)
-        if h.inode.nlink == 0 and not self.read_only:
+        h.inode.s_dax = None        # not in use any more: the next open decides afresh
+        if h.inode.nlink == 0 and not self.read_only and not self.dead:
             async with self.lock:
                 await self._release_if_unused(h.inode)
 
@@ -1108,6 +1210,10 @@ class Filesystem:
         """One device read per extent the range touches; holes read as zeros."""
         if off < 0:
             raise FsError(errno.EINVAL, "negative offset")
+        self._alive()
+        # Effective-DAX files load from the pmem through direct_access mappings; others
+        # read with bios. Both go straight to the device: daxfs keeps no data cache.
+        io = self.daxio if self.daxio is not None and self.effective_dax(inode) else self.dev
         end = min(off + size, inode.size)
         if off >= end:
             return b""
@@ -1118,14 +1224,14 @@ class Filesystem:
             if not pblk:
                 return bytes(end - off)
             s = off - first * BS
-            return (await self.dev.read(pblk * fmt.BLOCK_SECTORS, BS))[s:s + end - off]
+            return (await io.read(pblk * fmt.BLOCK_SECTORS, BS))[s:s + end - off]
         parts = []
         lblk = first
         while lblk <= last:
             pblk, run = inode.map(lblk)
             n = last + 1 - lblk if run == 0 else min(run, last + 1 - lblk)
             if pblk:
-                parts.append(await self.dev.read(pblk * fmt.BLOCK_SECTORS, n * BS))
+                parts.append(await io.read(pblk * fmt.BLOCK_SECTORS, n * BS))
             else:
                 parts.append(bytes(n * BS))
             lblk += n
@@ -1153,6 +1259,7 @@ class Filesystem:
             raise FsError(errno.EFBIG, "file too large")
         async with self.lock:
             self._writable()
+            self._alive()
             n = await self._fit_to_space(inode, off, len(data))
             if n < len(data):           # a short write when the device fills up, as Linux
                 data = memoryview(data)[:n]
@@ -1168,7 +1275,9 @@ class Filesystem:
                 self._dirty_times(inode)
             if h.flags & os.O_SYNC == os.O_SYNC:         # O_SYNC includes the O_DSYNC bit
                 await self._sync_locked(datasync=False)
-            elif h.flags & os.O_DSYNC:
+            elif h.flags & os.O_DSYNC or inode.sync_mode:
+                # The synchronous mode keeps MAP_SYNC's promise: the metadata that reaches
+                # the data just written is durable when the write returns.
                 await self._sync_locked(datasync=True)
             else:
                 await self._maybe_commit()
@@ -1215,6 +1324,9 @@ class Filesystem:
         contiguous device blocks; partial blocks at the edges are read-modify-written.
         Lock held, so no commit can reference the new blocks before their data is written."""
         data = memoryview(data)
+        # Effective-DAX files store into the pmem and flush each store to the persistence
+        # domain before the write returns; others write bios.
+        io = self.daxio if self.daxio is not None and self.effective_dax(inode) else self.dev
         end = off + len(data)
         first, last = off // BS, (end - 1) // BS
         holes = []
@@ -1242,10 +1354,10 @@ class Filesystem:
             buf = bytearray((last - first + 1) * BS)
             if head and first not in new_blocks:
                 pblk, _ = inode.map(first)
-                buf[:BS] = await self.dev.read(pblk * fmt.BLOCK_SECTORS, BS)
+                buf[:BS] = await io.read(pblk * fmt.BLOCK_SECTORS, BS)
             if tail and (last != first or not head) and last not in new_blocks:
                 pblk, _ = inode.map(last)
-                buf[-BS:] = await self.dev.read(pblk * fmt.BLOCK_SECTORS, BS)
+                buf[-BS:] = await io.read(pblk * fmt.BLOCK_SECTORS, BS)
             buf[head:head + len(data)] = data
             data = memoryview(buf)
         lblk = first
@@ -1253,7 +1365,7 @@ class Filesystem:
         while lblk <= last:
             pblk, run = inode.map(lblk)
             n = min(run, last + 1 - lblk)
-            await self.dev.write(pblk * fmt.BLOCK_SECTORS, data[pos:pos + n * BS])
+            await io.write(pblk * fmt.BLOCK_SECTORS, data[pos:pos + n * BS])
             pos += n * BS
             lblk += n
         return bool(holes)
@@ -1264,6 +1376,7 @@ class Filesystem:
         file usually finds nothing left to do but a cache flush."""
         if self.read_only:
             return
+        self._alive()
         async with self.lock:
             await self._sync_locked(datasync)
 

@@ -23,7 +23,8 @@ class Inode:
                  # extents as three parallel lists sorted by lblk: bisect on ext_lblk
                  "ext_lblk", "ext_len", "ext_pblk",
                  "chain", "extents_dirty",  # device blocks of the extent chain, in order
-                 "xattrs", "dir")           # decoded lazily
+                 "xattrs", "dir",           # decoded lazily
+                 "s_dax", "sync_mode")      # in-core: DAX now (S_DAX), synchronous writes
 
     def __init__(self, ino: int):
         self.ino = ino
@@ -39,6 +40,8 @@ class Inode:
         self.extents_dirty = False
         self.xattrs = None
         self.dir = None
+        self.s_dax = None       # decided when the inode comes into use, kept while open
+        self.sync_mode = False
 
     # -- encoding ------------------------------------------------------------------------
     def pack(self) -> bytes:

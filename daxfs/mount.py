@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import pyfuse3
 import trio
 
+from .dax import DaxPolicy, check_mount, parse_dax_option
 from .fs import Filesystem
 from .operations import Operations
 from .source import open_source
@@ -99,7 +100,11 @@ async def serve(source: str, mountpoint: str, mo: MountOptions, *, ready=None) -
     async with AsyncExitStack() as stack:
         dev = await stack.enter_async_context(
             open_source(source, exclusive=not mo.read_only, read_only=mo.read_only))
+        dax_mode = parse_dax_option(mo.dax)
+        check_mount(dax_mode, getattr(dev, "dax", False))   # before anything is written
         fs = await Filesystem.mount(dev, read_only=mo.read_only, track_lookups=True)
+        fs.dax = DaxPolicy(dax_mode, getattr(dev, "dax", False))
+        _follow_device(dev, fs)
         if mo.noatime:
             fs.relatime = False
         stack.push_async_callback(fs.unmount)
@@ -132,6 +137,23 @@ async def serve(source: str, mountpoint: str, mo: MountOptions, *, ready=None) -
 
 
 _terminated = False
+
+
+def _follow_device(dev, fs: Filesystem) -> None:
+    """Answer dmemud's events for the device under the mount: freeze and thaw around a
+    suspend (a snapshot being taken), and the device going away (removal, power failure)."""
+    if hasattr(dev, "freeze_hook"):
+        async def freeze_hook(kind: str) -> None:
+            if kind == "freeze":
+                await fs.freeze()
+            else:
+                fs.thaw()
+        dev.freeze_hook = freeze_hook
+    if hasattr(dev, "event_hooks"):
+        def on_event(ev: dict) -> None:
+            if ev.get("event") == "gone":
+                fs.device_gone(ev.get("reason", "device gone"))
+        dev.event_hooks.append(on_event)
 
 
 async def _terminate_on_signal() -> None:

@@ -28,6 +28,10 @@ ATTR_TIMEOUT = 60.0
 STATS_XATTR = b"trusted.daxfs.stats"
 
 
+# What the kernel may still ask once the device is gone, so that unmounting works.
+_AFTER_DEATH = {"forget", "release", "releasedir", "flush", "statfs", "getattr_root"}
+
+
 def _handler(fn):
     name = fn.__name__
 
@@ -35,6 +39,8 @@ def _handler(fn):
     async def wrapper(self, *args, **kw):
         # requests per kind: the cost model of a Python FUSE daemon (logged at unmount)
         self.requests[name] = self.requests.get(name, 0) + 1
+        if self.fs.dead and name not in _AFTER_DEATH:
+            raise pyfuse3.FUSEError(errno.EIO)     # the device went away under the mount
         try:
             return await fn(self, *args, **kw)
         except pyfuse3.FUSEError:
@@ -178,15 +184,22 @@ class Operations(pyfuse3.Operations):
         return self._entry(await self.fs.link(inode, new_parent_inode, new_name))
 
     # -- files ---------------------------------------------------------------------------
+    def _file_info(self, fh: int) -> pyfuse3.FileInfo:
+        """Open flags per inode. Never direct_io: a direct_io file cannot be mmapped
+        MAP_SHARED here (no FUSE_DIRECT_IO_ALLOW_MMAP), and DAX files must map. A DAX file
+        drops the kernel's cached pages at open instead (keep_cache off), so what it reads
+        comes from the pmem as it is now, not from an older copy."""
+        dax = self.fs.effective_dax(self.fs.handle(fh).inode)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=not dax)
+
     @_handler
     async def open(self, inode, flags, ctx):
-        fh = await self.fs.open(inode, flags)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+        return self._file_info(await self.fs.open(inode, flags))
 
     @_handler
     async def create(self, parent_inode, name, mode, flags, ctx):
         fh, inode = await self.fs.create(parent_inode, name, mode, flags, _ctx(ctx))
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._entry(inode)
+        return self._file_info(fh), self._entry(inode)
 
     @_handler
     async def read(self, fh, off, size):

@@ -30,5 +30,9 @@ async def open_source(source: str, *, exclusive: bool, read_only: bool):
     except ImportError:
         raise FsError(errno.ENODEV, f"{source}: not an image file, and dmemu.client (needed "
                                     "to open dmemu devices) is not installed") from None
-    async with open_device(source, exclusive=exclusive, read_only=read_only) as dev:
-        yield dev
+    from dmemu.errors import DmemuError
+    try:
+        async with open_device(source, exclusive=exclusive, read_only=read_only) as dev:
+            yield dev
+    except DmemuError as e:     # a refusal by dmemud (no such device, claimed, ...)
+        raise FsError(e.errno, e.message) from None

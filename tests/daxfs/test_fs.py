@@ -234,7 +234,7 @@ async def test_xattrs(fs):
 
 async def test_dax_flag_inherited(fs):
     d = await fs.mkdir(R, b"d")
-    await fs.setxattr(d.ino, b"trusted.daxfs.dax", b"1")
+    await fs.setxattr(d.ino, b"user.daxfs.dax", b"1")
     assert d.flags & fmt.IFLAG_DAX
     fh, f = await fs.create(d.ino, b"f", 0o644, 0)
     await fs.release(fh)
@@ -245,7 +245,7 @@ async def test_dax_flag_inherited(fs):
     fs2 = await remount(fs)
     f2 = await fs2.lookup(d.ino, b"f")
     assert f2.flags & fmt.IFLAG_DAX
-    assert await fs2.getxattr(f2.ino, b"trusted.daxfs.dax") == b"1"
+    assert await fs2.getxattr(f2.ino, b"user.daxfs.dax") == b"1"
     await fs2.unmount()
 
 
