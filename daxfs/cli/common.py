@@ -1,0 +1,27 @@
+"""What every daxfs command shares: logging set-up and the one-line error convention."""
+import logging
+import sys
+
+from ..errors import FsError, UsageError
+
+
+def setup_logging(verbose: int) -> None:
+    level = logging.WARNING if not verbose else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(name)s: %(message)s", stream=sys.stderr)
+
+
+def fail(prog: str, msg: str, hint: str = "", code: int = 1) -> int:
+    print(f"{prog}: {msg}" + (f"; {hint}" if hint else ""), file=sys.stderr)
+    return code
+
+
+def hint_for(e: OSError) -> str:
+    import errno
+    return {errno.EBUSY: "unmount it or stop the other user first",
+            errno.ENOENT: "check the name",
+            errno.EACCES: "run as root or fix the permissions",
+            errno.ENODEV: "use an image file or install dmemu",
+            errno.EROFS: "the device is read-only"}.get(e.errno, "")
+
+
+__all__ = ["setup_logging", "fail", "hint_for", "FsError", "UsageError"]

@@ -1,0 +1,462 @@
+"""Checking (and repairing) a daxfs image: the logic behind fsck.daxfs.
+
+The checker reads every structure itself rather than through ``Filesystem``, so a damaged
+image is described instead of refused. It first replays the journal (into memory with -n,
+onto the device with -y, as e2fsck does), then runs independent ``check_*`` passes that each
+look at one structure or one cross-reference and report what is wrong. Repairs only ever
+rebuild derived information (bitmaps, counts, link counts, the orphan list) or drop what
+cannot be trusted (unreadable inodes, directory entries naming them); anything else is
+reported as left uncorrected.
+
+Exit codes are e2fsck's: 0 clean, 1 errors fixed, 4 errors left uncorrected, 8 operational
+error.
+"""
+import logging
+import stat
+import struct
+
+from . import format as fmt
+from .alloc import Bitmap
+from .directory import dtype, parse_block
+from .format import DIRENT_FMT
+from .errors import CorruptError
+from .inode import Inode
+from .journal import Journal, header_block, read_blocks, write_blocks
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FIXED, EXIT_UNCORRECTED, EXIT_OPERATIONAL = 0, 1, 4, 8
+BS = fmt.BLOCK_SIZE
+PARSE_ERRORS = (CorruptError, struct.error, ValueError, IndexError, OverflowError,
+                UnicodeDecodeError, KeyError)
+
+
+class Checker:
+    def __init__(self, dev, *, repair: bool = False, out=None):
+        self.dev = dev
+        self.repair = repair and not getattr(dev, "read_only", False)
+        self.out = out or (lambda msg: None)
+        self.errors: list[str] = []          # found and not fixed
+        self.fixed: list[str] = []
+        self.overlay: dict[int, bytes] = {}
+        self.writes: dict[int, bytes] = {}   # repaired blocks to write back
+        self.patches: list = []              # directory record changes to make
+
+    # -- reporting -----------------------------------------------------------------------
+    def problem(self, msg: str, fixable: bool = False) -> bool:
+        """Record a problem; True when the caller should repair it."""
+        if fixable and self.repair:
+            self.fixed.append(msg)
+            self.out(f"{msg}: fixed")
+            return True
+        self.errors.append(msg)
+        self.out(msg)
+        return False
+
+    async def read(self, blk: int, n: int = 1) -> bytes:
+        data = bytearray(await read_blocks(self.dev, blk, n))
+        for i in range(n):
+            img = self.writes.get(blk + i, self.overlay.get(blk + i))
+            if img is not None:
+                data[i * BS:(i + 1) * BS] = img
+        return bytes(data)
+
+    # -- driver --------------------------------------------------------------------------
+    async def run(self) -> int:
+        total = self.dev.nr_sectors // fmt.BLOCK_SECTORS
+        if total < 1:
+            self.out("device too small to hold a daxfs")
+            return EXIT_OPERATIONAL
+        raw = await read_blocks(self.dev, 0)
+        if raw[:8] != fmt.SB_MAGIC:
+            self.out("no daxfs superblock found (bad magic); is this the right device?")
+            return EXIT_OPERATIONAL
+        try:
+            self.sb = fmt.Superblock.unpack(raw)
+            if self.sb.total_blocks > total:
+                raise CorruptError(f"superblock: {self.sb.total_blocks} blocks but the device "
+                                   f"has {total}")
+        except CorruptError as e:
+            self.problem(f"{e}; cannot check further")
+            return EXIT_UNCORRECTED
+        await self.check_journal()
+        try:
+            self.sb = fmt.Superblock.unpack(await self.read(0))
+        except CorruptError as e:
+            self.problem(f"{e} (after journal replay); cannot check further")
+            return EXIT_UNCORRECTED
+        await self.load()
+        self.check_inodes()
+        self.check_extents()
+        self.check_directories()
+        self.check_dir_index()
+        await self.check_xattrs()
+        self.check_nlink()
+        self.check_orphans()
+        self.check_connectivity()
+        self.check_bitmaps()
+        self.check_counts()
+        if self.repair:
+            await self.apply_patches()
+        if self.writes:
+            await self.write_back()
+        if self.errors:
+            return EXIT_UNCORRECTED
+        return EXIT_FIXED if self.fixed else EXIT_OK
+
+    async def write_back(self) -> None:
+        for blk in sorted(self.writes):
+            await write_blocks(self.dev, blk, self.writes[blk])
+        await self.dev.flush()
+
+    # -- passes --------------------------------------------------------------------------
+    async def check_journal(self) -> None:
+        sb = self.sb
+        j = Journal(self.dev, sb.journal_start, sb.journal_blocks)
+        try:
+            images = await j.scan()
+        except CorruptError as e:
+            if self.problem(f"{e}: journal header unreadable", fixable=True):
+                self.writes[sb.journal_start] = header_block(1, 1)
+            return
+        if not images:
+            return
+        self.out(f"journal holds {len(images)} block image(s) to replay"
+                 + ("; replaying" if self.repair else " (replayed in memory only, -n)"))
+        for home, img in images:
+            if not 0 <= home < sb.total_blocks:
+                self.problem(f"journal: image for block {home} beyond the device")
+                continue
+            self.overlay[home] = img
+        if self.repair:
+            for home, img in self.overlay.items():
+                await write_blocks(self.dev, home, img)
+            await self.dev.flush()
+            await write_blocks(self.dev, sb.journal_start, header_block(j.seq, 1), fua=True)
+            self.overlay.clear()
+
+    async def load(self) -> None:
+        sb = self.sb
+        self.bbm = Bitmap(bytearray(await self.read(sb.bbitmap_start, sb.bbitmap_blocks)),
+                          sb.total_blocks)
+        self.ibm = Bitmap(bytearray(await self.read(sb.ibitmap_start, sb.ibitmap_blocks)),
+                          sb.total_inodes)
+        self.itable = bytearray(await self.read(sb.itable_start, sb.itable_blocks))
+        self.inodes: dict[int, Inode] = {}
+        self.bad_inodes: set[int] = set()
+        self.inode_errors: dict[int, str] = {}
+        for ino in range(1, sb.total_inodes):
+            if not self.ibm.test(ino):
+                continue
+            raw = self.itable[ino * fmt.INODE_SIZE:(ino + 1) * fmt.INODE_SIZE]
+            try:
+                inode = Inode.unpack(ino, raw)
+                n = inode.nextents_on_disk(raw)
+                if n > fmt.INLINE_EXTENTS:
+                    nxt = inode.extent_block
+                    while nxt:
+                        if not sb.data_start <= nxt < sb.total_blocks or nxt in inode.chain \
+                                or len(inode.chain) * fmt.EXTENTS_PER_BLOCK > n:
+                            raise CorruptError(f"inode {ino}: bad extent chain block {nxt}")
+                        inode.chain.append(nxt)
+                        exts, nxt = fmt.unpack_extent_block(await self.read(nxt))
+                        for lblk, ln, pblk in exts:
+                            inode.ext_lblk.append(lblk); inode.ext_len.append(ln)
+                            inode.ext_pblk.append(pblk)
+                    if len(inode.ext_lblk) != n:
+                        raise CorruptError(f"inode {ino}: extent chain holds "
+                                           f"{len(inode.ext_lblk)} extents, inode says {n}")
+                if stat.S_IFMT(inode.mode) not in (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK,
+                                                   stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO,
+                                                   stat.S_IFSOCK):
+                    raise CorruptError(f"inode {ino}: bad file type {inode.mode:o}")
+                self.inodes[ino] = inode
+            except PARSE_ERRORS as e:
+                self.bad_inodes.add(ino)
+                self.inode_errors[ino] = str(e)
+        self.dirs: dict[int, list] = {}       # ino -> [(name, child, ftype, block, off)]
+        self.bad_dirs: set[int] = set()
+        for ino, inode in self.inodes.items():
+            if inode.is_dir:
+                await self._load_dir(inode)
+
+    async def _load_dir(self, inode: Inode) -> None:
+        entries = []
+        nblocks = inode.size // BS
+        if inode.size % BS:
+            self.problem(f"directory {inode.ino}: size {inode.size} not a multiple of 4096")
+        for bi in range(nblocks):
+            pblk, _ = inode.map(bi)
+            if not pblk or not self.sb.data_start <= pblk < self.sb.total_blocks:
+                self.problem(f"directory {inode.ino}: block {bi} unmapped")
+                self.bad_dirs.add(inode.ino)
+                continue
+            buf = await self.read(pblk)
+            try:
+                for off, child, h, rec_len, ftype, name in parse_block(buf, f"directory {inode.ino} block {bi}"):
+                    if child:
+                        entries.append([name, child, ftype, pblk, off, h])
+            except PARSE_ERRORS as e:
+                self.problem(str(e))
+                self.bad_dirs.add(inode.ino)
+        self.dirs[inode.ino] = entries
+
+    def check_inodes(self) -> None:
+        """Every inode the bitmap calls in use must decode and have a sane type."""
+        for ino in sorted(self.bad_inodes):
+            # clearing it = leaving it out of the rebuilt inode bitmap (check_bitmaps)
+            if self.problem(f"inode {ino}: {self.inode_errors[ino]}; clearing it", fixable=True):
+                self._write_slot(ino, bytes(fmt.INODE_SIZE))
+        root = self.inodes.get(self.sb.root_ino)
+        if root is None or not root.is_dir:
+            self.problem("root inode missing or not a directory")
+
+    def check_extents(self) -> None:
+        """Extents in order, inside the data area, and no block owned twice."""
+        sb = self.sb
+        self.owner: dict[int, int] = {}
+        self.used = Bitmap(bytearray(len(self.bbm.data)), sb.total_blocks)
+        self.used.set_run(0, sb.data_start, True)
+        nb = len(self.bbm.data) * 8
+        if nb > sb.total_blocks:
+            self.used.set_run(sb.total_blocks, nb - sb.total_blocks, True)
+        used = self.used
+        for ino, inode in self.inodes.items():
+            prev_end = 0
+            runs = [(pblk, ln) for _, ln, pblk in inode.extents()]
+            runs += [(b, 1) for b in inode.chain]
+            if inode.xattr_block:
+                runs.append((inode.xattr_block, 1))
+            for lblk, ln, pblk in inode.extents():
+                if ln < 1 or lblk < prev_end or lblk + ln > fmt.MAX_FILE_BLOCKS:
+                    self.problem(f"inode {ino}: extent ({lblk}, {ln}, {pblk}) out of order")
+                prev_end = lblk + ln
+            for pblk, ln in runs:
+                if pblk < sb.data_start or pblk + ln > sb.total_blocks:
+                    self.problem(f"inode {ino}: block run {pblk}+{ln} outside the data area")
+                    continue
+                for b in range(pblk, pblk + ln):
+                    if used.data[b >> 3] & (1 << (b & 7)):
+                        self.problem(f"inode {ino}: block {b} also used by inode "
+                                     f"{self.owner.get(b, 'metadata')}")
+                    else:
+                        used.data[b >> 3] |= 1 << (b & 7)
+                        self.owner[b] = ino
+            if (inode.is_reg or inode.is_lnk) and inode.ext_lblk and \
+                    inode.ext_lblk[-1] + inode.ext_len[-1] > -(-inode.size // BS):
+                self.problem(f"inode {ino}: blocks mapped beyond its size {inode.size}")
+        self._xattr_inodes = [i for i in self.inodes.values() if i.xattr_block]
+
+    def check_directories(self) -> None:
+        """Entries name inodes in use, with the right type; subdirectories point back."""
+        self.refs: dict[int, int] = {}
+        self.subdirs: dict[int, int] = {}
+        self.parent_of: dict[int, int] = {}
+        for dino, entries in self.dirs.items():
+            keep = []
+            for ent in entries:
+                name, child, ftype, pblk, off, h = ent
+                target = self.inodes.get(child)
+                if target is None:
+                    why = "a damaged inode" if child in self.bad_inodes else "a free inode"
+                    if self.problem(f"directory {dino}: entry {name!r} names {why} {child}; "
+                                    "removing it", fixable=True):
+                        self._clear_entry(pblk, off)
+                    continue
+                if ftype != dtype(target.mode):
+                    if self.problem(f"directory {dino}: entry {name!r} has type {ftype}, "
+                                    f"inode {child} is {dtype(target.mode)}", fixable=True):
+                        self._patch_entry(pblk, off, ftype=dtype(target.mode))
+                keep.append(ent)
+                self.refs[child] = self.refs.get(child, 0) + 1
+                if target.is_dir:
+                    self.subdirs[dino] = self.subdirs.get(dino, 0) + 1
+                    if child in self.parent_of:
+                        self.problem(f"directory {child} has two names "
+                                     f"(in {self.parent_of[child]} and {dino})")
+                    self.parent_of[child] = dino
+                    if target.parent != dino:
+                        if self.problem(f"directory {child}: parent pointer {target.parent}, "
+                                        f"but it lives in {dino}", fixable=True):
+                            target.parent = dino
+                            self._write_inode(target)
+            self.dirs[dino] = keep
+
+    def check_dir_index(self) -> None:
+        """The hash kept with each entry must be the hash of its name (the in-memory index
+        is built from it), and a name may appear once per directory."""
+        for dino, entries in self.dirs.items():
+            seen = set()
+            for name, child, ftype, pblk, off, h in entries:
+                if h != fmt.name_hash(name):
+                    if self.problem(f"directory {dino}: entry {name!r} has a wrong hash",
+                                    fixable=True):
+                        self._patch_entry(pblk, off, hash=fmt.name_hash(name))
+                if name in seen:
+                    self.problem(f"directory {dino}: duplicate entry {name!r}")
+                if not name or b"/" in name or name in (b".", b".."):
+                    self.problem(f"directory {dino}: invalid name {name!r}")
+                seen.add(name)
+
+    def check_nlink(self) -> None:
+        """Link counts equal the directory entries naming each inode."""
+        root = self.sb.root_ino
+        for ino, inode in self.inodes.items():
+            if inode.is_dir:
+                want = 2 + self.subdirs.get(ino, 0) if (self.refs.get(ino) or ino == root) else 0
+            else:
+                want = self.refs.get(ino, 0)
+            if inode.nlink != want and not (want == 0 and inode.nlink == 0):
+                if want == 0:
+                    continue                   # unattached: check_connectivity's business
+                if self.problem(f"inode {ino}: link count {inode.nlink}, should be {want}",
+                                fixable=True):
+                    inode.nlink = want
+                    self._write_inode(inode)
+
+    def check_orphans(self) -> None:
+        """The orphan list holds in-use inodes with no name, without loops; fsck frees them
+        as a mount would."""
+        self.orphans = []
+        ino = self.sb.orphan_head
+        seen = set()
+        while ino:
+            if ino in seen or ino not in self.inodes:
+                self.problem(f"orphan list: {'loop at' if ino in seen else 'bad'} inode "
+                             f"{ino}; truncating the list", fixable=True)
+                break
+            seen.add(ino)
+            inode = self.inodes[ino]
+            if self.refs.get(ino):
+                self.problem(f"orphan list: inode {ino} still has a name")
+            self.orphans.append(ino)
+            ino = inode.orphan_next
+        broken = bool(self.sb.orphan_head) and (ino != 0)
+        if self.repair and (self.orphans or broken):
+            # freeing orphans is routine (every mount does it): not counted as an error
+            for o in self.orphans:
+                self.out(f"orphan inode {o} freed")
+                self._free_inode(o)
+            self.sb.orphan_head = 0
+            self.writes[0] = self.sb.pack()
+        elif self.orphans:
+            self.out(f"{len(self.orphans)} orphan inode(s) to free (as mount does)")
+
+    def check_connectivity(self) -> None:
+        """Every inode in use is reachable from the root or on the orphan list."""
+        for ino, inode in list(self.inodes.items()):
+            if ino == self.sb.root_ino or self.refs.get(ino) or ino in self.orphans:
+                continue
+            if self.problem(f"inode {ino}: in use but no directory names it; freeing it",
+                            fixable=True):
+                self._free_inode(ino)
+        # directories unreachable from the root through parent links (a cycle)
+        for ino, inode in self.inodes.items():
+            if not inode.is_dir or ino not in self.parent_of:
+                continue
+            p, steps = ino, 0
+            while p != self.sb.root_ino and steps <= len(self.inodes):
+                p = self.parent_of.get(p, self.sb.root_ino)
+                steps += 1
+            if steps > len(self.inodes):
+                self.problem(f"directory {ino}: not reachable from the root (cycle)")
+
+    async def check_xattrs(self) -> None:
+        """Every xattr block decodes, with known namespaces and sizes that add up."""
+        for inode in self._xattr_inodes:
+            if inode.ino not in self.inodes:
+                continue
+            try:
+                fmt.unpack_xattrs(await self.read(inode.xattr_block))
+            except PARSE_ERRORS as e:
+                if self.problem(f"inode {inode.ino}: {e}; dropping its xattrs", fixable=True):
+                    b = inode.xattr_block
+                    if self.owner.get(b) == inode.ino:
+                        self.used.data[b >> 3] &= ~(1 << (b & 7)) & 0xFF
+                    inode.xattr_block = 0
+                    self._write_inode(inode)
+
+    def check_bitmaps(self) -> None:
+        """The bitmaps say exactly which blocks and inodes are in use."""
+        sb = self.sb
+        used = self.used
+        nbad = 0
+        for i in range(len(self.bbm.data)):
+            if self.bbm.data[i] != used.data[i]:
+                nbad += bin(self.bbm.data[i] ^ used.data[i]).count("1")
+        if nbad and self.problem(f"block bitmap: {nbad} block(s) marked wrongly",
+                                 fixable=True):
+            self.bbm.data[:] = used.data
+            for i in range(sb.bbitmap_blocks):
+                self.writes[sb.bbitmap_start + i] = bytes(used.data[i * BS:(i + 1) * BS])
+        iused = bytearray(len(self.ibm.data))
+        for ino in list(self.inodes) + [0]:
+            iused[ino >> 3] |= 1 << (ino & 7)
+        for b in range(sb.total_inodes, len(iused) * 8):
+            iused[b >> 3] |= 1 << (b & 7)
+        nbad = sum(bin(a ^ b).count("1") for a, b in zip(self.ibm.data, iused))
+        if nbad and self.problem(f"inode bitmap: {nbad} inode(s) marked wrongly",
+                                 fixable=True):
+            self.ibm.data[:] = iused
+            for i in range(sb.ibitmap_blocks):
+                self.writes[sb.ibitmap_start + i] = bytes(iused[i * BS:(i + 1) * BS])
+
+    def check_counts(self) -> None:
+        sb = self.sb
+        free_b = self.used.count_free()
+        free_i = sb.total_inodes - len(self.inodes) - 1
+        if (sb.free_blocks, sb.free_inodes) != (free_b, free_i):
+            if self.problem(f"superblock: free counts {sb.free_blocks} blocks / "
+                            f"{sb.free_inodes} inodes, bitmaps say {free_b} / {free_i}",
+                            fixable=True):
+                sb.free_blocks, sb.free_inodes = free_b, free_i
+                self.writes[0] = sb.pack()
+
+    # -- repair helpers ------------------------------------------------------------------
+    def _free_inode(self, ino: int) -> None:
+        """Drop an inode: its blocks become free when the bitmap is rebuilt."""
+        inode = self.inodes.pop(ino, None)
+        if inode is None:
+            return
+        for _, ln, pblk in inode.extents():
+            for b in range(pblk, pblk + ln):
+                if self.owner.get(b) == ino:
+                    self.used.data[b >> 3] &= ~(1 << (b & 7)) & 0xFF
+        for b in list(inode.chain) + ([inode.xattr_block] if inode.xattr_block else []):
+            if self.owner.get(b) == ino:
+                self.used.data[b >> 3] &= ~(1 << (b & 7)) & 0xFF
+        inode.mode = 0
+        self._write_slot(ino, bytes(fmt.INODE_SIZE))
+
+    def _write_inode(self, inode: Inode) -> None:
+        self._write_slot(inode.ino, inode.pack())
+
+    def _write_slot(self, ino: int, raw: bytes) -> None:
+        sb = self.sb
+        off = ino * fmt.INODE_SIZE
+        self.itable[off:off + fmt.INODE_SIZE] = raw
+        blk = ino // fmt.INODES_PER_BLOCK
+        self.writes[sb.itable_start + blk] = bytes(self.itable[blk * BS:(blk + 1) * BS])
+
+    def _clear_entry(self, pblk: int, off: int) -> None:
+        self._patch_entry(pblk, off, ino=0)
+
+    def _patch_entry(self, pblk: int, off: int, **fields) -> None:
+        """Queue a change to one directory record (applied by apply_patches, which needs
+        to read the block, so it runs after the synchronous passes)."""
+        self.patches.append((pblk, off, fields))
+
+    async def apply_patches(self) -> None:
+        for pblk, off, f in self.patches:
+            buf = bytearray(self.writes.get(pblk) or await self.read(pblk))
+            ino, h, rec_len, ftype, nlen = DIRENT_FMT.unpack_from(buf, off)
+            new_ino = f.get("ino", ino)
+            DIRENT_FMT.pack_into(buf, off, new_ino, f.get("hash", h), rec_len,
+                                 f.get("ftype", ftype), nlen if new_ino else 0)
+            self.writes[pblk] = bytes(buf)
+
+
+async def check(dev, *, repair: bool = False, out=None) -> tuple[int, Checker]:
+    """Check dev (repairing with repair=True); the exit code and the checker's findings."""
+    c = Checker(dev, repair=repair, out=out)
+    return await c.run(), c

@@ -1,0 +1,165 @@
+"""In-memory inodes: the objects the filesystem works on, and their on-device encoding.
+
+An ``Inode`` holds the fields of the on-device inode (see format.INODE_FMT) plus the file's
+extent list, decoded once when the inode is loaded, so the read path translates offsets
+without touching the device. It knows when it is dirty: the filesystem collects dirty
+inodes into the running transaction and encodes them at commit.
+"""
+import bisect
+import stat
+import struct
+
+from . import format as fmt
+from .errors import CorruptError
+
+
+_NONE = ()
+
+
+class Inode:
+    __slots__ = ("ino", "mode", "uid", "gid", "nlink", "size", "atime_ns", "mtime_ns",
+                 "ctime_ns", "crtime_ns", "flags", "generation", "rdev", "extent_block",
+                 "xattr_block", "orphan_next", "parent",
+                 # extents as three parallel lists sorted by lblk: bisect on ext_lblk
+                 "ext_lblk", "ext_len", "ext_pblk",
+                 "chain", "extents_dirty",  # device blocks of the extent chain, in order
+                 "xattrs", "dir",           # decoded lazily
+                 "s_dax", "sync_mode")      # in-core: DAX now (S_DAX), synchronous writes
+
+    def __init__(self, ino: int):
+        self.ino = ino
+        self.mode = self.uid = self.gid = self.nlink = self.size = 0
+        self.atime_ns = self.mtime_ns = self.ctime_ns = self.crtime_ns = 0
+        self.flags = self.generation = self.rdev = 0
+        self.extent_block = self.xattr_block = self.orphan_next = self.parent = 0
+        # most files have few or no extents: share one empty tuple until the first one
+        self.ext_lblk: list[int] = _NONE
+        self.ext_len: list[int] = _NONE
+        self.ext_pblk: list[int] = _NONE
+        self.chain: list[int] = _NONE
+        self.extents_dirty = False
+        self.xattrs = None
+        self.dir = None
+        self.s_dax = None       # decided when the inode comes into use, kept while open
+        self.sync_mode = False
+
+    # -- encoding ------------------------------------------------------------------------
+    def pack(self) -> bytes:
+        buf = bytearray(fmt.INODE_SIZE)
+        n = len(self.ext_lblk)
+        fmt.INODE_FMT.pack_into(
+            buf, 0, self.mode, self.uid, self.gid, self.nlink, self.size, self.atime_ns,
+            self.mtime_ns, self.ctime_ns, self.crtime_ns, self.flags, self.generation,
+            self.rdev, n, 0, self.chain[0] if self.chain else 0, self.xattr_block,
+            self.orphan_next, self.parent)
+        if n <= fmt.INLINE_EXTENTS:
+            off = fmt.INODE_FMT.size
+            for i in range(n):
+                fmt.EXTENT_FMT.pack_into(buf, off, self.ext_lblk[i], self.ext_len[i],
+                                         self.ext_pblk[i])
+                off += fmt.EXTENT_FMT.size
+        struct.pack_into("<I", buf, fmt.INODE_SIZE - 4, fmt.crc(buf[:fmt.INODE_SIZE - 4]))
+        return bytes(buf)
+
+    @classmethod
+    def unpack(cls, ino: int, buf) -> "Inode":
+        """Decode a used inode slot; the extent chain (if any) is read by the caller."""
+        if struct.unpack_from("<I", buf, fmt.INODE_SIZE - 4)[0] != fmt.crc(buf[:fmt.INODE_SIZE - 4]):
+            raise CorruptError(f"inode {ino}: checksum mismatch")
+        i = cls(ino)
+        (i.mode, i.uid, i.gid, i.nlink, i.size, i.atime_ns, i.mtime_ns, i.ctime_ns,
+         i.crtime_ns, i.flags, i.generation, i.rdev, n, _pad, i.extent_block, i.xattr_block,
+         i.orphan_next, i.parent) = fmt.INODE_FMT.unpack_from(buf, 0)
+        if i.mode == 0:
+            raise CorruptError(f"inode {ino}: marked in use but its slot is empty")
+        if n <= fmt.INLINE_EXTENTS:
+            if i.extent_block:
+                raise CorruptError(f"inode {ino}: extent chain with only {n} extents")
+            off = fmt.INODE_FMT.size
+            if n:
+                i.ext_lblk, i.ext_len, i.ext_pblk = [], [], []
+            for _ in range(n):
+                lblk, ln, pblk = fmt.EXTENT_FMT.unpack_from(buf, off)
+                i.ext_lblk.append(lblk); i.ext_len.append(ln); i.ext_pblk.append(pblk)
+                off += fmt.EXTENT_FMT.size
+        elif not i.extent_block:
+            raise CorruptError(f"inode {ino}: {n} extents but no extent chain")
+        else:
+            i.ext_lblk, i.ext_len, i.ext_pblk, i.chain = [], [], [], []
+        return i
+
+    @staticmethod
+    def nextents_on_disk(buf) -> int:
+        """The extent count of an encoded inode (its extents may be in the chain)."""
+        return fmt.INODE_FMT.unpack_from(buf, 0)[12]
+
+    # -- file type helpers ---------------------------------------------------------------
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_reg(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+    @property
+    def is_lnk(self) -> bool:
+        return stat.S_ISLNK(self.mode)
+
+    @property
+    def blocks(self) -> int:
+        """Allocated 4 KiB blocks (data, extent chain, xattr) for st_blocks."""
+        return sum(self.ext_len) + len(self.chain) + (1 if self.xattr_block else 0)
+
+    # -- extents -------------------------------------------------------------------------
+    def map(self, lblk: int) -> tuple[int, int]:
+        """(pblk, run) for file block lblk: run blocks are contiguous from there;
+        pblk 0 means a hole of `run` blocks (run 0: hole to the end of the file)."""
+        lb = self.ext_lblk
+        i = bisect.bisect_right(lb, lblk) - 1
+        if i >= 0:
+            off = lblk - lb[i]
+            ln = self.ext_len[i]
+            if off < ln:
+                return self.ext_pblk[i] + off, ln - off
+        if i + 1 < len(lb):
+            return 0, lb[i + 1] - lblk
+        return 0, 0
+
+    def add_extent(self, lblk: int, n: int, pblk: int) -> None:
+        """Map n blocks at lblk (which must be a hole) to pblk.., merging with neighbours."""
+        if self.ext_lblk is _NONE:
+            self.ext_lblk, self.ext_len, self.ext_pblk = [], [], []
+        lb, ll, lp = self.ext_lblk, self.ext_len, self.ext_pblk
+        i = bisect.bisect_right(lb, lblk)
+        # merge with the previous extent when logically and physically contiguous
+        if i > 0 and lb[i - 1] + ll[i - 1] == lblk and lp[i - 1] + ll[i - 1] == pblk:
+            ll[i - 1] += n
+            if i < len(lb) and lblk + n == lb[i] and pblk + n == lp[i]:
+                ll[i - 1] += ll[i]
+                del lb[i], ll[i], lp[i]
+        elif i < len(lb) and lblk + n == lb[i] and pblk + n == lp[i]:
+            lb[i] = lblk; ll[i] += n; lp[i] = pblk
+        else:
+            lb.insert(i, lblk); ll.insert(i, n); lp.insert(i, pblk)
+        self.extents_dirty = True
+
+    def truncate_extents(self, nblocks: int) -> list[tuple[int, int]]:
+        """Drop every mapping at or beyond file block nblocks; return freed (pblk, n) runs."""
+        lb, ll, lp = self.ext_lblk, self.ext_len, self.ext_pblk
+        freed = []
+        while lb and lb[-1] + ll[-1] > nblocks:
+            if lb[-1] >= nblocks:
+                freed.append((lp[-1], ll[-1]))
+                lb.pop(); ll.pop(); lp.pop()
+            else:
+                keep = nblocks - lb[-1]
+                freed.append((lp[-1] + keep, ll[-1] - keep))
+                ll[-1] = keep
+                break
+        if freed:
+            self.extents_dirty = True
+        return freed
+
+    def extents(self):
+        return zip(self.ext_lblk, self.ext_len, self.ext_pblk)

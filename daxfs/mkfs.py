@@ -1,0 +1,102 @@
+"""Making a new daxfs on a block device (the logic behind mkfs.daxfs)."""
+import errno
+import logging
+import os
+import stat
+import time
+import uuid as uuidlib
+
+from . import format as fmt
+from .errors import FsError
+from .inode import Inode
+from .journal import header_block, read_blocks, write_blocks
+
+log = logging.getLogger(__name__)
+
+# Signatures of filesystems and volume labels mkfs must not overwrite without -f:
+# (byte offset, magic, name), as blkid knows them.
+SIGNATURES = [
+    (0, fmt.SB_MAGIC, "daxfs"),
+    (1024 + 56, b"\x53\xef", "ext2/ext3/ext4"),
+    (0, b"XFSB", "xfs"),
+    (0x10040, b"_BHRfS_M", "btrfs"),
+    (512, b"LABELONE", "LVM2 physical volume"),
+    (4096 - 10, b"SWAPSPACE2", "swap"),
+    (0x8001, b"CD001", "iso9660"),
+    (3, b"mkfs.fat", "vfat"),
+]
+
+
+async def detect_signature(dev) -> str | None:
+    """Name of the filesystem or label already on dev, or None."""
+    size = dev.nr_sectors * 512
+    head = await dev.read(0, min(size, 0x10048 + 512 - (0x10048 % 512)))
+    for off, magic, name in SIGNATURES:
+        if head[off:off + len(magic)] == magic:
+            return name
+    return None
+
+
+async def mkfs(dev, *, label: str = "", fs_uuid: bytes | None = None,
+               total_inodes: int | None = None) -> fmt.Superblock:
+    total_blocks = dev.nr_sectors // fmt.BLOCK_SECTORS
+    if total_blocks < 512:
+        raise FsError(errno.ENOSPC, f"device too small ({total_blocks} blocks of 4 KiB, "
+                                    "need at least 512 = 2 MiB)")
+    if len(label.encode()) > 63:
+        raise FsError(errno.EINVAL, "label longer than 63 bytes")
+    geo = fmt.default_geometry(total_blocks)
+    if total_inodes:
+        geo = fmt.Geometry(total_blocks, max(16, total_inodes + 1), geo.journal_blocks)
+    if geo.data_start + 16 > total_blocks:
+        raise FsError(errno.ENOSPC, "device too small for the metadata")
+    now = time.time_ns()
+    sb = fmt.Superblock(
+        uuid=fs_uuid or uuidlib.uuid4().bytes, label=label, total_blocks=total_blocks,
+        free_blocks=total_blocks - geo.data_start, total_inodes=geo.total_inodes,
+        free_inodes=geo.total_inodes - 2, journal_start=geo.journal_start,
+        journal_blocks=geo.journal_blocks, bbitmap_start=geo.bbitmap_start,
+        bbitmap_blocks=geo.bbitmap_blocks, ibitmap_start=geo.ibitmap_start,
+        ibitmap_blocks=geo.ibitmap_blocks, itable_start=geo.itable_start,
+        itable_blocks=geo.itable_blocks, data_start=geo.data_start, mkfs_time_ns=now)
+    sb.validate()
+
+    # Block bitmap: everything before the data area is in use; so are the bits past the
+    # end of the device in the last bitmap block, so the allocator never hands them out.
+    bbm = bytearray(geo.bbitmap_blocks * fmt.BLOCK_SIZE)
+    _set_bits(bbm, 0, geo.data_start)
+    _set_bits(bbm, total_blocks, len(bbm) * 8 - total_blocks)
+    ibm = bytearray(geo.ibitmap_blocks * fmt.BLOCK_SIZE)
+    _set_bits(ibm, 0, 2)                        # inode 0 never exists; 1 is the root
+    _set_bits(ibm, geo.total_inodes, len(ibm) * 8 - geo.total_inodes)
+
+    root = Inode(fmt.ROOT_INO)
+    root.mode = stat.S_IFDIR | 0o755
+    root.nlink = 2
+    root.uid, root.gid = os.getuid(), os.getgid()
+    root.atime_ns = root.mtime_ns = root.ctime_ns = root.crtime_ns = now
+    root.parent = fmt.ROOT_INO
+    root.generation = 1
+    itable0 = bytearray(fmt.BLOCK_SIZE)
+    itable0[fmt.INODE_SIZE:2 * fmt.INODE_SIZE] = root.pack()
+
+    # first invalidate any old superblock, so a crash mid-mkfs leaves no half-old filesystem
+    await write_blocks(dev, 0, bytes(fmt.BLOCK_SIZE))
+    await write_blocks(dev, geo.journal_start, header_block(1, 1))
+    # a stale first descriptor from an older filesystem must not look like a transaction
+    await write_blocks(dev, geo.journal_start + 1, bytes(fmt.BLOCK_SIZE))
+    await write_blocks(dev, geo.bbitmap_start, bbm)
+    await write_blocks(dev, geo.ibitmap_start, ibm)
+    await write_blocks(dev, geo.itable_start, itable0)
+    await dev.flush()
+    # the superblock last, so an interrupted mkfs leaves no valid-looking filesystem
+    await write_blocks(dev, 0, sb.pack(), fua=True)
+    await dev.flush()
+    log.info("made daxfs: %d blocks, %d inodes, journal %d blocks", total_blocks,
+             geo.total_inodes, geo.journal_blocks)
+    return sb
+
+
+def _set_bits(buf: bytearray, start: int, n: int) -> None:
+    for b in range(start, start + n):
+        buf[b >> 3] |= 1 << (b & 7)

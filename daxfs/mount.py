@@ -1,0 +1,166 @@
+"""Serving one daxfs mount: the trio runtime of the daemon lives here and only here.
+
+Everything is built in one AsyncExitStack, so teardown runs in reverse: the FUSE session
+is closed first, then the filesystem commits, flushes and marks itself clean, then the
+device is released. Background work (the periodic commit, kernel cache invalidations)
+runs in a nursery that ends with the mount.
+"""
+import logging
+import signal
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+
+import pyfuse3
+import trio
+
+from .dax import DaxPolicy, check_mount, parse_dax_option
+from .fs import Filesystem
+from .operations import Operations
+from .source import open_source
+
+log = logging.getLogger(__name__)
+
+# Options daxfs consumes itself: libfuse refuses unknown options, and these mean nothing to
+# FUSE (fstab/mount(8) words) or are ours (dax modes, commit interval).
+OWN_FLAGS = {"defaults", "auto", "noauto", "user", "users", "nouser", "nofail", "_netdev",
+             "dax", "remount", "rw", "relatime", "strictatime", "lazytime", "nolazytime"}
+OWN_PREFIXES = ("dax=", "x-", "comment=", "commit=", "subtype=", "fsname=")
+
+
+@dataclass
+class MountOptions:
+    read_only: bool = False
+    fuse: list = field(default_factory=list)   # what goes to pyfuse3.init
+    dax: str | None = None                      # taken out for the DAX mount logic
+    commit_interval: float = 5.0
+    noatime: bool = False
+    writeback: bool = False                     # FUSE writeback cache (-o writeback)
+
+
+def parse_options(opts: list[str], source: str) -> MountOptions:
+    """Split -o options into ours and FUSE's (fsname is SOURCE; no subtype, so /proc/mounts
+    shows plain 'fuse' as fstests requires)."""
+    mo = MountOptions()
+    for o in opts:
+        if not o:
+            continue
+        if o == "ro":
+            mo.read_only = True
+        elif o == "rw":
+            mo.read_only = False
+        elif o == "dax":
+            mo.dax = "always"
+        elif o.startswith("dax="):
+            mo.dax = o[4:]
+        elif o in ("writeback", "nowriteback"):
+            mo.writeback = o == "writeback"
+            continue
+        elif o == "noatime":
+            mo.noatime = True
+        elif o in ("atime", "relatime"):
+            mo.noatime = False
+        elif o.startswith("commit="):
+            try:
+                mo.commit_interval = float(o[7:])
+            except ValueError:
+                raise ValueError(f"bad commit interval '{o}'") from None
+            continue
+        if o in OWN_FLAGS or o.startswith(OWN_PREFIXES) or o == "ro":
+            continue
+        mo.fuse.append(o)
+    if mo.read_only:
+        mo.fuse.append("ro")
+    # daxfs leaves permission checks to the kernel (mode bits, sticky directories,
+    # chown/chmod rules): without this option every user could do anything
+    if "default_permissions" not in mo.fuse:
+        mo.fuse.append("default_permissions")
+    mo.fuse.append(f"fsname={source}")
+    return mo
+
+
+class Committer:
+    """Commits the running transaction every `interval` seconds, so changes that nobody
+    fsyncs become durable within that time (ext4's commit=5 default)."""
+
+    def __init__(self, fs: Filesystem, interval: float):
+        self.fs = fs
+        self.interval = interval
+
+    async def run(self) -> None:
+        while True:
+            await trio.sleep(self.interval)
+            try:
+                await self.fs.commit()
+            except OSError as e:
+                log.error("periodic commit failed: %s", e)
+
+
+async def serve(source: str, mountpoint: str, mo: MountOptions, *, ready=None) -> None:
+    """Mount and serve until unmounted (umount/fusermount3 -u) or SIGTERM/SIGINT."""
+    async with AsyncExitStack() as stack:
+        dev = await stack.enter_async_context(
+            open_source(source, exclusive=not mo.read_only, read_only=mo.read_only))
+        dax_mode = parse_dax_option(mo.dax)
+        check_mount(dax_mode, getattr(dev, "dax", False))   # before anything is written
+        fs = await Filesystem.mount(dev, read_only=mo.read_only, track_lookups=True)
+        fs.dax = DaxPolicy(dax_mode, getattr(dev, "dax", False))
+        _follow_device(dev, fs)
+        if mo.noatime:
+            fs.relatime = False
+        stack.push_async_callback(fs.unmount)
+        ops = Operations(fs)
+        if mo.writeback:
+            # the kernel merges small writes into large ones and sends them at writeback
+            # or fsync; fsync still commits, so durability rules do not change
+            ops.enable_writeback_cache = True
+            fs.writeback_cache = True
+        stack.callback(lambda: log.info("requests served: %s; %d bytes written",
+                                        dict(sorted(ops.requests.items())), ops.write_bytes))
+        pyfuse3.init(ops, mountpoint, mo.fuse)
+        unmounted = False
+
+        def close_fuse():
+            pyfuse3.close(unmount=not unmounted)
+        stack.callback(close_fuse)
+        log.info("%s mounted on %s (%s)", source, mountpoint, ",".join(mo.fuse))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ops.run_invalidator)
+            if not mo.read_only:
+                nursery.start_soon(Committer(fs, mo.commit_interval).run)
+            nursery.start_soon(_terminate_on_signal)
+            if ready is not None:
+                ready()
+            await pyfuse3.main()
+            # main() returns once the kernel ended the session (umount) or terminate()
+            unmounted = not _terminated
+            nursery.cancel_scope.cancel()
+
+
+_terminated = False
+
+
+def _follow_device(dev, fs: Filesystem) -> None:
+    """Answer dmemud's events for the device under the mount: freeze and thaw around a
+    suspend (a snapshot being taken), and the device going away (removal, power failure)."""
+    if hasattr(dev, "freeze_hook"):
+        async def freeze_hook(kind: str) -> None:
+            if kind == "freeze":
+                await fs.freeze()
+            else:
+                fs.thaw()
+        dev.freeze_hook = freeze_hook
+    if hasattr(dev, "event_hooks"):
+        def on_event(ev: dict) -> None:
+            if ev.get("event") == "gone":
+                fs.device_gone(ev.get("reason", "device gone"))
+        dev.event_hooks.append(on_event)
+
+
+async def _terminate_on_signal() -> None:
+    global _terminated
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+        async for sig in sigs:
+            log.info("signal %d: unmounting", sig)
+            _terminated = True
+            pyfuse3.terminate()
+            return

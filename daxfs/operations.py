@@ -1,0 +1,290 @@
+"""The FUSE face of daxfs: one pyfuse3.Operations subclass with thin handlers.
+
+Each handler translates its arguments, calls the Filesystem and translates the answer;
+only pyfuse3.FUSEError leaves a handler (a bug becomes EIO and a logged traceback).
+Attributes and entries are cached by the kernel for ATTR_TIMEOUT seconds instead of 0, so
+the kernel does not ask for attributes before every read and write; every change daxfs
+makes goes through a request whose reply carries the new attributes, and the few it makes
+on its own (the DAX flag, a device that went away) are pushed to the kernel with
+invalidate_inode from a background task, never from inside a handler.
+"""
+import errno
+import functools
+import json
+import logging
+import os
+
+import pyfuse3
+import trio
+
+from .errors import FsError
+from .fs import Ctx, Filesystem
+
+log = logging.getLogger(__name__)
+
+ATTR_TIMEOUT = 60.0
+# Read-only counters of the daemon (requests per kind, commits) on the root directory, for
+# tests and benchmarks that count requests per operation; not listed by listxattr.
+STATS_XATTR = b"trusted.daxfs.stats"
+
+
+# What the kernel may still ask once the device is gone, so that unmounting works.
+_AFTER_DEATH = {"forget", "release", "releasedir", "flush", "statfs", "getattr_root"}
+
+
+def _handler(fn):
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    async def wrapper(self, *args, **kw):
+        # requests per kind: the cost model of a Python FUSE daemon (logged at unmount)
+        self.requests[name] = self.requests.get(name, 0) + 1
+        if self.fs.dead and name not in _AFTER_DEATH:
+            raise pyfuse3.FUSEError(errno.EIO)     # the device went away under the mount
+        try:
+            return await fn(self, *args, **kw)
+        except pyfuse3.FUSEError:
+            raise
+        except OSError as e:
+            if e.errno is None:
+                log.exception("%s: OSError without errno", fn.__name__)
+                raise pyfuse3.FUSEError(errno.EIO) from None
+            if e.errno in (errno.EUCLEAN, errno.EIO):
+                log.error("%s: %s", fn.__name__, e)
+            raise pyfuse3.FUSEError(e.errno) from None
+        except Exception:
+            log.exception("%s failed", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+    return wrapper
+
+
+def _ctx(ctx) -> Ctx:
+    if ctx is None:
+        return Ctx()
+    return Ctx(uid=ctx.uid, gid=ctx.gid, umask=ctx.umask)
+
+
+class Operations(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, fs: Filesystem):
+        super().__init__()
+        self.fs = fs
+        self.requests: dict[str, int] = {}
+        self.write_bytes = 0
+        self._inval_send, self._inval_recv = trio.open_memory_channel(1000)
+        fs.on_invalidate = self.invalidate
+
+    # -- helpers -------------------------------------------------------------------------
+    def attrs(self, inode) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = inode.ino
+        a.generation = inode.generation
+        a.st_mode = inode.mode
+        a.st_nlink = inode.nlink
+        a.st_uid = inode.uid
+        a.st_gid = inode.gid
+        a.st_rdev = inode.rdev
+        a.st_size = inode.size
+        a.st_blksize = 4096
+        a.st_blocks = inode.blocks * 8
+        a.st_atime_ns = inode.atime_ns
+        a.st_mtime_ns = inode.mtime_ns
+        a.st_ctime_ns = inode.ctime_ns
+        a.st_birthtime_ns = inode.crtime_ns
+        a.attr_timeout = ATTR_TIMEOUT
+        a.entry_timeout = ATTR_TIMEOUT
+        return a
+
+    def _entry(self, inode) -> pyfuse3.EntryAttributes:
+        self.fs.remember(inode.ino)
+        return self.attrs(inode)
+
+    def invalidate(self, ino: int) -> None:
+        """Ask the kernel to drop what it caches about ino (called outside handlers' way)."""
+        try:
+            self._inval_send.send_nowait(ino)
+        except trio.WouldBlock:
+            log.warning("invalidation queue full; inode %d may show stale attributes", ino)
+
+    async def run_invalidator(self) -> None:
+        async for ino in self._inval_recv:
+            try:
+                await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino, True)
+            except OSError as e:        # ENOENT: the kernel does not know it: nothing to do
+                if e.errno != errno.ENOENT:
+                    log.warning("invalidate inode %d: %s", ino, e)
+
+    # -- namespace -----------------------------------------------------------------------
+    @_handler
+    async def lookup(self, parent_inode, name, ctx=None):
+        return self._entry(await self.fs.lookup(parent_inode, name))
+
+    async def forget(self, inode_list):
+        try:
+            await self.fs.forget(inode_list)
+        except Exception:
+            log.exception("forget failed")
+
+    @_handler
+    async def getattr(self, inode, ctx=None):
+        return self.attrs(await self.fs.getattr(inode))
+
+    @_handler
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        kw = {}
+        if fields.update_size:
+            kw["size"] = attr.st_size
+        if fields.update_mode:
+            kw["mode"] = attr.st_mode
+        if fields.update_uid:
+            kw["uid"] = attr.st_uid
+        if fields.update_gid:
+            kw["gid"] = attr.st_gid
+        if fields.update_atime:
+            kw["atime_ns"] = attr.st_atime_ns
+        if fields.update_mtime:
+            kw["mtime_ns"] = attr.st_mtime_ns
+        if fields.update_ctime:
+            kw["ctime_ns"] = attr.st_ctime_ns
+        return self.attrs(await self.fs.setattr(inode, ctx=_ctx(ctx), **kw))
+
+    @_handler
+    async def readlink(self, inode, ctx):
+        return await self.fs.readlink(inode)
+
+    @_handler
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        return self._entry(await self.fs.mknod(parent_inode, name, mode, rdev, _ctx(ctx)))
+
+    @_handler
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        return self._entry(await self.fs.mkdir(parent_inode, name, mode, _ctx(ctx)))
+
+    @_handler
+    async def unlink(self, parent_inode, name, ctx):
+        await self.fs.unlink(parent_inode, name)
+
+    @_handler
+    async def rmdir(self, parent_inode, name, ctx):
+        await self.fs.rmdir(parent_inode, name)
+
+    @_handler
+    async def symlink(self, parent_inode, name, target, ctx):
+        return self._entry(await self.fs.symlink(parent_inode, name, target, _ctx(ctx)))
+
+    @_handler
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        await self.fs.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+
+    @_handler
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        return self._entry(await self.fs.link(inode, new_parent_inode, new_name))
+
+    # -- files ---------------------------------------------------------------------------
+    def _file_info(self, fh: int) -> pyfuse3.FileInfo:
+        """Open flags per inode. Never direct_io: a direct_io file cannot be mmapped
+        MAP_SHARED here (no FUSE_DIRECT_IO_ALLOW_MMAP), and DAX files must map. A DAX file
+        drops the kernel's cached pages at open instead (keep_cache off), so what it reads
+        comes from the pmem as it is now, not from an older copy."""
+        dax = self.fs.effective_dax(self.fs.handle(fh).inode)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=not dax)
+
+    @_handler
+    async def open(self, inode, flags, ctx):
+        return self._file_info(await self.fs.open(inode, flags))
+
+    @_handler
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        fh, inode = await self.fs.create(parent_inode, name, mode, flags, _ctx(ctx))
+        return self._file_info(fh), self._entry(inode)
+
+    @_handler
+    async def read(self, fh, off, size):
+        return await self.fs.read(fh, off, size)
+
+    @_handler
+    async def write(self, fh, off, buf):
+        self.write_bytes += len(buf)
+        return await self.fs.write(fh, off, buf)
+
+    @_handler
+    async def flush(self, fh):
+        # close(2): nothing is buffered here, durability is fsync's business
+        return None
+
+    @_handler
+    async def release(self, fh):
+        await self.fs.release(fh)
+
+    @_handler
+    async def fsync(self, fh, datasync):
+        await self.fs.fsync(fh, datasync)
+
+    # -- directories ---------------------------------------------------------------------
+    @_handler
+    async def opendir(self, inode, ctx):
+        return await self.fs.opendir(inode)
+
+    @_handler
+    async def readdir(self, fh, start_id, token):
+        ino = self.fs.handle(fh).inode.ino
+        async for name, inode, nxt in self.fs.readdir(ino, start_id):
+            if not pyfuse3.readdir_reply(token, name, self.attrs(inode), nxt):
+                break
+            self.fs.remember(inode.ino)
+
+    @_handler
+    async def releasedir(self, fh):
+        await self.fs.release(fh)
+
+    @_handler
+    async def fsyncdir(self, fh, datasync):
+        await self.fs.fsyncdir(self.fs.handle(fh).inode.ino, datasync)
+
+    # -- the rest ------------------------------------------------------------------------
+    @_handler
+    async def statfs(self, ctx):
+        s = await self.fs.statfs()
+        v = pyfuse3.StatvfsData()
+        v.f_bsize, v.f_frsize, v.f_blocks = s.bsize, s.frsize, s.blocks
+        v.f_bfree, v.f_bavail = s.bfree, s.bavail
+        v.f_files, v.f_ffree, v.f_favail = s.files, s.ffree, s.favail
+        v.f_namemax = s.namemax
+        return v
+
+    @_handler
+    async def access(self, inode, mode, ctx):
+        c = _ctx(ctx)
+        try:
+            c.groups = tuple(pyfuse3.get_sup_groups(ctx.pid))
+        except Exception:           # the process may be gone already
+            pass
+        try:
+            return await self.fs.access(inode, mode, c)
+        except FsError as e:
+            if e.errno == errno.EACCES:
+                return False
+            raise
+
+    @_handler
+    async def getxattr(self, inode, name, ctx):
+        if name == STATS_XATTR and inode == pyfuse3.ROOT_INODE:
+            return json.dumps({"requests": self.requests,
+                               "write_bytes": self.write_bytes,
+                               "commits": self.fs.journal.commits}).encode()
+        return await self.fs.getxattr(inode, name)
+
+    @_handler
+    async def setxattr(self, inode, name, value, ctx):
+        await self.fs.setxattr(inode, name, value)
+
+    @_handler
+    async def listxattr(self, inode, ctx):
+        return await self.fs.listxattr(inode)
+
+    @_handler
+    async def removexattr(self, inode, name, ctx):
+        await self.fs.removexattr(inode, name)

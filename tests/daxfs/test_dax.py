@@ -1,0 +1,276 @@
+"""DAX semantics on real mounts over dmemud: mount options, the per-inode flag and its
+inheritance, the open-file rule, readback, the synchronous mode, durability through
+direct_access in adr mode, snapshots of a mounted DAX volume, removal and media errors."""
+import errno
+import mmap
+import os
+import subprocess
+import tempfile
+
+import pytest
+import trio
+
+from tests.helpers import ok, tool
+
+EFF = "user.daxfs.dax_effective"
+FLAG = "user.daxfs.dax"
+
+
+@pytest.fixture
+def mnts(dmemu_root):
+    made = []
+
+    def new():
+        d = tempfile.mkdtemp(prefix="daxmnt-", dir="/tmp")
+        made.append(d)
+        return d
+    yield new
+    for d in made:
+        subprocess.run(["fusermount3", "-u", "-z", d], capture_output=True)
+        os.rmdir(d)
+
+
+def mount(dev, mnt, opts=""):
+    args = [dev, mnt] + (["-o", opts] if opts else [])
+    r = tool("daxfs", *args)
+    assert r.returncode == 0, r.stderr
+    return mnt
+
+
+def umount(mnt):
+    subprocess.run(["fusermount3", "-u", mnt], check=True)
+
+
+def eff(path) -> str:
+    return os.getxattr(path, EFF).decode()
+
+
+def fresh(*ndctl_args, size="64M"):
+    ok("ndctl", "create-namespace", "-s", size, *ndctl_args)
+    ok("mkfs.daxfs", "-f", "/dev/pmem0")
+    return "/dev/pmem0"
+
+
+def test_mount_options_decide_effective_dax(mnts):
+    dev = fresh()
+    for opts, want_file, want_flagged in (("", "0", "1"), ("dax=inode", "0", "1"),
+                                          ("dax", "1", "1"), ("dax=always", "1", "1"),
+                                          ("dax=never", "0", "0")):
+        m = mount(dev, mnts(), opts)
+        with open(f"{m}/plain", "w") as f:
+            f.write("x")
+        with open(f"{m}/flagged", "w") as f:
+            f.write("x")
+        os.setxattr(f"{m}/flagged", FLAG, b"1")
+        assert (eff(f"{m}/plain"), eff(f"{m}/flagged")) == (want_file, want_flagged), opts
+        assert os.getxattr(m, "user.daxfs.mount_dax").decode() == (opts.partition("=")[2] or
+                                                                   ("always" if opts == "dax" else "inode"))
+        assert eff(m) == "0"                        # only regular files are ever DAX
+        statx = ok("xfs_io", "-c", "statx -r", f"{m}/plain")
+        assert f"stat.attributes = 0x{0x200000 if want_file == '1' else 0:x}\n" in statx
+        os.unlink(f"{m}/plain")
+        os.unlink(f"{m}/flagged")
+        umount(m)
+
+
+def test_dax_always_on_a_non_dax_device_fails_the_mount(mnts):
+    ok("dmemu", "disk", "create", "-s", "32M")
+    ok("mkfs.daxfs", "/dev/disk0")
+    m = mnts()
+    r = tool("daxfs", "/dev/disk0", m, "-o", "dax=always")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1
+    assert r.stderr.startswith("daxfs: /dev/disk0: DAX unsupported by block device: dax=always "
+                               "needs a DAX-capable device")
+    assert not os.path.ismount(m)
+    mount("/dev/disk0", m, "dax=inode")           # the flag is still kept there
+    open(f"{m}/f", "w").close()
+    os.setxattr(f"{m}/f", FLAG, b"1")
+    assert (os.getxattr(f"{m}/f", FLAG), eff(f"{m}/f")) == (b"1", "0")
+
+
+def test_flag_is_inherited_at_creation_only(mnts):
+    m = mount(fresh(), mnts())
+    os.makedirs(f"{m}/a/b/c")
+    ok("xfs_io", "-c", "chattr +x", f"{m}/a")
+    os.makedirs(f"{m}/a/b/c/d")
+    os.makedirs(f"{m}/a/e")
+    open(f"{m}/a/file", "w").close()
+    have = {p: ok("xfs_io", "-c", "lsattr -v", f"{m}/{p}").startswith("[dax]")
+            for p in ("a", "a/b", "a/b/c", "a/b/c/d", "a/e", "a/file")}
+    assert have == {"a": True, "a/b": False, "a/b/c": False, "a/b/c/d": False, "a/e": True,
+                    "a/file": True}
+    assert eff(f"{m}/a/file") == "1"
+    umount(m)
+    m = mount("/dev/pmem0", mnts())                 # persistent across mounts
+    assert os.getxattr(f"{m}/a/e", FLAG) == b"1"
+    assert FLAG not in os.listxattr(f"{m}/a/e")     # served, never listed
+
+
+def test_flag_change_waits_for_the_last_close(mnts):
+    m = mount(fresh(), mnts())
+    path = f"{m}/f"
+    fd = os.open(path, os.O_CREAT | os.O_RDWR)
+    assert eff(path) == "0"
+    os.setxattr(path, FLAG, b"1")
+    assert eff(path) == "0"                         # open: keeps its mode
+    os.write(fd, b"still buffered I/O")
+    os.close(fd)
+    assert eff(path) == "1"                         # last close: the flag takes effect
+    fd = os.open(path, os.O_RDWR)
+    os.setxattr(path, FLAG, b"0")
+    assert eff(path) == "1"
+    os.close(fd)
+    assert eff(path) == "0"
+
+
+def test_synchronous_mode_needs_a_dax_file(mnts):
+    m = mount(fresh(), mnts())
+    open(f"{m}/plain", "w").close()
+    with pytest.raises(OSError) as e:
+        os.setxattr(f"{m}/plain", "user.daxfs.sync", b"1")
+    assert e.value.errno == errno.EOPNOTSUPP
+    r = tool("xfs_io", "-c", "syncmode on", f"{m}/plain")
+    assert r.returncode == 1 and "Operation not supported" in r.stderr
+    open(f"{m}/dax", "w").close()
+    os.setxattr(f"{m}/dax", FLAG, b"1")
+    os.setxattr(f"{m}/dax", "user.daxfs.sync", b"1")
+    assert os.getxattr(f"{m}/dax", "user.daxfs.sync") == b"1"
+
+
+def _kill_mount_and_power_fail(m):
+    """Cut the power under a live mount: the daemon loses its device, then it goes."""
+    r = tool("ndctl", "power-fail", "pmem0")
+    assert r.returncode == 0, r.stderr
+    subprocess.run(["fusermount3", "-u", "-z", m], capture_output=True)
+
+
+def test_mmap_msync_survives_power_failure_in_adr(mnts):
+    dev = fresh("--persistence", "adr")
+    m = mount(dev, mnts(), "dax=always,commit=3600")    # no periodic commit to help
+    with open(f"{m}/mapped", "wb") as f:
+        f.truncate(8192)
+        os.fsync(f.fileno())
+    fd = os.open(f"{m}/mapped", os.O_RDWR)
+    mm = mmap.mmap(fd, 8192, mmap.MAP_SHARED)
+    mm[0:11] = b"msync'd 1st"
+    mm.flush()                                       # msync(MS_SYNC)
+    mm[4096:4101] = b"later"                         # never synced: may be lost
+    os.write(os.open(f"{m}/unsynced", os.O_CREAT | os.O_WRONLY), b"x" * 5000)
+    _kill_mount_and_power_fail(m)
+    mm.close()
+    os.close(fd)
+    assert tool("fsck.daxfs", "-n", dev).returncode == 0
+    m = mount(dev, mnts())
+    with open(f"{m}/mapped", "rb") as f:
+        assert f.read(11) == b"msync'd 1st"
+    # The write without fsync extended a file whose size was never committed: gone.
+    assert not os.path.exists(f"{m}/unsynced") or os.path.getsize(f"{m}/unsynced") == 0
+
+
+def test_write_without_fsync_can_be_lost_in_adr(mnts):
+    dev = fresh("--persistence", "adr")
+    m = mount(dev, mnts(), "dax=always,commit=3600")    # no periodic commit to help
+    with open(f"{m}/kept", "wb") as f:
+        f.write(b"k" * 10000)
+        os.fsync(f.fileno())
+    with open(f"{m}/kept", "ab") as f:
+        f.write(b"grown" * 1000)                     # data stored, new size not committed
+    _kill_mount_and_power_fail(m)
+    m = mount(dev, mnts())
+    assert os.path.getsize(f"{m}/kept") == 10000
+
+
+async def test_snapshot_of_a_busy_mounted_dax_volume(mnts):
+    ok("ndctl", "create-namespace", "-s", "128M")
+    ok("dmsetup", "create", "lv", "--table", "0 131072 linear pmem0 0")
+    ok("mkfs.daxfs", "/dev/mapper/lv")
+    m = mount("/dev/mapper/lv", mnts(), "dax=always")
+    seq = []
+
+    async def writer():
+        i = 0
+        while True:
+            p = f"{m}/rec{i:05d}"
+            await trio.to_thread.run_sync(lambda: _write_fsync(p, i))
+            seq.append(i)
+            i += 1
+            await trio.sleep(0)
+
+    async with trio.open_nursery() as n:
+        n.start_soon(writer)
+        while len(seq) < 20:
+            await trio.sleep(0.01)
+        for line in ("lv-real 0 131072 linear pmem0 0", "cow 0 65536 linear pmem0 131072",
+                     "snap 0 131072 snapshot lv-real cow P 8"):
+            name, table = line.split(" ", 1)
+            ok("dmsetup", "create", name, "--table", table)
+        before = len(seq)
+        r = await trio.to_thread.run_sync(lambda: tool("dmsetup", "suspend", "lv"))
+        assert r.returncode == 0, r.stderr
+        ok("dmsetup", "load", "lv", "--table", "0 131072 snapshot-origin lv-real")
+        ok("dmsetup", "resume", "lv")
+        after = len(seq)
+        while len(seq) < after + 20:
+            await trio.sleep(0.01)
+        n.cancel_scope.cancel()
+    assert ok("dmsetup", "table", "lv") == "0 131072 snapshot-origin 253:1\n"
+    assert tool("fsck.daxfs", "-n", "/dev/mapper/snap").returncode == 0
+    s = mount("/dev/mapper/snap", mnts(), "ro,dax=always")
+    assert eff(f"{s}/rec00000") == "1"               # the snapshot is DAX-capable too
+    have = sorted(int(x[3:]) for x in os.listdir(s))
+    assert have == list(range(len(have)))            # a prefix of the records: consistent
+    assert before <= len(have) <= after + 1          # everything fsynced before the freeze
+    for i in have[:-1]:
+        with open(f"{s}/rec{i:05d}", "rb") as f:
+            assert f.read() == _record(i)
+    assert len(os.listdir(m)) > len(have)            # the origin went on
+
+
+def _record(i):
+    return f"record {i}\n".encode() * 300
+
+
+def _write_fsync(path, i):
+    with open(path, "wb") as f:
+        f.write(_record(i))
+        os.fsync(f.fileno())
+
+
+async def test_removal_under_running_io_fails_with_eio_and_unmounts(mnts):
+    m = mount(fresh(), mnts(), "dax=always")
+    proc = await trio.to_thread.run_sync(lambda: subprocess.Popen(
+        ["dd", "if=/dev/zero", f"of={m}/stream", "bs=64k", "count=100000"],
+        stderr=subprocess.PIPE, text=True))
+    while not os.path.exists(f"{m}/stream") or os.path.getsize(f"{m}/stream") < 256 << 10:
+        await trio.sleep(0.01)
+    ok("ndctl", "disable-namespace", "pmem0")
+    with trio.fail_after(30):
+        _, err = await trio.to_thread.run_sync(proc.communicate)
+    assert proc.returncode == 1 and "Input/output error" in err
+    with pytest.raises(OSError) as e:
+        open(f"{m}/stream").read(10)
+    assert e.value.errno == errno.EIO
+    subprocess.run(["fusermount3", "-u", m], check=True, timeout=30)
+    assert not os.path.ismount(m)
+
+
+def test_poisoned_block_fails_only_its_file_range(mnts):
+    dev = fresh()
+    m = mount(dev, mnts(), "dax=always")
+    with open(f"{m}/victim", "wb") as f:
+        f.write(b"v" * 16384)
+        os.fsync(f.fileno())
+    with open(f"{m}/bystander", "wb") as f:
+        f.write(b"b" * 4096)
+        os.fsync(f.fileno())
+    out = ok("daxfs-rmap", dev, "--file", f"{m}/victim", "--offset", "8192")
+    sector = int(out.split()[1])
+    ok("ndctl", "inject-error", "pmem0", "-B", str(sector), "-n", "8")
+    assert ok("daxfs-rmap", dev, str(sector)) == f"sector {sector}: /victim offset 8192\n"
+    with open(f"{m}/victim", "rb") as f:
+        assert f.read(8192) == b"v" * 8192           # before the bad block: fine
+        with pytest.raises(OSError) as e:
+            f.read(4096)
+        assert e.value.errno == errno.EIO
+    with open(f"{m}/bystander", "rb") as f:
+        assert f.read() == b"b" * 4096
