@@ -6,7 +6,7 @@ Named and shaped after fstests' src/log-writes/replay-log:
     replay-log --log LOGDEV -v --limit 0                 (list entries and marks)
     replay-log --log LOGDEV --find --end-mark NAME      (the entry number of a mark)
     replay-log --log LOGDEV --replay DEV [--limit N | --end-mark NAME]
-    replay-log --log LOGDEV --replay DEV --check flush|fua --fsck "CMD"
+    replay-log --log LOGDEV --replay DEV --check flush|fua --fsck "CMD" [--start-mark M]
         (replay to each flush or FUA point in turn and run CMD there; stop at the first
          failure, exit 1 and name the entry)
 """
@@ -28,6 +28,8 @@ def build_parser(prog: str) -> ArgumentParser:
     p.add_argument("--replay", help="the device to replay onto")
     p.add_argument("--limit", type=int, help="replay entries 0..N-1 only")
     p.add_argument("--end-mark", help="replay up to and including this mark")
+    p.add_argument("--start-mark", help="with --check: check only the points after this mark "
+                   "(e.g. one sent once mkfs finished)")
     p.add_argument("--find", action="store_true", help="print the entry number of --end-mark")
     p.add_argument("--num-entries", action="store_true", help="print the number of entries")
     p.add_argument("--check", choices=("flush", "fua"), help="run --fsck at every such point")
@@ -64,13 +66,18 @@ async def _main(args) -> int:
             return 0
         if args.check and not args.fsck:
             raise DmemuError(22, "--check needs --fsck CMD to run at each point")
+        start = 0
+        if args.start_mark is not None:
+            if args.start_mark not in marks:
+                raise DmemuError(2, f"mark '{args.start_mark}' not found in the log")
+            start = marks[args.start_mark]
         dev = await k.open_device(args.replay, exclusive=True)
         points = 0
         for e in entries[:end]:
             await apply(log, dev, e)
             if args.verbose:
                 print(f"replayed {e.index} {e.flag_text} sector {e.sector} nr {e.nr_sectors}")
-            if args.check and is_point(e, args.check):
+            if args.check and e.index >= start and is_point(e, args.check):
                 points += 1
                 await dev.flush()
                 await dev.close()       # the checker opens the device itself
