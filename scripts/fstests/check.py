@@ -83,6 +83,7 @@ def run_test(name: str, env: dict, results: Path, verbose: bool) -> tuple[str, s
         f.unlink(missing_ok=True)
     root = Path(tempfile.mkdtemp(prefix="check-", dir="/tmp"))
     mnt = Path(tempfile.mkdtemp(prefix="check-mnt-", dir="/tmp"))
+    mnt.chmod(0o755)        # tests switch to unprivileged users, who must reach the mounts
     tenv = dict(env, DMEMU_ROOT=str(root), seq=name, RESULT_DIR=str(out_dir),
                 seqres=str(out_dir / script.name), here=str(SUITE), tmp=str(root / "tmp"),
                 PATH=f"{TOP / 'tools'}:{env.get('PATH', '')}", CHECK_MNT=str(mnt))
@@ -90,6 +91,7 @@ def run_test(name: str, env: dict, results: Path, verbose: bool) -> tuple[str, s
     tenv.setdefault("SCRATCH_MNT", str(mnt / "scratch"))
     for d in (tenv["TEST_DIR"], tenv["SCRATCH_MNT"]):
         Path(d).mkdir(parents=True, exist_ok=True)
+        Path(d).chmod(0o755)
     try:
         with open(full, "w") as fullf:
             p = subprocess.run(["bash", str(script)], cwd=SUITE, env=tenv, stdout=subprocess.PIPE,
