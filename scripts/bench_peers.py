@@ -251,9 +251,28 @@ def fetch_pyfuse3_examples(python: Path, cache: Path) -> Path:
     return dest
 
 
+def daxfs_subject(sizes: Sizes, mode: str) -> "FuseCommandSubject":
+    """daxfs on a pmem namespace of a private dmemud whose state (the namespace image, which
+    daxfs maps) lives in the subject's tmpfs backing directory, like passthroughfs's data."""
+    tools = Path(__file__).resolve().parent.parent / "tools"
+    # half the backing tmpfs: the image is sparse, and dmemud wants the room it could fill
+    size = f"{int(sizes.tmpfs_size[:-1]) // 2}{sizes.tmpfs_size[-1]}"
+
+    def command(backing, mnt):
+        script = (f"export DMEMU_ROOT={backing}/dmemu PATH={tools}:$PATH; "
+                  f"trap 'dmemud stop --force >/dev/null 2>&1' EXIT; "
+                  f"ndctl create-namespace -s {size} --align 4K >/dev/null && "
+                  f"mkfs.daxfs /dev/pmem0 >/dev/null && "
+                  f"daxfs /dev/pmem0 {mnt} -f -o dax={mode}")
+        return ["sh", "-c", script]
+    return FuseCommandSubject(f"daxfs-dax-{mode}", command, sizes)
+
+
 def peer_subjects(sizes: Sizes, python: Path, cache: Path) -> list:
     examples = fetch_pyfuse3_examples(python, cache)
     return [
+        daxfs_subject(sizes, "always"),
+        daxfs_subject(sizes, "never"),
         KernelTmpfs(sizes),
         FuseCommandSubject("pyfuse3-tmpfs",
                            lambda backing, mnt: [python, examples / "tmpfs.py", mnt],
