@@ -127,3 +127,14 @@ def test_the_kernel_drops_entries_of_devices_that_went(view):
         for fd in fds.values():
             os.close(fd)
     ok("dmsetup", "remove", "a")
+
+
+def test_names_cannot_be_made_or_removed_through_the_view(view):
+    ok("ndctl", "create-namespace", "-s", "4M")
+    for op in (lambda: open(view / "new", "w"), lambda: os.mkdir(view / "d"),
+               lambda: os.unlink(view / "pmem0"), lambda: os.rename(view / "pmem0", view / "x"),
+               lambda: os.symlink("pmem0", view / "s"), lambda: os.mknod(view / "n")):
+        with pytest.raises(OSError) as e:
+            op()
+        assert e.value.errno == errno.EPERM
+    assert sorted(os.listdir(view)) == ["mapper", "pmem0"]
