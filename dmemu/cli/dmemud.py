@@ -44,6 +44,9 @@ def _serve(paths: StatePaths, ready_fd: int | None) -> int:
         server = Server(paths)
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run)
+            if os.environ.get("DMEMU_DEVVIEW", "0") != "0":
+                # Before saying ready, so that the files are there when the first command returns.
+                await _start_devview(paths, os.environ["DMEMU_DEVVIEW"])
             if ready_fd is not None:
                 os.write(ready_fd, b"ready\n")
                 os.close(ready_fd)
@@ -52,6 +55,18 @@ def _serve(paths: StatePaths, ready_fd: int | None) -> int:
     finally:
         lock.release()
     return 0
+
+
+async def _start_devview(paths: StatePaths, where: str) -> None:
+    """DMEMU_DEVVIEW=1 (or =DIR): show the devices as files once the daemon serves, as udev
+    fills /dev at boot. The view ends by itself when the daemon stops."""
+    from ..devview import control
+    mountpoint = where if where.startswith("/") else control.default_mountpoint(paths)
+    try:
+        await trio.to_thread.run_sync(control.check_free, paths, mountpoint)
+        await trio.to_thread.run_sync(control.spawn, paths, mountpoint, 0)
+    except (DmemuError, OSError) as e:
+        log.warning("device view not started: %s", e)
 
 
 async def _stop(paths: StatePaths, force: bool) -> int:

@@ -89,6 +89,7 @@ def spawn(paths: StatePaths, mountpoint: str, verbose: int) -> int:
     """Start a detached view and return its pid once its mount is live."""
     r, w = os.pipe()
     env = dict(os.environ, DMEMU_ROOT=str(paths.root))
+    env.pop("DMEMU_DEVVIEW", None)    # a daemon the view might start must not start a view
     top = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = top + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     args = [sys.executable, "-m", "dmemu.cli.devview", "-f", "--ready-fd", str(w),

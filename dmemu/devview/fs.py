@@ -108,6 +108,12 @@ class DevViewOps(pyfuse3.Operations):
     async def releasedir(self, fh):
         self._dirs.pop(fh, None)
 
+    # The names are dmemud's: devices come and go with ndctl, dmsetup and the lvm commands.
+    async def _refuse(self, *args, **kwargs):
+        raise pyfuse3.FUSEError(errno.EPERM)
+
+    create = mknod = mkdir = symlink = link = unlink = rmdir = rename = _refuse
+
     async def statfs(self, ctx):
         s = pyfuse3.StatvfsData()
         s.f_bsize = s.f_frsize = 4096

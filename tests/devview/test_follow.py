@@ -127,3 +127,43 @@ def test_the_kernel_drops_entries_of_devices_that_went(view):
         for fd in fds.values():
             os.close(fd)
     ok("dmsetup", "remove", "a")
+
+
+def test_names_cannot_be_made_or_removed_through_the_view(view):
+    ok("ndctl", "create-namespace", "-s", "4M")
+    for op in (lambda: open(view / "new", "w"), lambda: os.mkdir(view / "d"),
+               lambda: os.unlink(view / "pmem0"), lambda: os.rename(view / "pmem0", view / "x"),
+               lambda: os.symlink("pmem0", view / "s"), lambda: os.mknod(view / "n")):
+        with pytest.raises(OSError) as e:
+            op()
+        assert e.value.errno == errno.EPERM
+    assert sorted(os.listdir(view)) == ["mapper", "pmem0"]
+
+
+async def test_devices_churning_under_readers_leave_the_view_exact(view):
+    """Devices come and go quickly while other tasks list and stat: at the end the view shows
+    exactly what dmemud has, and it logged no error (the fixture checks its log)."""
+    async with client.connect() as k:
+        stop = trio.Event()
+
+        def walk():
+            while not stop.is_set():
+                for name in os.listdir(view / "mapper"):
+                    try:
+                        os.stat(view / "mapper" / name)
+                    except FileNotFoundError:
+                        pass            # went between the listing and the stat: fine
+
+        async with trio.open_nursery() as n:
+            for _ in range(2):
+                n.start_soon(trio.to_thread.run_sync, walk)
+            for i in range(40):
+                await k.call("dm_create", name=f"c{i}", table="0 8 zero")
+                if i % 3:
+                    await k.call("dm_rename", name=f"c{i}", new=f"r{i}")
+                if i % 2:
+                    await k.call("dm_remove", name=f"r{i}" if i % 3 else f"c{i}")
+            stop.set()
+        expect = sorted(d["name"] for d in (await k.call("dm_list"))["devices"])
+        assert len(expect) == 20
+        assert sorted(await trio.to_thread.run_sync(os.listdir, view / "mapper")) == expect

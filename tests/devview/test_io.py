@@ -1,13 +1,14 @@
 """Device files through a real mount: round trips, copy-on-write, errors, flush, suspend, tools."""
 import errno
+import mmap
 import os
 import random
 import subprocess
 
 import pytest
 
-from tests.devview.viewhelp import dd, dd_ok, device_bytes, wait_for
-from tests.helpers import ok, tool
+from tests.devview.viewhelp import dd, dd_ok, device_bytes
+from tests.helpers import ok
 
 MiB = 1 << 20
 
@@ -164,7 +165,6 @@ def test_end_of_device_odd_offsets_and_o_direct_alignment(view):
     assert device_bytes("lin", 1024, 3) == b"lo\0"
     fd = os.open(f, os.O_RDWR | os.O_DIRECT)
     try:
-        import mmap
         buf = mmap.mmap(-1, 4096)
         for off, n in ((100, 512), (0, 100)):
             with pytest.raises(OSError) as e:

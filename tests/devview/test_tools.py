@@ -126,3 +126,16 @@ def test_the_view_unmounts_itself_when_dmemud_stops(view):
     wait_for(lambda: not os.path.ismount(view), what="the view to unmount itself")
     r = tool("dmemu-devview", "--stop")
     assert (r.returncode, r.stderr) == (1, f"dmemu-devview: no device view is mounted at {view}\n")
+
+
+def test_dmemud_starts_the_view_when_asked_and_it_ends_with_dmemud(dmemu_root, monkeypatch):
+    monkeypatch.setenv("DMEMU_DEVVIEW", "1")
+    mp = dmemu_root / "dev"
+    try:
+        ok("ndctl", "create-namespace", "-s", "4M")          # starts dmemud, which starts the view
+        assert os.path.ismount(mp) and sorted(os.listdir(mp)) == ["mapper", "pmem0"]
+        ok("dmemud", "stop")
+        wait_for(lambda: not os.path.ismount(mp), what="the view to end with dmemud")
+    finally:
+        if os.path.ismount(mp):
+            subprocess.run(["fusermount3", "-u", "-z", str(mp)], capture_output=True)
