@@ -31,6 +31,11 @@ async def one(k, nsnaps: int, mib: int) -> tuple[float, float]:
     await k.call("dm_create", name="real", table=f"0 {sectors} linear pmem0 0")
     for i in range(nsnaps):
         await k.call("dm_create", name=f"cow{i}", table=f"0 {cow} linear pmem0 {sectors + i * cow}")
+        # A new store, as lvcreate makes it: zero the header so no earlier round's
+        # exceptions are loaded.
+        c = await k.open_device(f"cow{i}")
+        await c.write(0, bytes(4096))
+        await c.close()
         await k.call("dm_create", name=f"snap{i}", table=f"0 {sectors} snapshot real cow{i} P 8")
     await k.call("dm_create", name="origin", table=f"0 {sectors} snapshot-origin real")
     dev = await k.open_device("origin")

@@ -14,9 +14,12 @@ import trio
 
 log = logging.getLogger(__name__)
 
-# How far a write region may grow past the chunk asked for, over chunks every snapshot
-# already holds: fewer round trips for rewrites, small enough to keep revocations cheap.
-MAX_REGION_CHUNKS = 64
+# How far a write region may grow around the chunk asked for, over chunks every snapshot
+# already holds: forward far (a rewrite then costs one round trip per 4 MiB), backward a
+# little (enough for the new lease to replace the one before it; a long scan back on every
+# copy-on-write dominated the profile).
+MAX_AHEAD_CHUNKS = 1024
+MAX_BEHIND_CHUNKS = 64
 
 
 class Origins:
@@ -83,11 +86,11 @@ class Origins:
             return all(s.has_exception(x // s.chunk_size) for s in snaps)
         lo, hi = start, min(start + step, limit)
         n = 0
-        while hi < limit and n < MAX_REGION_CHUNKS and held(hi):
+        while hi < limit and n < MAX_AHEAD_CHUNKS and held(hi):
             hi = min(hi + step, limit)
             n += 1
         n = 0
-        while lo > 0 and n < MAX_REGION_CHUNKS and held(lo - step):
+        while lo > 0 and n < MAX_BEHIND_CHUNKS and held(lo - step):
             lo -= step
             n += 1
         return lo, hi
