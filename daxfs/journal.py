@@ -43,6 +43,9 @@ class Journal:
         self.seq = 1            # sequence number of the next transaction
         self.head = 1           # offset (from start) where the next transaction goes
         self.commits = 0
+        # A deliberately broken mode for testing the crash checker (x-crashcheck-skip-flush):
+        # commit without flushing what the commit references first.
+        self.skip_preflush = False
 
     @property
     def capacity(self) -> int:
@@ -136,7 +139,7 @@ class Journal:
         commit = fmt.pack_struct_block(fmt.JCOMMIT_FMT, fmt.JCOMMIT_MAGIC,
                                        len(buf) // fmt.BLOCK_SIZE, self.seq, crc)
         await write_blocks(self.dev, self.start + self.head + len(buf) // fmt.BLOCK_SIZE,
-                           commit, preflush=True, fua=True)
+                           commit, preflush=not self.skip_preflush, fua=True)
         self.head += need
         self.seq += 1
         self.commits += 1

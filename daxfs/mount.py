@@ -34,6 +34,7 @@ class MountOptions:
     dax: str | None = None                      # taken out for the DAX mount logic
     commit_interval: float = 5.0
     noatime: bool = False
+    skip_flush: bool = False                    # x-crashcheck-skip-flush: broken on purpose
     writeback: bool = False                     # FUSE writeback cache (-o writeback)
 
 
@@ -55,6 +56,8 @@ def parse_options(opts: list[str], source: str) -> MountOptions:
         elif o in ("writeback", "nowriteback"):
             mo.writeback = o == "writeback"
             continue
+        elif o == "x-crashcheck-skip-flush":
+            mo.skip_flush = True
         elif o == "noatime":
             mo.noatime = True
         elif o in ("atime", "relatime"):
@@ -104,6 +107,10 @@ async def serve(source: str, mountpoint: str, mo: MountOptions, *, ready=None) -
         check_mount(dax_mode, getattr(dev, "dax", False))   # before anything is written
         fs = await Filesystem.mount(dev, read_only=mo.read_only, track_lookups=True)
         fs.dax = DaxPolicy(dax_mode, getattr(dev, "dax", False))
+        if mo.skip_flush:
+            log.warning("x-crashcheck-skip-flush: commits will not flush what they reference; "
+                        "this filesystem is NOT crash-safe (a test of the crash checker)")
+            fs.journal.skip_preflush = True
         _follow_device(dev, fs)
         if mo.noatime:
             fs.relatime = False

@@ -1,0 +1,68 @@
+"""Workloads for crashcheck: each makes changes on a mount and tells the oracle what it
+made durable. They use ordinary file operations, as an application would."""
+import os
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write(path: str, data: bytes, fsync: bool = True) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        if fsync:
+            os.fsync(f.fileno())
+
+
+def fsync_files(mnt: str, oracle) -> None:
+    """Files of growing sizes, each fsynced with its directory, in nested directories."""
+    os.makedirs(os.path.join(mnt, "d1", "d2"))
+    _fsync_dir(mnt)
+    for i in range(8):
+        p = os.path.join("d1" if i % 2 else "d1/d2", f"f{i}")
+        _write(os.path.join(mnt, p), bytes([65 + i]) * (4096 * (i + 1) + 100 * i))
+        _fsync_dir(os.path.dirname(os.path.join(mnt, p)))
+        oracle.durable(p, mnt)
+
+
+def rename_storm(mnt: str, oracle) -> None:
+    """Write a new version, fsync it, rename it over the old one, fsync the directory:
+    at any crash the target holds a whole version, never a torn one."""
+    _write(os.path.join(mnt, "target"), b"version 0\n" * 500)
+    _fsync_dir(mnt)
+    oracle.durable("target", mnt)
+    for i in range(1, 7):
+        _write(os.path.join(mnt, f"tmp{i}"), f"version {i}\n".encode() * (500 + 300 * i))
+        oracle.changing("target")
+        os.rename(os.path.join(mnt, f"tmp{i}"), os.path.join(mnt, "target"))
+        _fsync_dir(mnt)
+        oracle.durable("target", mnt)
+
+
+def create_unlink(mnt: str, oracle) -> None:
+    """Creates, unlinks, xattrs and an overwrite in place, fsynced at each step."""
+    for i in range(6):
+        p = f"c{i}"
+        _write(os.path.join(mnt, p), os.urandom(3000 + 5000 * i))
+        os.setxattr(os.path.join(mnt, p), "user.step", str(i).encode())
+        _fsync_dir(mnt)
+        oracle.durable(p, mnt)
+        if i >= 2:
+            gone = f"c{i - 2}"
+            oracle.changing(gone)
+            os.unlink(os.path.join(mnt, gone))
+            _fsync_dir(mnt)
+    oracle.changing("c5")
+    with open(os.path.join(mnt, "c5"), "r+b") as f:
+        f.seek(100)
+        f.write(b"overwritten in place")
+        os.fsync(f.fileno())
+    oracle.durable("c5", mnt)
+
+
+WORKLOADS = {"fsync-files": fsync_files, "rename-storm": rename_storm,
+             "create-unlink": create_unlink}
