@@ -292,11 +292,13 @@ class Filesystem:
         return inode.dir
 
     def _dirty(self, inode: Inode) -> None:
+        inode.dirty = True
         self.dirty_inodes[inode.ino] = inode
         self.data_meta_dirty = True
 
     def _dirty_times(self, inode: Inode) -> None:
         """Only timestamps changed: fdatasync need not commit for this (as on Linux)."""
+        inode.dirty = True
         self.dirty_inodes[inode.ino] = inode
 
     def _writable(self) -> None:
@@ -358,6 +360,7 @@ class Filesystem:
                         nxt = inode.chain[k + 1] if k + 1 < len(inode.chain) else 0
                         images[blk] = fmt.pack_extent_block(part, nxt)
                 inode.extents_dirty = False
+            inode.dirty = False
             blk = sb.itable_start + inode.ino // fmt.INODES_PER_BLOCK
             buf = await self._itable_block(blk)
             off = (inode.ino % fmt.INODES_PER_BLOCK) * fmt.INODE_SIZE

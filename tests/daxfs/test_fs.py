@@ -456,3 +456,15 @@ async def test_periodic_commit(dev, autojump_clock):
     fs2 = await Filesystem.mount(dev)
     assert await fs2.listdir(R) == [b"later"]
     await fs2.unmount()
+
+
+async def test_inodes_know_they_are_dirty(fs):
+    fh, f = await fs.create(R, b"d", 0o644, os.O_RDWR)
+    assert f.dirty
+    await fs.fsync(fh)
+    assert not f.dirty
+    await fs.write(fh, 0, b"x")
+    assert f.dirty
+    await fs.commit()
+    assert not f.dirty
+    await fs.release(fh)
