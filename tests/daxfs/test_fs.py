@@ -468,3 +468,38 @@ async def test_inodes_know_they_are_dirty(fs):
     await fs.commit()
     assert not f.dirty
     await fs.release(fh)
+
+
+async def test_100k_entry_directory():
+    """100,000 names in one directory: create, look up, list in resumable chunks, remove
+    some, remount, list again, fsck."""
+    dev = await make_dev(128 * MiB, total_inodes=100_100)
+    fs = await Filesystem.mount(dev)
+    d = await fs.mkdir(R, b"huge")
+    n = 100_000
+    for i in range(n):
+        await fs.mknod(d.ino, b"entry-%06d" % i, stat.S_IFREG | 0o644)
+    for i in range(0, n, 997):
+        assert (await fs.lookup(d.ino, b"entry-%06d" % i)).ino
+    got, cookie = [], 0
+    while True:
+        chunk = []
+        async for name, _, nxt in fs.readdir(d.ino, cookie):
+            chunk.append(name)
+            cookie = nxt
+            if len(chunk) == 4096:
+                break
+        if not chunk:
+            break
+        got += chunk
+        if len(got) == 4096 * 5:              # removals in the middle of a listing
+            for i in range(0, n, 10):
+                await fs.unlink(d.ino, b"entry-%06d" % i)
+    assert len(got) == len(set(got))
+    assert set(got) >= {b"entry-%06d" % i for i in range(n) if i % 10}
+    await fs.unmount()
+    await assert_clean(dev)
+    fs = await Filesystem.mount(dev)
+    d = await fs.lookup(R, b"huge")
+    assert len(await fs.listdir(d.ino)) == n - n // 10
+    await fs.unmount()
