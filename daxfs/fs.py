@@ -1108,33 +1108,32 @@ class Filesystem:
             self.on_invalidate(inode.ino)
 
     async def _read_data(self, inode: Inode, off: int, size: int) -> bytes:
-        """One device read per extent the range touches; holes read as zeros."""
+        """One device read per extent the range touches, of just the sectors needed (the
+        usual page-aligned read is returned as read, without a copy); holes read as zeros."""
         if off < 0:
             raise FsError(errno.EINVAL, "negative offset")
         end = min(off + size, inode.size)
         if off >= end:
             return b""
-        first = off // BS
-        last = (end - 1) // BS
-        if first == last:                       # the common small read: one block
-            pblk, _ = inode.map(first)
-            if not pblk:
-                return bytes(end - off)
-            s = off - first * BS
-            return (await self.dev.read(pblk * fmt.BLOCK_SECTORS, BS))[s:s + end - off]
         parts = []
-        lblk = first
-        while lblk <= last:
+        pos = off
+        while pos < end:
+            lblk = pos // BS
             pblk, run = inode.map(lblk)
-            n = last + 1 - lblk if run == 0 else min(run, last + 1 - lblk)
+            stop = end if run == 0 else min(end, (lblk + run) * BS)
             if pblk:
-                parts.append(await self.dev.read(pblk * fmt.BLOCK_SECTORS, n * BS))
+                byte = pblk * BS + (pos - lblk * BS)
+                first = byte >> 9
+                last = (byte + (stop - pos) + 511) >> 9
+                data = await self.dev.read(first, (last - first) << 9)
+                skip = byte - (first << 9)
+                if skip or len(data) != stop - pos:
+                    data = data[skip:skip + stop - pos]
+                parts.append(data)
             else:
-                parts.append(bytes(n * BS))
-            lblk += n
-        data = b"".join(parts)
-        s = off - first * BS
-        return data[s:s + end - off]
+                parts.append(bytes(stop - pos))
+            pos = stop
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def write(self, fh: int, off: int, data) -> int:
         h = self.handle(fh)
