@@ -135,6 +135,7 @@ class BlockAllocator:
         self.free = free                    # free on disk (what the superblock records)
         self.pending_count = 0              # freed but not reusable yet
         self.cursor = data_start
+        self.reuse_epoch = 0                # bumped whenever freed blocks become reusable
 
     @property
     def available(self) -> int:
@@ -187,6 +188,7 @@ class BlockAllocator:
     def release_pending(self) -> None:
         if self.pending_count:
             self.busy.data[:] = self.bitmap.data
+            self.reuse_epoch += 1
         self.pending_count = 0
 
 

@@ -1090,7 +1090,13 @@ class Filesystem:
         inode = self.handle(fh).inode
         if inode.is_dir:
             raise FsError(errno.EISDIR, "is a directory")
+        epoch = self.balloc.reuse_epoch
         data = await self._read_data(inode, off, size)
+        if self.balloc.reuse_epoch != epoch:
+            # reads run without the lock: while this one waited on the device, blocks it
+            # mapped may have been freed and handed to another file; read again, locked
+            async with self.lock:
+                data = await self._read_data(inode, off, size)
         if self.relatime and (inode.atime_ns <= inode.mtime_ns or inode.atime_ns <= inode.ctime_ns
                               or time.time_ns() - inode.atime_ns > RELATIME_NS):
             await self._touch_atime(inode)

@@ -503,3 +503,46 @@ async def test_100k_entry_directory():
     d = await fs.lookup(R, b"huge")
     assert len(await fs.listdir(d.ino)) == n - n // 10
     await fs.unmount()
+
+
+async def test_read_racing_block_reuse_never_sees_other_files_data(dev):
+    """A read waits on the device without the lock; if the blocks it mapped are freed and
+    reused meanwhile, it must not return the new owner's data."""
+    import trio
+    fs = await Filesystem.mount(dev)
+    fh, a = await fs.create(R, b"a", 0o644, os.O_RDWR)
+    await fs.write(fh, 0, b"A" * 8192)
+    await fs.sync()
+    gate = trio.Event()
+    entered = trio.Event()
+    real_read = dev.read
+
+    async def slow_read(sector, nbytes):
+        data = await real_read(sector, nbytes)
+        if not gate.is_set():
+            entered.set()
+            await gate.wait()
+        return await real_read(sector, nbytes) if gate.is_set() else data
+
+    result = []
+    async with trio.open_nursery() as nursery:
+        dev.read = slow_read
+
+        async def reader():
+            result.append(await fs.read(fh, 0, 8192))
+        nursery.start_soon(reader)
+        await entered.wait()
+        dev.read = real_read
+        await fs.setattr(a.ino, size=0)                   # frees a's blocks
+        async with fs.lock:                                # make them reusable now
+            await fs._commit()
+            await fs.journal.reset()
+            fs.balloc.release_pending()
+        fs.balloc.cursor = fs.sb.data_start
+        gh, b = await fs.create(R, b"b", 0o644, os.O_RDWR)
+        await fs.write(gh, 0, b"B" * 8192)
+        await fs.release(gh)
+        gate.set()
+    assert b"B" not in result[0]
+    await fs.release(fh)
+    await fs.unmount()
