@@ -26,7 +26,7 @@ import trio
 
 from . import format as fmt
 from .alloc import Bitmap, BlockAllocator, InodeAllocator
-from .directory import Directory, dtype, empty_block
+from .directory import Directory, dtype
 from .errors import CorruptError, FsError
 from .inode import Inode
 from .journal import Journal, read_blocks, write_blocks

@@ -9,7 +9,6 @@ from daxfs import format as fmt
 from daxfs.errors import FsError
 from daxfs.fs import Filesystem
 from daxfs.fsck import EXIT_FIXED, EXIT_OK, EXIT_OPERATIONAL, EXIT_UNCORRECTED, check
-from daxfs.journal import header_block
 
 from .conftest import MiB, make_dev
 

@@ -6,7 +6,7 @@ import os
 import hypothesis.strategies as st
 import trio
 from hypothesis import HealthCheck, given, settings
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from daxfs import format as fmt
 from daxfs.errors import FsError
