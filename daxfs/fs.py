@@ -343,6 +343,13 @@ class Filesystem:
         self.committing = True
         try:
             return await self._commit_locked()
+        except OSError as e:
+            # the running transaction cannot reach the device: what is on it stays
+            # consistent (the journal makes commits atomic), but the cached state no longer
+            # matches it, so stop writing (ext4's errors=remount-ro)
+            log.error("%s: commit failed (%s); the filesystem is now read-only", self.dev.name, e)
+            self.read_only = True
+            raise FsError(errno.EIO, f"commit failed: {e.strerror or e}") from None
         finally:
             self.committing = False
 

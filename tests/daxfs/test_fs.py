@@ -546,3 +546,26 @@ async def test_read_racing_block_reuse_never_sees_other_files_data(dev):
     assert b"B" not in result[0]
     await fs.release(fh)
     await fs.unmount()
+
+
+async def test_commit_failure_turns_read_only(dev):
+    """A device that fails writes must not leave a half-known state behind: the commit
+    fails with EIO, the filesystem refuses further changes, the device stays consistent."""
+    fs = await Filesystem.mount(dev)
+    await fs.mkdir(R, b"kept")
+    await fs.sync()
+
+    async def broken_write(*a, **kw):
+        raise OSError(errno.EIO, "I/O error")
+    dev.write = broken_write
+    await fs.mkdir(R, b"lost")
+    with err(errno.EIO):
+        await fs.sync()
+    with err(errno.EROFS):
+        await fs.mkdir(R, b"more")
+    del dev.write
+    dev.power_fail()
+    fs2 = await Filesystem.mount(dev)
+    assert await fs2.listdir(R) == [b"kept"]
+    await fs2.unmount()
+    await assert_clean(dev)
