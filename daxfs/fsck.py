@@ -197,8 +197,14 @@ class Checker:
                     if child:
                         entries.append([name, child, ftype, pblk, off, h])
             except PARSE_ERRORS as e:
-                self.problem(str(e))
-                self.bad_dirs.add(inode.ino)
+                # drop what cannot be trusted: the block becomes empty, the names in it are
+                # lost and the inodes they named are freed as unattached
+                if self.problem(f"{e}; emptying the block", fixable=True):
+                    from .directory import empty_block
+                    self.writes[pblk] = bytes(empty_block())
+                    entries = [en for en in entries if en[3] != pblk]
+                else:
+                    self.bad_dirs.add(inode.ino)
         self.dirs[inode.ino] = entries
 
     def check_inodes(self) -> None:
@@ -221,7 +227,7 @@ class Checker:
         if nb > sb.total_blocks:
             self.used.set_run(sb.total_blocks, nb - sb.total_blocks, True)
         used = self.used
-        for ino, inode in self.inodes.items():
+        for ino, inode in list(self.inodes.items()):
             prev_end = 0
             runs = [(pblk, ln) for _, ln, pblk in inode.extents()]
             runs += [(b, 1) for b in inode.chain]
@@ -231,10 +237,12 @@ class Checker:
                 if ln < 1 or lblk < prev_end or lblk + ln > fmt.MAX_FILE_BLOCKS:
                     self.problem(f"inode {ino}: extent ({lblk}, {ln}, {pblk}) out of order")
                 prev_end = lblk + ln
+            if any(pblk < sb.data_start or pblk + ln > sb.total_blocks for pblk, ln in runs):
+                if self.problem(f"inode {ino}: blocks outside the data area; clearing it",
+                                fixable=True):
+                    self._drop_bad_inode(ino)
+                continue
             for pblk, ln in runs:
-                if pblk < sb.data_start or pblk + ln > sb.total_blocks:
-                    self.problem(f"inode {ino}: block run {pblk}+{ln} outside the data area")
-                    continue
                 for b in range(pblk, pblk + ln):
                     if used.data[b >> 3] & (1 << (b & 7)):
                         self.problem(f"inode {ino}: block {b} also used by inode "
@@ -426,6 +434,13 @@ class Checker:
             if self.owner.get(b) == ino:
                 self.used.data[b >> 3] &= ~(1 << (b & 7)) & 0xFF
         inode.mode = 0
+        self._write_slot(ino, bytes(fmt.INODE_SIZE))
+
+    def _drop_bad_inode(self, ino: int) -> None:
+        """Forget an inode that cannot be trusted before its blocks were counted: entries
+        naming it are removed and it drops out of the rebuilt bitmaps."""
+        self.inodes.pop(ino, None)
+        self.bad_inodes.add(ino)
         self._write_slot(ino, bytes(fmt.INODE_SIZE))
 
     def _write_inode(self, inode: Inode) -> None:
