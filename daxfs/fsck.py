@@ -141,14 +141,19 @@ class Checker:
                           sb.total_blocks)
         self.ibm = Bitmap(bytearray(await self.read(sb.ibitmap_start, sb.ibitmap_blocks)),
                           sb.total_inodes)
-        self.itable = bytearray(await self.read(sb.itable_start, sb.itable_blocks))
+        # inode-table blocks holding inodes in use, read as needed (the whole table of a
+        # large device would not fit in memory)
+        self.itable: dict[int, bytearray] = {}
         self.inodes: dict[int, Inode] = {}
         self.bad_inodes: set[int] = set()
         self.inode_errors: dict[int, str] = {}
-        for ino in range(1, sb.total_inodes):
-            if not self.ibm.test(ino):
+        for ino in _set_bits(self.ibm.data, sb.total_inodes):
+            if ino == 0:
                 continue
-            raw = self.itable[ino * fmt.INODE_SIZE:(ino + 1) * fmt.INODE_SIZE]
+            blk, slot = divmod(ino, fmt.INODES_PER_BLOCK)
+            if blk not in self.itable:
+                self.itable[blk] = bytearray(await self.read(sb.itable_start + blk))
+            raw = self.itable[blk][slot * fmt.INODE_SIZE:(slot + 1) * fmt.INODE_SIZE]
             try:
                 inode = Inode.unpack(ino, raw)
                 n = inode.nextents_on_disk(raw)
@@ -448,10 +453,10 @@ class Checker:
 
     def _write_slot(self, ino: int, raw: bytes) -> None:
         sb = self.sb
-        off = ino * fmt.INODE_SIZE
-        self.itable[off:off + fmt.INODE_SIZE] = raw
-        blk = ino // fmt.INODES_PER_BLOCK
-        self.writes[sb.itable_start + blk] = bytes(self.itable[blk * BS:(blk + 1) * BS])
+        blk, slot = divmod(ino, fmt.INODES_PER_BLOCK)
+        buf = self.itable[blk]          # loaded: only inodes that were read get rewritten
+        buf[slot * fmt.INODE_SIZE:(slot + 1) * fmt.INODE_SIZE] = raw
+        self.writes[sb.itable_start + blk] = bytes(buf)
 
     def _clear_entry(self, pblk: int, off: int) -> None:
         self._patch_entry(pblk, off, ino=0)
@@ -469,6 +474,15 @@ class Checker:
             DIRENT_FMT.pack_into(buf, off, new_ino, f.get("hash", h), rec_len,
                                  f.get("ftype", ftype), nlen if new_ino else 0)
             self.writes[pblk] = bytes(buf)
+
+
+def _set_bits(data, nbits: int):
+    """Numbers of the set bits below nbits, skipping zero bytes quickly."""
+    for i, byte in enumerate(data[:(nbits + 7) // 8]):
+        if byte:
+            for k in range(8):
+                if byte & (1 << k) and i * 8 + k < nbits:
+                    yield i * 8 + k
 
 
 async def check(dev, *, repair: bool = False, out=None) -> tuple[int, Checker]:
