@@ -15,6 +15,7 @@ from . import format as fmt
 from .errors import FsError
 
 BITS_PER_BLOCK = fmt.BLOCK_SIZE * 8
+GOAL_WINDOW = 4096          # blocks searched after an allocation goal before the cursor
 
 
 class Bitmap:
@@ -134,6 +135,7 @@ class BlockAllocator:
         self.free = free                    # free on disk (what the superblock records)
         self.pending_count = 0              # freed but not reusable yet
         self.cursor = data_start
+        self.reuse_epoch = 0                # bumped whenever freed blocks become reusable
 
     @property
     def available(self) -> int:
@@ -145,9 +147,14 @@ class BlockAllocator:
             raise FsError(errno.ENOSPC, "no space left on device")
         runs = []
         got = 0
-        pos = goal if self.data_start <= goal < self.total else self.cursor
-        wrapped = False
         busy = self.busy
+        pos = self.cursor
+        if self.data_start <= goal < self.total:
+            # near the goal (contiguous files), but only if there is room close by:
+            # scanning far through a full region would cost O(used blocks) per call
+            if busy.find_free(goal, min(self.total, goal + GOAL_WINDOW)) >= 0:
+                pos = goal
+        wrapped = False
         while got < want:
             b = busy.find_free(pos, self.total)
             if b < 0:
@@ -181,6 +188,7 @@ class BlockAllocator:
     def release_pending(self) -> None:
         if self.pending_count:
             self.busy.data[:] = self.bitmap.data
+            self.reuse_epoch += 1
         self.pending_count = 0
 
 

@@ -28,7 +28,7 @@ from . import daxattr
 from . import format as fmt
 from .alloc import Bitmap, BlockAllocator, InodeAllocator
 from .dax import DaxIO, DaxPolicy
-from .directory import Directory, dtype, empty_block
+from .directory import Directory, dtype
 from .errors import CorruptError, FsError
 from .inode import Inode
 from .journal import Journal, read_blocks, write_blocks
@@ -373,11 +373,13 @@ class Filesystem:
         return inode.dir
 
     def _dirty(self, inode: Inode) -> None:
+        inode.dirty = True
         self.dirty_inodes[inode.ino] = inode
         self.data_meta_dirty = True
 
     def _dirty_times(self, inode: Inode) -> None:
         """Only timestamps changed: fdatasync need not commit for this (as on Linux)."""
+        inode.dirty = True
         self.dirty_inodes[inode.ino] = inode
 
     def _writable(self) -> None:
@@ -422,6 +424,13 @@ class Filesystem:
         self.committing = True
         try:
             return await self._commit_locked()
+        except OSError as e:
+            # the running transaction cannot reach the device: what is on it stays
+            # consistent (the journal makes commits atomic), but the cached state no longer
+            # matches it, so stop writing (ext4's errors=remount-ro)
+            log.error("%s: commit failed (%s); the filesystem is now read-only", self.dev.name, e)
+            self.read_only = True
+            raise FsError(errno.EIO, f"commit failed: {e.strerror or e}") from None
         finally:
             self.committing = False
 
@@ -439,6 +448,7 @@ class Filesystem:
                         nxt = inode.chain[k + 1] if k + 1 < len(inode.chain) else 0
                         images[blk] = fmt.pack_extent_block(part, nxt)
                 inode.extents_dirty = False
+            inode.dirty = False
             blk = sb.itable_start + inode.ino // fmt.INODES_PER_BLOCK
             buf = await self._itable_block(blk)
             off = (inode.ino % fmt.INODES_PER_BLOCK) * fmt.INODE_SIZE
@@ -1189,7 +1199,13 @@ class Filesystem:
         inode = self.handle(fh).inode
         if inode.is_dir:
             raise FsError(errno.EISDIR, "is a directory")
+        epoch = self.balloc.reuse_epoch
         data = await self._read_data(inode, off, size)
+        if self.balloc.reuse_epoch != epoch:
+            # reads run without the lock: while this one waited on the device, blocks it
+            # mapped may have been freed and handed to another file; read again, locked
+            async with self.lock:
+                data = await self._read_data(inode, off, size)
         if self.relatime and (inode.atime_ns <= inode.mtime_ns or inode.atime_ns <= inode.ctime_ns
                               or time.time_ns() - inode.atime_ns > RELATIME_NS):
             await self._touch_atime(inode)
@@ -1207,7 +1223,8 @@ class Filesystem:
             self.on_invalidate(inode.ino)
 
     async def _read_data(self, inode: Inode, off: int, size: int) -> bytes:
-        """One device read per extent the range touches; holes read as zeros."""
+        """One device read per extent the range touches, of just the sectors needed (the
+        usual page-aligned read is returned as read, without a copy); holes read as zeros."""
         if off < 0:
             raise FsError(errno.EINVAL, "negative offset")
         self._alive()
@@ -1217,27 +1234,25 @@ class Filesystem:
         end = min(off + size, inode.size)
         if off >= end:
             return b""
-        first = off // BS
-        last = (end - 1) // BS
-        if first == last:                       # the common small read: one block
-            pblk, _ = inode.map(first)
-            if not pblk:
-                return bytes(end - off)
-            s = off - first * BS
-            return (await io.read(pblk * fmt.BLOCK_SECTORS, BS))[s:s + end - off]
         parts = []
-        lblk = first
-        while lblk <= last:
+        pos = off
+        while pos < end:
+            lblk = pos // BS
             pblk, run = inode.map(lblk)
-            n = last + 1 - lblk if run == 0 else min(run, last + 1 - lblk)
+            stop = end if run == 0 else min(end, (lblk + run) * BS)
             if pblk:
-                parts.append(await io.read(pblk * fmt.BLOCK_SECTORS, n * BS))
+                byte = pblk * BS + (pos - lblk * BS)
+                first = byte >> 9
+                last = (byte + (stop - pos) + 511) >> 9
+                data = await io.read(first, (last - first) << 9)
+                skip = byte - (first << 9)
+                if skip or len(data) != stop - pos:
+                    data = data[skip:skip + stop - pos]
+                parts.append(data)
             else:
-                parts.append(bytes(n * BS))
-            lblk += n
-        data = b"".join(parts)
-        s = off - first * BS
-        return data[s:s + end - off]
+                parts.append(bytes(stop - pos))
+            pos = stop
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def write(self, fh: int, off: int, data) -> int:
         h = self.handle(fh)

@@ -141,14 +141,19 @@ class Checker:
                           sb.total_blocks)
         self.ibm = Bitmap(bytearray(await self.read(sb.ibitmap_start, sb.ibitmap_blocks)),
                           sb.total_inodes)
-        self.itable = bytearray(await self.read(sb.itable_start, sb.itable_blocks))
+        # inode-table blocks holding inodes in use, read as needed (the whole table of a
+        # large device would not fit in memory)
+        self.itable: dict[int, bytearray] = {}
         self.inodes: dict[int, Inode] = {}
         self.bad_inodes: set[int] = set()
         self.inode_errors: dict[int, str] = {}
-        for ino in range(1, sb.total_inodes):
-            if not self.ibm.test(ino):
+        for ino in _set_bits(self.ibm.data, sb.total_inodes):
+            if ino == 0:
                 continue
-            raw = self.itable[ino * fmt.INODE_SIZE:(ino + 1) * fmt.INODE_SIZE]
+            blk, slot = divmod(ino, fmt.INODES_PER_BLOCK)
+            if blk not in self.itable:
+                self.itable[blk] = bytearray(await self.read(sb.itable_start + blk))
+            raw = self.itable[blk][slot * fmt.INODE_SIZE:(slot + 1) * fmt.INODE_SIZE]
             try:
                 inode = Inode.unpack(ino, raw)
                 n = inode.nextents_on_disk(raw)
@@ -197,8 +202,14 @@ class Checker:
                     if child:
                         entries.append([name, child, ftype, pblk, off, h])
             except PARSE_ERRORS as e:
-                self.problem(str(e))
-                self.bad_dirs.add(inode.ino)
+                # drop what cannot be trusted: the block becomes empty, the names in it are
+                # lost and the inodes they named are freed as unattached
+                if self.problem(f"{e}; emptying the block", fixable=True):
+                    from .directory import empty_block
+                    self.writes[pblk] = bytes(empty_block())
+                    entries = [en for en in entries if en[3] != pblk]
+                else:
+                    self.bad_dirs.add(inode.ino)
         self.dirs[inode.ino] = entries
 
     def check_inodes(self) -> None:
@@ -221,7 +232,7 @@ class Checker:
         if nb > sb.total_blocks:
             self.used.set_run(sb.total_blocks, nb - sb.total_blocks, True)
         used = self.used
-        for ino, inode in self.inodes.items():
+        for ino, inode in list(self.inodes.items()):
             prev_end = 0
             runs = [(pblk, ln) for _, ln, pblk in inode.extents()]
             runs += [(b, 1) for b in inode.chain]
@@ -231,10 +242,12 @@ class Checker:
                 if ln < 1 or lblk < prev_end or lblk + ln > fmt.MAX_FILE_BLOCKS:
                     self.problem(f"inode {ino}: extent ({lblk}, {ln}, {pblk}) out of order")
                 prev_end = lblk + ln
+            if any(pblk < sb.data_start or pblk + ln > sb.total_blocks for pblk, ln in runs):
+                if self.problem(f"inode {ino}: blocks outside the data area; clearing it",
+                                fixable=True):
+                    self._drop_bad_inode(ino)
+                continue
             for pblk, ln in runs:
-                if pblk < sb.data_start or pblk + ln > sb.total_blocks:
-                    self.problem(f"inode {ino}: block run {pblk}+{ln} outside the data area")
-                    continue
                 for b in range(pblk, pblk + ln):
                     if used.data[b >> 3] & (1 << (b & 7)):
                         self.problem(f"inode {ino}: block {b} also used by inode "
@@ -428,15 +441,22 @@ class Checker:
         inode.mode = 0
         self._write_slot(ino, bytes(fmt.INODE_SIZE))
 
+    def _drop_bad_inode(self, ino: int) -> None:
+        """Forget an inode that cannot be trusted before its blocks were counted: entries
+        naming it are removed and it drops out of the rebuilt bitmaps."""
+        self.inodes.pop(ino, None)
+        self.bad_inodes.add(ino)
+        self._write_slot(ino, bytes(fmt.INODE_SIZE))
+
     def _write_inode(self, inode: Inode) -> None:
         self._write_slot(inode.ino, inode.pack())
 
     def _write_slot(self, ino: int, raw: bytes) -> None:
         sb = self.sb
-        off = ino * fmt.INODE_SIZE
-        self.itable[off:off + fmt.INODE_SIZE] = raw
-        blk = ino // fmt.INODES_PER_BLOCK
-        self.writes[sb.itable_start + blk] = bytes(self.itable[blk * BS:(blk + 1) * BS])
+        blk, slot = divmod(ino, fmt.INODES_PER_BLOCK)
+        buf = self.itable[blk]          # loaded: only inodes that were read get rewritten
+        buf[slot * fmt.INODE_SIZE:(slot + 1) * fmt.INODE_SIZE] = raw
+        self.writes[sb.itable_start + blk] = bytes(buf)
 
     def _clear_entry(self, pblk: int, off: int) -> None:
         self._patch_entry(pblk, off, ino=0)
@@ -454,6 +474,15 @@ class Checker:
             DIRENT_FMT.pack_into(buf, off, new_ino, f.get("hash", h), rec_len,
                                  f.get("ftype", ftype), nlen if new_ino else 0)
             self.writes[pblk] = bytes(buf)
+
+
+def _set_bits(data, nbits: int):
+    """Numbers of the set bits below nbits, skipping zero bytes quickly."""
+    for i, byte in enumerate(data[:(nbits + 7) // 8]):
+        if byte:
+            for k in range(8):
+                if byte & (1 << k) and i * 8 + k < nbits:
+                    yield i * 8 + k
 
 
 async def check(dev, *, repair: bool = False, out=None) -> tuple[int, Checker]:

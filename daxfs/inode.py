@@ -23,6 +23,7 @@ class Inode:
                  # extents as three parallel lists sorted by lblk: bisect on ext_lblk
                  "ext_lblk", "ext_len", "ext_pblk",
                  "chain", "extents_dirty",  # device blocks of the extent chain, in order
+                 "dirty",                   # changed since the last commit
                  "xattrs", "dir",           # decoded lazily
                  "s_dax", "sync_mode")      # in-core: DAX now (S_DAX), synchronous writes
 
@@ -38,6 +39,7 @@ class Inode:
         self.ext_pblk: list[int] = _NONE
         self.chain: list[int] = _NONE
         self.extents_dirty = False
+        self.dirty = False
         self.xattrs = None
         self.dir = None
         self.s_dax = None       # decided when the inode comes into use, kept while open

@@ -9,7 +9,7 @@ import uuid as uuidlib
 from . import format as fmt
 from .errors import FsError
 from .inode import Inode
-from .journal import header_block, read_blocks, write_blocks
+from .journal import header_block, write_blocks
 
 log = logging.getLogger(__name__)
 

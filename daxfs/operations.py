@@ -12,7 +12,6 @@ import errno
 import functools
 import json
 import logging
-import os
 
 import pyfuse3
 import trio

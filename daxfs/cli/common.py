@@ -21,7 +21,9 @@ def hint_for(e: OSError) -> str:
             errno.ENOENT: "check the name",
             errno.EACCES: "run as root or fix the permissions",
             errno.ENODEV: "use an image file or install dmemu",
-            errno.EROFS: "the device is read-only"}.get(e.errno, "")
+            errno.EROFS: "the device is read-only",
+            errno.EUCLEAN: ("make one with mkfs.daxfs" if "magic" in str(e)
+                            else "check it with fsck.daxfs")}.get(e.errno, "")
 
 
 __all__ = ["setup_logging", "fail", "hint_for", "FsError", "UsageError"]

@@ -66,11 +66,15 @@ def _describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
+def _with_source(source: str, msg: str) -> str:
+    return msg if msg.startswith(source) else f"{source}: {msg}"
+
+
 def _run_foreground(args, mo) -> int:
     try:
         _serve(args, mo, ready=None)
     except (OSError, UsageError, RuntimeError) as e:
-        return fail(PROG, f"{args.source}: {_describe(e)}")
+        return fail(PROG, _with_source(args.source, _describe(e)))
     except KeyboardInterrupt:
         pass
     return 0
@@ -121,7 +125,7 @@ def _daemonize(args, mo) -> int:
         code = 1
         if not ready.done:
             try:
-                os.write(wfd, f"{args.source}: {_describe(e)}".encode())
+                os.write(wfd, _with_source(args.source, _describe(e)).encode())
             except OSError:
                 pass
         else:

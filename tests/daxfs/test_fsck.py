@@ -9,7 +9,6 @@ from daxfs import format as fmt
 from daxfs.errors import FsError
 from daxfs.fs import Filesystem
 from daxfs.fsck import EXIT_FIXED, EXIT_OK, EXIT_OPERATIONAL, EXIT_UNCORRECTED, check
-from daxfs.journal import header_block
 
 from .conftest import MiB, make_dev
 
@@ -92,8 +91,8 @@ CORRUPTIONS = {
     "dir_entry_bad_hash": (lambda dev, w: _set_entry_hash(dev, w["root_block"], b"hard"),
                            True, "wrong hash"),
     "dir_block_garbage": (lambda dev, w: poke(dev, w["dir_block"] * BS, os.urandom(64)),
-                          False, "directory"),
-    "extent_outside_device": (lambda dev, w: _bad_extent(dev, w), False, "outside the data area"),
+                          True, "directory"),
+    "extent_outside_device": (lambda dev, w: _bad_extent(dev, w), True, "outside the data area"),
     "xattr_block_garbage": (lambda dev, w: poke(dev, w["xattr_block"] * BS + 8, b"\xff" * 32),
                             True, "xattr"),
     "extent_chain_garbage": (lambda dev, w: poke(dev, w["chain"][0] * BS, b"junk"),

@@ -5,8 +5,8 @@ import os
 
 import hypothesis.strategies as st
 import trio
-from hypothesis import HealthCheck, settings
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis import HealthCheck, given, settings
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from daxfs import format as fmt
 from daxfs.errors import FsError
@@ -164,3 +164,28 @@ class FsModel(RuleBasedStateMachine):
 TestFsModel = FsModel.TestCase
 TestFsModel.settings = settings(max_examples=60, stateful_step_count=30, deadline=None,
                                 suppress_health_check=[HealthCheck.too_slow])
+
+
+@settings(max_examples=60, deadline=None)
+@given(writes=st.lists(st.tuples(st.integers(0, 60000), st.integers(1, 9000),
+                                 st.integers(0, 255)), min_size=1, max_size=12),
+       reads=st.lists(st.tuples(st.integers(0, 70000), st.integers(0, 20000)), max_size=12))
+def test_reads_match_a_bytearray(writes, reads):
+    """Reads at any offset and size, across extents, holes and EOF, return what a flat
+    byte array would."""
+    async def go():
+        dev = MemoryBlockDevice(8 << 20 >> 9)
+        await mkfs(dev)
+        fs = await Filesystem.mount(dev)
+        fh, f = await fs.create(R, b"f", 0o644, os.O_RDWR)
+        model = bytearray()
+        for off, n, byte in writes:
+            data = bytes([byte]) * n
+            await fs.write(fh, off, data)
+            if len(model) < off + n:
+                model.extend(bytes(off + n - len(model)))
+            model[off:off + n] = data
+        for off, n in reads + [(0, len(model))]:
+            assert await fs.read(fh, off, n) == bytes(model[off:off + n])
+        await fs.release(fh)
+    trio.run(go)
