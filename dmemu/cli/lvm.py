@@ -124,9 +124,9 @@ async def _run(cmd, args) -> None:
         await getattr(commands, cmd)(k, args)
 
 
-def main(argv=None) -> int:
+def main(argv=None, prog=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    prog = os.path.basename(sys.argv[0]) or "lvm"
+    prog = prog or os.path.basename(sys.argv[0]) or "lvm"
     cmd = prog
     if cmd == "lvm":
         if not argv or argv[0] in ("-h", "--help", "help"):

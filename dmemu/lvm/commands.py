@@ -613,7 +613,7 @@ async def lvs(k, args) -> None:
         for lv in sorted(vg.user_lvs(), key=lambda x: x.name):
             if wanted and not any(w[0] == vgname and w[1] in (None, lv.name) for w in wanted):
                 continue
-            rows.append(_lv_row(vg, lv, kern, args.units))
+            rows.append({**_vg_row(vg, args.units), **_lv_row(vg, lv, kern, args.units)})
     missing = _missing(st, wanted)
     _print_report("lv", fields, rows, args)
     if missing:
@@ -635,6 +635,16 @@ def _print_report(kind, fields, rows, args) -> None:
     sys.stdout.write(text)
 
 
+def _vg_row(vg: VG, units: str) -> dict:
+    eb = vg.extent_bytes()
+    return {"vg_name": vg.name, "pv_count": len(vg.pvs), "lv_count": len(vg.user_lvs()),
+            "snap_count": sum(1 for _ in vg.snapshot_segments()), "vg_attr": "wz--n-",
+            "vg_size": report_size(vg.total_extents() * eb, units),
+            "vg_free": report_size(vg.free_extents() * eb, units), "vg_uuid": vg.id,
+            "vg_extent_size": report_size(eb, units), "vg_extent_count": vg.total_extents(),
+            "vg_free_count": vg.free_extents(), "vg_seqno": vg.seqno}
+
+
 async def vgs(k, args) -> None:
     fields = columns("vg", args.options)
     st = Store(k)
@@ -643,15 +653,7 @@ async def vgs(k, args) -> None:
     for name in sorted(st.vgs):
         if args.names and name not in args.names:
             continue
-        vg = st.vgs[name]
-        eb = vg.extent_bytes()
-        rows.append({"vg_name": name, "pv_count": len(vg.pvs), "lv_count": len(vg.user_lvs()),
-                     "snap_count": sum(1 for _ in vg.snapshot_segments()), "vg_attr": "wz--n-",
-                     "vg_size": report_size(vg.total_extents() * eb, args.units),
-                     "vg_free": report_size(vg.free_extents() * eb, args.units), "vg_uuid": vg.id,
-                     "vg_extent_size": report_size(eb, args.units),
-                     "vg_extent_count": vg.total_extents(), "vg_free_count": vg.free_extents(),
-                     "vg_seqno": vg.seqno})
+        rows.append(_vg_row(st.vgs[name], args.units))
     _print_report("vg", fields, rows, args)
     for name in args.names:
         if name not in st.vgs:
