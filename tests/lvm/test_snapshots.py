@@ -227,3 +227,29 @@ async def test_concurrent_lvcreates_each_get_their_own_extents(pmem):
     assert sorted(names) == [f"lv{i}" for i in range(6)]
     assert sorted(devices) == sorted(f"/dev/pmem0({2 * i})" for i in range(6))
     assert ok("vgs", "--noheadings", "-o", "vg_seqno") == "  7\n"
+
+
+async def test_linux_mode_refusal_under_a_dax_user_is_undone_whole(pmem):
+    """With snapshot_dax off dmemud behaves as Linux: snapshot-origin is not DAX-capable, so
+    the origin's reload is refused while a DAX user has it open. lvcreate must undo every
+    step it made (the 2018 report ended in 'Manual intervention required')."""
+    await must("vgcreate", "vg0", "/dev/pmem0")
+    await must("lvcreate", "-L", "8M", "-n", "lv0", "vg0")
+    async with client.connect() as k:
+        await k.call("dm_param", param="snapshot_dax", value=False)
+        mounted = await k.open_device("vg0-lv0", exclusive=True)
+        before = await trio.to_thread.run_sync(state)
+        r = await atool("lvcreate", "-s", "-L", "4M", "-n", "snap0", "vg0/lv0")
+        assert (r.returncode, r.stdout) == (5, "")
+        first, second = r.stderr.splitlines()
+        assert first.startswith("  reload ioctl on vg0-lv0 (253:0) refused: the device is in use (by pid ")
+        assert "snapshot-origin on line 1 does not support direct access (snapshot_dax is off)" in first
+        assert second == "  Failed to create snapshot vg0/snap0 of vg0/lv0. Nothing was changed."
+        assert await trio.to_thread.run_sync(state) == before
+        assert mounted.dax
+        m = await mounted.direct_access(0, 1, write=True)     # the user carries on, thawed
+        m.write(0, b"still here")
+        await mounted.close()
+    r = await atool("lvcreate", "-s", "-L", "4M", "-n", "snap0", "vg0/lv0")   # unused: fine
+    assert (r.returncode, r.stderr) == (0, "")
+    assert ok("lvs", "--noheadings", "-o", "lv_name,lv_dax") == "  lv0   no\n  snap0 no\n"
