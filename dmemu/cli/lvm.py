@@ -108,6 +108,10 @@ def build(cmd: str, prog: str) -> ArgumentParser:
         p.add_argument("-r", "--resizefs", action="store_true")
         p.add_argument("lv", metavar="LV")
         p.add_argument("pvs", nargs="*", metavar="PV")
+    elif cmd == "lvchange":
+        p.description = "Activate (-ay) or deactivate (-an) logical volumes."
+        p.add_argument("-a", "--activate", choices=("y", "n", "ay"))
+        p.add_argument("lvs", nargs="+", metavar="LV")
     elif cmd == "lvconvert":
         p.description = "Convert a logical volume: --merge a snapshot into its origin."
         p.add_argument("--merge", action="store_true")
@@ -116,7 +120,7 @@ def build(cmd: str, prog: str) -> ArgumentParser:
 
 
 COMMANDS = ("pvcreate", "pvremove", "pvs", "vgcreate", "vgs", "vgchange", "vgremove",
-            "lvcreate", "lvs", "lvremove", "lvrename", "lvextend", "lvconvert")
+            "lvcreate", "lvs", "lvremove", "lvrename", "lvextend", "lvchange", "lvconvert")
 
 
 async def _run(cmd, args) -> None:

@@ -193,7 +193,7 @@ async def vgremove(k, args) -> None:
 # -- LV sizes ----------------------------------------------------------------------------------
 
 def _wanted_extents(vg: VG, args, *, current: int = 0, origin: LV | None = None,
-                    pvkeys=None) -> int:
+                    pvkeys=None, resize: bool = False) -> int:
     """Extents for -L/-l, relative to ``current`` when signed ('+'); rounding as lvm2."""
     size, extents = getattr(args, "size", None), getattr(args, "extents", None)
     if size is not None and extents is not None:
@@ -205,7 +205,12 @@ def _wanted_extents(vg: VG, args, *, current: int = 0, origin: LV | None = None,
         sectors = -(-nbytes // SECTOR)
         n = -(-sectors // vg.extent_size)
         if n * vg.extent_size != sectors:
-            say(f"Rounding up size to full physical extent {long_size(n * vg.extent_bytes())}")
+            # lvcreate and lvresize word this differently in lvm2 (lv_manip.c, lvresize).
+            if resize:
+                say(f"Rounding size to boundary between physical extents: "
+                    f"{long_size(n * vg.extent_bytes())}.")
+            else:
+                say(f"Rounding up size to full physical extent {long_size(n * vg.extent_bytes())}")
     else:
         sign, num, pct = parse_extents(extents, option="--extents")
         if pct is None:
@@ -241,7 +246,7 @@ def _describe_pvs(vg: VG, keys) -> str:
     return ", ".join(vg.pvs[k].device for k in keys)
 
 
-def _check_snapshot_dax(vg: VG, origin: LV, snap: str, cow_keys: list[str]) -> None:
+def _check_snapshot_dax(vg: VG, origin: LV, snap: str, cow_keys: list[str], need: int) -> None:
     """device-mapper cannot put DAX and non-DAX devices under one snapshot: say so, with
     the devices, before anything is written or created."""
     okeys = vg.lv_pvs(origin)
@@ -253,10 +258,13 @@ def _check_snapshot_dax(vg: VG, origin: LV, snap: str, cow_keys: list[str]) -> N
     non = [vg.pvs[k].device for k in dict.fromkeys(okeys + cow_keys) if not vg.pvs[k].dax]
     origin_dax = all(odax)
     want = "DAX-capable" if origin_dax else "non-DAX"
-    alternatives = [p.device for p in vg.pvs.values() if p.dax == origin_dax]
-    hint = (f"put the COW on {want} PVs like its origin (e.g. lvcreate -s ... {vg.name}/{origin.name} "
-            f"{' '.join(alternatives)})" if alternatives else
-            f"add a {want} PV to {vg.name} (vgextend) for the COW")
+    same = [p.key for p in vg.pvs.values() if p.dax == origin_dax]
+    if same and vg.free_extents(same) >= need:
+        hint = (f"put the COW on {want} PVs like its origin (e.g. lvcreate -s ... "
+                f"{vg.name}/{origin.name} {' '.join(vg.pvs[k].device for k in same)})")
+    else:
+        hint = (f"the {want} PVs of {vg.name} have {vg.free_extents(same)} free extents, "
+                f"{need} needed: free some there or add a {want} PV to {vg.name}")
     raise LvmError(
         f"Cannot create snapshot {vg.name}/{snap} of {vg.name}/{origin.name}: the origin is on "
         f"{_describe_pvs(vg, okeys)} and the COW would be on {_describe_pvs(vg, cow_keys)}; "
@@ -311,14 +319,18 @@ async def lvcreate(k, args) -> None:
             # origin cannot be snapshotted with while room remains on the right kind.
             odax = all(vg.pvs[p].dax for p in vg.lv_pvs(origin))
             same = [p for p in vg.pvs if vg.pvs[p].dax == odax]
-            pvkeys = same if same else None
-        n = _wanted_extents(vg, args, origin=origin, pvkeys=pvkeys)
+            n = _wanted_extents(vg, args, origin=origin, pvkeys=same)
+            # Not enough room there: allocate anywhere and let the DAX check explain.
+            pvkeys = same if vg.free_extents(same) >= n else None
+        else:
+            n = _wanted_extents(vg, args, origin=origin, pvkeys=pvkeys)
         keys = pvkeys or list(vg.pvs)
         areas = vg.allocate(n, keys)
         lv = LV(name, new_uuid(), creation_time=int(time.time()), creation_host=host())
         vg.add_areas(lv, areas)
         if origin is not None:
-            _check_snapshot_dax(vg, origin, name, vg.lv_pvs(lv))
+            # The new LV's extents are not in vg.lvs yet, so "free" still counts them.
+            _check_snapshot_dax(vg, origin, name, vg.lv_pvs(lv), n)
         # Wipe the start: for a COW this makes the kernel see a new, empty exception store.
         pv, pe, _ = areas[0]
         p = vg.pvs[pv]
@@ -508,7 +520,7 @@ async def lvextend(k, args) -> None:
                            "try vgchange -an first.")
         pvkeys = _pv_keys(st, vg, args.pvs)
         old = lv.extents
-        n = _wanted_extents(vg, args, current=old, pvkeys=pvkeys)
+        n = _wanted_extents(vg, args, current=old, pvkeys=pvkeys, resize=True)
         if n <= old:
             raise LvmError(f"New size given ({n} extents) not larger than existing size "
                            f"({old} extents)")
@@ -533,6 +545,28 @@ async def lvextend(k, args) -> None:
         say(f"Size of logical volume {vg.name}/{name} changed from {long_size(old * eb)} "
             f"({old} extents) to {long_size(n * eb)} ({n} extents).")
         say(f"Logical volume {vg.name}/{name} successfully resized.")
+
+
+async def lvchange(k, args) -> None:
+    """lvchange -ay|-an: an origin and its snapshots activate and deactivate together."""
+    if args.activate is None:
+        raise LvmError("Need one or more command options.", EINVALID_CMD_LINE)
+    for text in args.lvs:
+        vgname, name = parse_lv(text)
+        async with locked(vgname):
+            st, vg = await _vg_locked(k, vgname)
+            kern = Kernel(k)
+            await kern.refresh()
+            lv = vg.lvs.get(name)
+            if lv is None or not lv.visible:
+                raise LvmError(f'Failed to find logical volume "{vg.name}/{name}"')
+            try:
+                if args.activate in ("y", "ay"):
+                    await act.activate_lv(k, kern, vg, lv)
+                else:
+                    await act.deactivate_lv(k, kern, vg, lv)
+            except DmemuError as e:
+                raise LvmError(f"{e.message}\n  Failed to change activation of {vg.name}/{name}.")
 
 
 async def lvconvert(k, args) -> None:

@@ -211,3 +211,31 @@ def test_refusals_say_why_and_change_nothing(pmem):
         r = tool(*args)
         assert (r.returncode, r.stdout, r.stderr) == (rc, "", err), args
         assert state() == before, args
+
+
+def test_lvchange_and_where_a_cow_goes_when_dax_space_runs_out(pmem):
+    run("vgcreate", "vg0", "/dev/pmem0", "/dev/disk0",
+        out='  Physical volume "/dev/pmem0" successfully created.\n'
+            '  Physical volume "/dev/disk0" successfully created.\n'
+            '  Volume group "vg0" successfully created\n')
+    run("lvcreate", "-l", "63", "-n", "lv0", "vg0", out='  Logical volume "lv0" created.\n')
+    before = state()
+    # The only free space is on the disk: the refusal says so instead of "no space".
+    run("lvcreate", "-s", "-L", "4M", "-n", "s", "vg0/lv0", rc=5,
+        err="  Cannot create snapshot vg0/s of vg0/lv0: the origin is on /dev/pmem0 and the COW "
+            "would be on /dev/disk0; DAX-capable: /dev/pmem0; not DAX-capable: /dev/disk0. A "
+            "snapshot cannot mix DAX-capable and non-DAX devices: the DAX-capable PVs of vg0 have "
+            "0 free extents, 1 needed: free some there or add a DAX-capable PV to vg0. "
+            "Nothing was changed.\n")
+    assert state() == before
+    run("lvextend", "-L", "+5M", "vg0/lv0", "/dev/disk0",
+        out="  Rounding size to boundary between physical extents: 8.00 MiB.\n"
+            "  Size of logical volume vg0/lv0 changed from 252.00 MiB (63 extents) to "
+            "260.00 MiB (65 extents).\n  Logical volume vg0/lv0 successfully resized.\n")
+    assert ok("dmsetup", "table") == ("vg0-lv0: 0 516096 linear 259:0 2048\n"
+                                      "vg0-lv0: 516096 16384 linear 7:0 2048\n")
+    run("lvchange", "-an", "vg0/lv0")
+    assert ok("dmsetup", "ls") == "No devices found\n"
+    assert ok("lvs", "--noheadings", "-o", "lv_attr") == "  -wi-------\n"
+    run("lvm", "lvchange", "-ay", "/dev/vg0/lv0")
+    assert ok("lvs", "--noheadings", "-o", "lv_attr,lv_dax") == "  -wi-a----- no\n"
