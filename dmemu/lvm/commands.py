@@ -129,10 +129,23 @@ async def vgcreate(k, args) -> None:
         say(f'Volume group "{vg.name}" successfully created')
 
 
-async def _vg_locked(k, name):
+async def _scan(k) -> Store:
+    """Scan, warning (as LVM does, on stderr) about every PV of a VG that is missing."""
     st = Store(k)
     await st.scan()
-    return st, st.vg(name)
+    for vg in st.vgs.values():
+        for pv in vg.missing_pvs():
+            warn(f"WARNING: Couldn't find device with uuid {pv.id}.")
+            warn(f"WARNING: VG {vg.name} is missing PV {pv.id} (last written to {pv.device}).")
+    return st
+
+
+async def _vg_locked(k, name, write: bool = False):
+    st = await _scan(k)
+    vg = st.vg(name)
+    if write and vg.missing_pvs():
+        raise LvmError(f"Cannot change VG {vg.name} while PVs are missing.")
+    return st, vg
 
 
 async def vgchange(k, args) -> None:
@@ -300,7 +313,7 @@ async def lvcreate(k, args) -> None:
     if args.name is not None:
         check_lv_name(args.name)
     async with locked(vgname):
-        st, vg = await _vg_locked(k, vgname)
+        st, vg = await _vg_locked(k, vgname, write=True)
         kern = Kernel(k)
         await kern.refresh()
         origin = None
@@ -419,7 +432,7 @@ async def lvremove(k, args) -> None:
     for text in args.lvs:
         vgname, lvname = parse_vg_or_lv(text)
         async with locked(vgname):
-            st, vg = await _vg_locked(k, vgname)
+            st, vg = await _vg_locked(k, vgname, write=True)
             kern = Kernel(k)
             await kern.refresh()
             targets = [l.name for l in vg.user_lvs()] if lvname is None else [lvname]
@@ -472,7 +485,7 @@ async def lvrename(k, args) -> None:
         raise LvmError("Old and new logical volume names required", EINVALID_CMD_LINE)
     check_lv_name(new)
     async with locked(vgname):
-        st, vg = await _vg_locked(k, vgname)
+        st, vg = await _vg_locked(k, vgname, write=True)
         kern = Kernel(k)
         await kern.refresh()
         lv = vg.lvs.get(old)
@@ -506,7 +519,7 @@ async def lvrename(k, args) -> None:
 async def lvextend(k, args) -> None:
     vgname, name = parse_lv(args.lv)
     async with locked(vgname):
-        st, vg = await _vg_locked(k, vgname)
+        st, vg = await _vg_locked(k, vgname, write=True)
         kern = Kernel(k)
         await kern.refresh()
         lv = vg.lvs.get(name)
@@ -636,8 +649,7 @@ def _lv_row(vg: VG, lv: LV, kern: Kernel, units: str) -> dict:
 
 async def lvs(k, args) -> None:
     fields = columns("lv", args.options)
-    st = Store(k)
-    await st.scan()
+    st = await _scan(k)
     kern = Kernel(k)
     await kern.refresh()
     wanted = [parse_vg_or_lv(a) for a in args.names]
@@ -672,7 +684,8 @@ def _print_report(kind, fields, rows, args) -> None:
 def _vg_row(vg: VG, units: str) -> dict:
     eb = vg.extent_bytes()
     return {"vg_name": vg.name, "pv_count": len(vg.pvs), "lv_count": len(vg.user_lvs()),
-            "snap_count": sum(1 for _ in vg.snapshot_segments()), "vg_attr": "wz--n-",
+            "snap_count": sum(1 for _ in vg.snapshot_segments()),
+            "vg_attr": "wz-" + ("p" if vg.missing_pvs() else "-") + "n-",
             "vg_size": report_size(vg.total_extents() * eb, units),
             "vg_free": report_size(vg.free_extents() * eb, units), "vg_uuid": vg.id,
             "vg_extent_size": report_size(eb, units), "vg_extent_count": vg.total_extents(),
@@ -681,8 +694,7 @@ def _vg_row(vg: VG, units: str) -> dict:
 
 async def vgs(k, args) -> None:
     fields = columns("vg", args.options)
-    st = Store(k)
-    await st.scan()
+    st = await _scan(k)
     rows = []
     for name in sorted(st.vgs):
         if args.names and name not in args.names:
@@ -696,8 +708,7 @@ async def vgs(k, args) -> None:
 
 async def pvs(k, args) -> None:
     fields = columns("pv", args.options)
-    st = Store(k)
-    await st.scan()
+    st = await _scan(k)
     rows = []
     for d in sorted(st.disks.values(), key=lambda x: x.name):
         if d.header is None:
@@ -720,6 +731,14 @@ async def pvs(k, args) -> None:
             row.update(vg_name="", pv_attr="---", pv_size=report_size(d.size, args.units),
                        pv_free=report_size(d.size, args.units), pv_pe_count=0, pv_pe_alloc_count=0)
         rows.append(row)
+    for vg in st.vgs.values():
+        for pv in vg.missing_pvs():
+            if not args.devices:
+                eb = vg.extent_bytes()
+                rows.append({"pv_name": "[unknown]", "vg_name": vg.name, "pv_fmt": "lvm2",
+                             "pv_attr": "a-m", "pv_uuid": pv.id,
+                             "pv_size": report_size(pv.pe_count * eb, args.units),
+                             "pv_free": report_size(vg.free_extents([pv.key]) * eb, args.units)})
     _print_report("pv", fields, rows, args)
     for name in args.devices:
         d = st.disk(name)

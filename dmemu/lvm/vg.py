@@ -145,6 +145,10 @@ class VG:
     def is_cow(self, name: str) -> bool:
         return self.snapshot_of_cow(name) is not None
 
+    def missing_pvs(self) -> list[PV]:
+        """PVs of the metadata whose label no scanned device carries."""
+        return [pv for pv in self.pvs.values() if pv.devno is None]
+
     def user_lvs(self) -> list[LV]:
         return [lv for lv in self.lvs.values() if lv.visible]
 

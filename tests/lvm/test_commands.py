@@ -239,3 +239,25 @@ def test_lvchange_and_where_a_cow_goes_when_dax_space_runs_out(pmem):
     assert ok("lvs", "--noheadings", "-o", "lv_attr") == "  -wi-------\n"
     run("lvm", "lvchange", "-ay", "/dev/vg0/lv0")
     assert ok("lvs", "--noheadings", "-o", "lv_attr,lv_dax") == "  -wi-a----- no\n"
+
+
+def test_a_missing_pv_is_reported_and_blocks_changes(pmem):
+    ok("vgcreate", "vg0", "/dev/pmem0", "/dev/disk0")
+    ok("lvcreate", "-L", "8M", "-n", "lv0", "vg0", "/dev/pmem0")
+    ok("vgchange", "-an", "vg0")
+    pv = ok("pvs", "--noheadings", "-o", "pv_uuid", "/dev/pmem0").strip()
+    ok("ndctl", "disable-namespace", "namespace0.0")           # hot removal of /dev/pmem0
+    warning = (f"  WARNING: Couldn't find device with uuid {pv}.\n"
+               f"  WARNING: VG vg0 is missing PV {pv} (last written to /dev/pmem0).\n")
+    run("vgs", out="  VG  #PV #LV #SN Attr   VSize   VFree  \n"
+                   "  vg0   2   1   0 wz-pn- 312.00m 304.00m\n", err=warning)
+    run("pvs", out="  PV         VG  Fmt  Attr PSize   PFree  \n"
+                   "  /dev/disk0 vg0 lvm2 a--   60.00m  60.00m\n"
+                   "  [unknown]  vg0 lvm2 a-m  252.00m 244.00m\n", err=warning)
+    run("lvcreate", "-L", "4M", "-n", "x", "vg0", rc=5,
+        err=warning + "  Cannot change VG vg0 while PVs are missing.\n")
+    run("vgchange", "-ay", "vg0", rc=5,
+        err=warning + f"  Couldn't find device with uuid {pv}: cannot activate vg0/lv0.\n")
+    assert ok("dmsetup", "ls") == "No devices found\n"
+    ok("ndctl", "enable-namespace", "namespace0.0")
+    run("vgchange", "-ay", "vg0", out='  1 logical volume(s) in volume group "vg0" now active\n')

@@ -253,3 +253,27 @@ async def test_linux_mode_refusal_under_a_dax_user_is_undone_whole(pmem):
     r = await atool("lvcreate", "-s", "-L", "4M", "-n", "snap0", "vg0/lv0")   # unused: fine
     assert (r.returncode, r.stderr) == (0, "")
     assert ok("lvs", "--noheadings", "-o", "lv_name,lv_dax") == "  lv0   no\n  snap0 no\n"
+
+
+async def test_a_new_cow_starts_empty_whatever_its_extents_held(pmem):
+    """lvcreate zeroes the start of the COW: a stale exception store left in freed extents
+    (here a valid-looking header and an exception for chunk 0) must not come back."""
+    import struct
+    await must("vgcreate", "vg0", "/dev/pmem0")
+    await must("lvcreate", "-L", "8M", "-n", "lv0", "vg0")
+    await must("lvcreate", "-L", "4M", "-n", "junk", "vg0")
+    async with client.connect() as k:
+        lv = await k.open_device("vg0-lv0")
+        await lv.write(0, b"origin" * 1000)
+        await lv.close()
+        junk = await k.open_device("vg0-junk")
+        await junk.write(0, struct.pack("<4I", 0x70416E53, 1, 1, 8))          # header chunk
+        await junk.write(8, struct.pack("<2Q", 0, 2))                        # chunk 0 -> 2
+        await junk.write(16, b"stale!" * 600)                                # chunk 2
+        await junk.close()
+    await must("lvremove", "vg0/junk")
+    await must("lvcreate", "-s", "-L", "4M", "-n", "snap0", "vg0/lv0")
+    assert ok("lvs", "--noheadings", "-o", "lv_name,devices,data_percent", "vg0/snap0") == \
+        "  snap0 /dev/pmem0(2)   0.00\n"
+    async with client.connect() as k:
+        assert await read_all(k, "vg0-snap0", 6000) == b"origin" * 1000
