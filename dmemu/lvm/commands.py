@@ -43,6 +43,18 @@ def _dm_failure(e: DmemuError, what: str) -> LvmError:
 
 # -- PVs ---------------------------------------------------------------------------------------
 
+async def _check_unused(k, disks) -> None:
+    """A device a DM table maps or someone has open is not ours to relabel (LVM opens it
+    O_EXCL and fails the same way)."""
+    kern = Kernel(k)
+    await kern.refresh()
+    for d in disks:
+        held = [m["name"] for m in kern.devs.values() if d.devno in m["deps"]]
+        opened = [o for o in kern.opens if "/dev/" + o["device"].removeprefix("/dev/") == d.name]
+        if held or opened:
+            raise LvmError(f"Can't open {d.name} exclusively.  Mounted filesystem?")
+
+
 async def pvcreate(k, args) -> None:
     async with locked(GLOBAL):
         st = Store(k)
@@ -57,6 +69,7 @@ async def pvcreate(k, args) -> None:
             if d.size // SECTOR < MIN_PV_SECTORS:
                 raise LvmError(f"Cannot use {d.name}: device is too small (< 2.00 MiB)")
             disks.append(d)
+        await _check_unused(k, disks)
         for d in disks:
             await st.write_label(d, new_uuid(), in_vg=False)
             say(f'Physical volume "{d.name}" successfully created.')
@@ -75,6 +88,7 @@ async def pvremove(k, args) -> None:
             if vg is not None:
                 raise LvmError(f"PV {d.name} is used by VG {vg.name} so please use vgreduce first.")
             disks.append(d)
+        await _check_unused(k, disks)
         for d in disks:
             await st.wipe_label(d)
             say(f'Labels on physical volume "{d.name}" successfully wiped.')
@@ -115,6 +129,7 @@ async def vgcreate(k, args) -> None:
             if (d.size // SECTOR - 2048) // extent < 1:
                 raise LvmError(f"Cannot use {d.name}: too small for one extent of {long_size(extent * SECTOR)}")
             disks.append(d)
+        await _check_unused(k, disks)
         vg = VG(args.vg, new_uuid(), extent)
         for i, d in enumerate(disks):
             if d.header is None:

@@ -52,6 +52,11 @@ def test_seed_scenario_builds_lvms_stack(pmem):
 
 
 def test_pv_commands(pmem):
+    ok("dmsetup", "create", "other", "--table", "0 100 linear /dev/disk0 0")
+    for args in (("pvcreate", "/dev/disk0"), ("vgcreate", "vg9", "/dev/pmem0", "/dev/disk0")):
+        run(*args, rc=5, err="  Can't open /dev/disk0 exclusively.  Mounted filesystem?\n")
+    assert ok("pvs") == ""
+    ok("dmsetup", "remove", "other")
     run("pvcreate", "/dev/pmem0", "disk0", out='  Physical volume "/dev/pmem0" successfully created.\n'
                                               '  Physical volume "/dev/disk0" successfully created.\n')
     assert ok("pvs") == ("  PV         VG Fmt  Attr PSize   PFree  \n"
