@@ -139,7 +139,7 @@ def cow_table(vg: VG, cow: LV) -> str:
     return linear_table(vg, cow)
 
 
-async def _add_snapshot(tx: Transaction, vg: VG, origin: LV, cow: LV, chunk: int, real_devno: str):
+async def add_snapshot(tx: Transaction, vg: VG, origin: LV, cow: LV, chunk: int, real_devno: str):
     cow_info = await tx.create(dm_name(vg.name, cow.name, "cow"), dm_uuid(vg, cow, "cow"),
                                cow_table(vg, cow))
     size = origin.extents * vg.extent_size
@@ -165,7 +165,7 @@ async def activate_lv(k, kern: Kernel, vg: VG, lv: LV) -> None:
                                    linear_table(vg, lv))
             for cname in snaps:
                 _, seg = vg.snapshot_of_cow(cname)
-                await _add_snapshot(tx, vg, lv, vg.lvs[cname], seg.chunk_size, real["devno"])
+                await add_snapshot(tx, vg, lv, vg.lvs[cname], seg.chunk_size, real["devno"])
             await tx.create(top, dm_uuid(vg, lv), f"0 {lv.extents * vg.extent_size} "
                                                   f"snapshot-origin {real['devno']}")
     except BaseException:

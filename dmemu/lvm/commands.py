@@ -407,7 +407,7 @@ async def _snapshot_live(k, kern: Kernel, vg: VG, origin: LV, cow: LV, chunk: in
         else:
             info = await tx.create(real, dm_uuid(vg, origin, "real"), linear_table(vg, origin))
             real_devno, first = info["devno"], True
-        await act._add_snapshot(tx, vg, origin, cow, chunk, real_devno)
+        await act.add_snapshot(tx, vg, origin, cow, chunk, real_devno)
         if first:
             await tx.reload(top, f"0 {origin.extents * vg.extent_size} snapshot-origin {real_devno}")
         await tx.resume(top)

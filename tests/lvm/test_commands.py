@@ -147,7 +147,10 @@ def test_rename_extend_and_remove(pmem):
     run("lvextend", "-L", "100M", "vg0/data", rc=5,
         err="  New size given (25 extents) not larger than existing size (34 extents)\n")
     run("lvcreate", "-s", "-L", "4M", "-n", "s1", "vg0/data", out='  Logical volume "s1" created.\n')
-    run("lvcreate", "-s", "-L", "4M", "-n", "s2", "vg0/data", out='  Logical volume "s2" created.\n')
+    run("lvcreate", "-s", "-c", "8k", "-L", "4M", "-n", "s2", "vg0/data", out='  Logical volume "s2" created.\n')
+    tables = ok("dmsetup", "table")
+    assert "vg0-s1: 0 278528 snapshot 253:1 253:2 P 8\n" in tables
+    assert "vg0-s2: 0 278528 snapshot 253:1 253:4 P 16\n" in tables
     run("lvremove", "-f", "vg0/data", out='  Logical volume "s1" successfully removed.\n'
                                           '  Logical volume "s2" successfully removed.\n'
                                           '  Logical volume "data" successfully removed.\n')
