@@ -274,7 +274,8 @@ def _describe_pvs(vg: VG, keys) -> str:
     return ", ".join(vg.pvs[k].device for k in keys)
 
 
-def _check_snapshot_dax(vg: VG, origin: LV, snap: str, cow_keys: list[str], need: int) -> None:
+def _check_snapshot_dax(vg: VG, origin: LV, snap: str, cow_keys: list[str], need: int,
+                        extend: bool = False) -> None:
     """device-mapper cannot put DAX and non-DAX devices under one snapshot: say so, with
     the devices, before anything is written or created."""
     okeys = vg.lv_pvs(origin)
@@ -288,13 +289,15 @@ def _check_snapshot_dax(vg: VG, origin: LV, snap: str, cow_keys: list[str], need
     want = "DAX-capable" if origin_dax else "non-DAX"
     same = [p.key for p in vg.pvs.values() if p.dax == origin_dax]
     if same and vg.free_extents(same) >= need:
-        hint = (f"put the COW on {want} PVs like its origin (e.g. lvcreate -s ... "
-                f"{vg.name}/{origin.name} {' '.join(vg.pvs[k].device for k in same)})")
+        example = (f"lvextend ... {vg.name}/{snap}" if extend else f"lvcreate -s ... {vg.name}/{origin.name}")
+        hint = (f"put the COW on {want} PVs like its origin (e.g. {example} "
+                f"{' '.join(vg.pvs[k].device for k in same)})")
     else:
         hint = (f"the {want} PVs of {vg.name} have {vg.free_extents(same)} free extents, "
                 f"{need} needed: free some there or add a {want} PV to {vg.name}")
     raise LvmError(
-        f"Cannot create snapshot {vg.name}/{snap} of {vg.name}/{origin.name}: the origin is on "
+        f"Cannot {'extend' if extend else 'create'} snapshot {vg.name}/{snap} of "
+        f"{vg.name}/{origin.name}: the origin is on "
         f"{_describe_pvs(vg, okeys)} and the COW would be on {_describe_pvs(vg, cow_keys)}; "
         f"DAX-capable: {', '.join(dax) or 'none'}; not DAX-capable: {', '.join(non) or 'none'}. "
         f"A snapshot cannot mix DAX-capable and non-DAX devices: {hint}. Nothing was changed.")
@@ -543,10 +546,12 @@ async def lvextend(k, args) -> None:
         top = dm_name(vg.name, name)
         if vg.is_origin(name) and kern.active(top):
             raise LvmError("Snapshot origin volumes can be resized only while inactive: try lvchange -an.")
-        if vg.is_cow(name) and kern.active(top):
-            raise LvmError("Snapshot volumes can be resized here only while inactive: "
-                           "try vgchange -an first.")
         pvkeys = _pv_keys(st, vg, args.pvs)
+        origin = vg.lvs[vg.snapshot_of_cow(name)[1].origin] if vg.is_cow(name) else None
+        if origin is not None and pvkeys is None:
+            # More COW space goes where the snapshot may have it: PVs of the origin's kind.
+            odax = all(vg.pvs[p].dax for p in vg.lv_pvs(origin))
+            pvkeys = [p for p in vg.pvs if vg.pvs[p].dax == odax]
         old = lv.extents
         n = _wanted_extents(vg, args, current=old, pvkeys=pvkeys, resize=True)
         if n <= old:
@@ -556,10 +561,14 @@ async def lvextend(k, args) -> None:
         after = (last[0], last[1] + lv.segments[-1].extent_count) if last else None
         areas = vg.allocate(n - old, pvkeys or list(vg.pvs), after=after)
         vg.add_areas(lv, areas)
+        if origin is not None:
+            _check_snapshot_dax(vg, origin, name, vg.lv_pvs(lv), n - old, extend=True)
         if vg.is_origin(name):
             for c in vg.snapshots_of(name):
                 vg.snapshot_of_cow(c)[1].extent_count = lv.extents
-        if kern.active(top):
+        if origin is not None and kern.active(top):
+            await _extend_cow_live(k, vg, origin, lv)
+        elif kern.active(top):
             tx = Transaction(k)
             try:
                 await tx.suspend(top)
@@ -573,6 +582,26 @@ async def lvextend(k, args) -> None:
         say(f"Size of logical volume {vg.name}/{name} changed from {long_size(old * eb)} "
             f"({old} extents) to {long_size(n * eb)} ({n} extents).")
         say(f"Logical volume {vg.name}/{name} successfully resized.")
+
+
+async def _extend_cow_live(k, vg: VG, origin: LV, cow: LV) -> None:
+    """Grow an active snapshot's COW: hold the origin (no copy-on-write in flight) and the
+    snapshot, reload the -cow device over the new extents, resume bottom-up. The exception
+    store reads the COW size from its device, so it sees the room at once."""
+    top, snap = dm_name(vg.name, origin.name), dm_name(vg.name, cow.name)
+    cowdev = dm_name(vg.name, cow.name, "cow")
+    tx = Transaction(k)
+    try:
+        await tx.suspend(top)
+        await tx.suspend(snap)
+        await tx.reload(cowdev, linear_table(vg, cow))
+        await tx.resume(cowdev)
+        await tx.resume(snap)
+        await tx.resume(top)
+    except DmemuError as e:
+        await tx.rollback()
+        raise LvmError(f"{e.message}\n  Failed to resize {vg.name}/{cow.name}. Nothing was changed.")
+    tx.commit()
 
 
 async def lvchange(k, args) -> None:

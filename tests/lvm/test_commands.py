@@ -203,7 +203,7 @@ REFUSALS = [
     (("lvrename", "vg0", "nosuch", "x"), 5, '  Existing logical volume "nosuch" not found in volume group "vg0"\n'),
     (("lvrename", "vg0", "lv0", "snap0"), 5, '  Logical Volume "snap0" already exists in volume group "vg0"\n'),
     (("lvextend", "-L", "+1g", "vg0/snap0"), 5,
-     "  Snapshot volumes can be resized here only while inactive: try vgchange -an first.\n"),
+     "  Insufficient free space: 256 extents needed, but only 30 available\n"),
     (("pvremove", "/dev/pmem0"), 5, "  PV /dev/pmem0 is used by VG vg0 so please use vgreduce first.\n"),
     (("lvm", "frobnicate"), 3, "  No such command 'frobnicate'.  Try 'help'.\n"),
     (("lvcreate", "--bogus"), 3, "  lvcreate: unrecognized arguments: --bogus; see 'lvcreate --help'\n"),

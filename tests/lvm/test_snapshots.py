@@ -277,3 +277,31 @@ async def test_a_new_cow_starts_empty_whatever_its_extents_held(pmem):
         "  snap0 /dev/pmem0(2)   0.00\n"
     async with client.connect() as k:
         assert await read_all(k, "vg0-snap0", 6000) == b"origin" * 1000
+
+
+async def test_extending_an_active_snapshot_saves_it_from_overflowing(pmem):
+    await must("vgcreate", "vg0", "/dev/pmem0", "/dev/disk0")
+    await must("lvcreate", "-L", "16M", "-n", "lv0", "vg0")
+    await must("lvcreate", "-s", "-L", "4M", "-n", "snap0", "vg0/lv0")
+    rng = random.Random(81)
+    before = rng.randbytes(16 << 20)
+    async with client.connect() as k:
+        lv = await k.open_device("vg0-lv0")
+        await lv.write(0, before)     # every chunk copied would overflow 4 MiB four times
+        assert ok("lvs", "--noheadings", "-o", "lv_attr,data_percent", "vg0/snap0") == \
+            "  swi-I-s--- 100.00\n"
+    await must("lvremove", "vg0/snap0")
+    await must("lvcreate", "-s", "-L", "4M", "-n", "snap0", "vg0/lv0")
+    r = await atool("lvextend", "-L", "+4M", "vg0/snap0", "/dev/disk0")
+    assert r.returncode == 5 and "Cannot extend snapshot vg0/snap0 of vg0/lv0" in r.stderr
+    async with client.connect() as k:
+        lv = await k.open_device("vg0-lv0")
+        await lv.write(0, bytes(3 << 20))                      # 3 MiB copied: 75 % of 4 MiB
+        out = await must("lvextend", "-L", "+16M", "vg0/snap0")
+        assert out == ("  Size of logical volume vg0/snap0 changed from 4.00 MiB (1 extents) "
+                       "to 20.00 MiB (5 extents).\n  Logical volume vg0/snap0 successfully resized.\n")
+        assert ok("dmsetup", "table", "vg0-snap0-cow") == "0 40960 linear 259:0 34816\n"
+        await lv.write(3 << 11, bytes(13 << 20))               # the rest: 16 MiB in all
+        await lv.close()
+        assert ok("lvs", "--noheadings", "-o", "lv_attr", "vg0/snap0") == "  swi-a-s---\n"
+        assert await read_all(k, "vg0-snap0", 16 << 20) == before
