@@ -31,8 +31,8 @@ FIELDS = {
     "seg_count": ("#Seg", True, 0), "chunk_size": ("Chunk", True, 0),
     "lv_active": ("Active", False, 0), "lv_dax": ("DAX", False, 0),
 }
-ALIASES = {"snap_percent": "data_percent", "name": None, "size": None, "attr": None,
-           "uuid": None, "lv_kernel_major": None}
+# lvm2's aliases; a short name ("size") also resolves to the report's own field ("lv_size").
+ALIASES = {"snap_percent": "data_percent"}
 
 DEFAULTS = {
     "pv": "pv_name,vg_name,pv_fmt,pv_attr,pv_size,pv_free",
@@ -51,8 +51,7 @@ def columns(kind: str, options: list[str] | None) -> list[str]:
         resolved = []
         for n in names:
             key = n
-            if key in ALIASES and ALIASES[key]:
-                key = ALIASES[key]
+            key = ALIASES.get(key, key)
             if key not in FIELDS:
                 key = f"{kind}_{n}"
             if key not in FIELDS:
@@ -70,7 +69,8 @@ def render(kind: str, fields: list[str], rows: list[dict], *, headings: bool = T
         for r in rows:
             objs.append("                  {" + ", ".join(
                 f'{json.dumps(f)}:{json.dumps(str(r.get(f, "")))}' for f in fields) + "}")
-        lines.append(",\n".join(objs)) if objs else None
+        if objs:
+            lines.append(",\n".join(objs))
         lines += ["              ]", "          }", "      ]", "  }"]
         return "\n".join(lines) + "\n"
     if not rows:
@@ -91,6 +91,3 @@ def render(kind: str, fields: list[str], rows: list[dict], *, headings: bool = T
         out.append("  " + " ".join(cells))
     return "\n".join(out) + "\n"
 
-
-def format_json_error(kind: str) -> str:
-    return render(kind, [], [], fmt="json")
