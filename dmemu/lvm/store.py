@@ -94,7 +94,12 @@ class Store:
             if calc_crc(text) != d.mda.locn.checksum:
                 log.warning("%s: metadata checksum mismatch", d.name)
                 return
-            d.vg = VG.from_tree(parse(text.rstrip(b"\0").decode()))
+            try:
+                d.vg = VG.from_tree(parse(text.rstrip(b"\0").decode()))
+            except (LvmError, KeyError, ValueError, TypeError, UnicodeDecodeError) as e:
+                # A copy that passes its checksum but does not parse: another PV of the
+                # VG may still hold a good one, so skip this copy rather than fail the scan.
+                log.warning("%s: unusable metadata: %s", d.name, e)
         finally:
             await dev.close()
 
@@ -171,7 +176,10 @@ class Store:
             d = self.disk_of_pv(pv.id)
             if d is None or d.mda is None:
                 raise LvmError(f"Couldn't find device with uuid {pv.id}.")
-            locn, writes = place_text(d.mda, text)
+            try:
+                locn, writes = place_text(d.mda, text)
+            except ValueError as e:
+                raise LvmError(f"VG {vg.name} metadata on {d.name} exceeds the metadata area: {e}") from None
             hdr = MdaHeader(d.mda.start, d.mda.size, locn)
             await self._write(d.name, writes + [(hdr.start, hdr.pack())])
             d.mda, d.vg = hdr, vg
