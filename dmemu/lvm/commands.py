@@ -362,10 +362,12 @@ async def lvcreate(k, args) -> None:
         if origin is not None:
             # The new LV's extents are not in vg.lvs yet, so "free" still counts them.
             _check_snapshot_dax(vg, origin, name, vg.lv_pvs(lv), n)
-        # Wipe the start: for a COW this makes the kernel see a new, empty exception store.
-        pv, pe, _ = areas[0]
-        p = vg.pvs[pv]
-        await st.zero(st.disk(p.device), p.pe_start + pe * vg.extent_size, ZERO_BYTES)
+        # Wipe the start (-Z y, the default). A COW is always wiped: that is what makes the
+        # kernel see a new, empty exception store instead of whatever the extents held.
+        if origin is not None or args.zero == "y":
+            pv, pe, _ = areas[0]
+            p = vg.pvs[pv]
+            await st.zero(st.disk(p.device), p.pe_start + pe * vg.extent_size, ZERO_BYTES)
         vg.lvs[name] = lv
         if origin is None:
             await st.commit(vg)
