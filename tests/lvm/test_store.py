@@ -99,3 +99,18 @@ async def test_a_torn_commit_reads_as_the_newest_whole_copy(pmem):
         seqno = await rename_with(Store(k), "lv1", "lv3")
         assert await scanned(k) == (seqno + 1, ["lv3"])
     assert ok("lvs", "--noheadings", "-o", "lv_name") == "  lv3\n"
+
+
+def test_metadata_survives_a_power_failure_on_adr_pmem_and_a_cached_disk(dmemu_root):
+    ok("ndctl", "create-namespace", "-s", "64M", "--persistence", "adr")
+    ok("dmemu", "disk", "create", "-s", "16M")      # a volatile write cache
+    ok("vgcreate", "vg0", "/dev/pmem0", "/dev/disk0")
+    ok("lvcreate", "-L", "8M", "-n", "lv0", "vg0", "/dev/disk0")
+    ok("lvcreate", "-L", "8M", "-n", "lv1", "vg0")
+    ok("lvrename", "vg0", "lv1", "lv2")
+    out = ok("ndctl", "power-fail")
+    assert out == ("disk0: power failed, 0 bytes not yet durable were lost\n"
+                   "pmem0: power failed, 0 bytes not yet durable were lost\n")
+    assert ok("vgchange", "-ay") == '  2 logical volume(s) in volume group "vg0" now active\n'
+    assert ok("lvs", "--noheadings", "-o", "lv_name,vg_seqno,devices") == (
+        "  lv0 4 /dev/disk0(0)\n  lv2 4 /dev/pmem0(0)\n")
