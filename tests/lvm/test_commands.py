@@ -158,13 +158,14 @@ def test_rename_extend_and_remove(pmem):
     assert ok("vgs", "--noheadings", "-o", "vg_free_count") == "  63\n"
 
 
-def test_merge_is_refused_clearly(pmem):
+def test_merge_refusals(pmem):
     seed()
+    run("lvcreate", "-s", "-L", "4M", "-n", "snap1", "vg0/lv0", out='  Logical volume "snap1" created.\n')
     before = state()
     run("lvconvert", "--merge", "vg0/snap0", rc=5,
-        err="  Unable to merge snapshot vg0/snap0: dmemud has no snapshot-merge target "
-            "(see dmsetup targets). Nothing was changed.\n")
+        err="  Unable to merge vg0/snap0: origin vg0/lv0 has other snapshots (snap1); remove them first.\n")
     run("lvconvert", "--merge", "vg0/lv0", rc=5, err="  vg0/lv0 is not a mergeable logical volume.\n")
+    run("lvconvert", "vg0/snap0", rc=3, err="  Only --merge of a snapshot is supported here.\n")
     assert state() == before
 
 

@@ -305,3 +305,47 @@ async def test_extending_an_active_snapshot_saves_it_from_overflowing(pmem):
         await lv.close()
         assert ok("lvs", "--noheadings", "-o", "lv_attr", "vg0/snap0") == "  swi-a-s---\n"
         assert await read_all(k, "vg0-snap0", 16 << 20) == before
+
+
+async def test_merge_puts_the_snapshot_time_contents_back(pmem):
+    await must("vgcreate", "vg0", "/dev/pmem0")
+    await must("lvcreate", "-L", "8M", "-n", "lv0", "vg0")
+    rng = random.Random(7)
+    then = rng.randbytes(8 << 20)
+    async with client.connect() as k:
+        lv = await k.open_device("vg0-lv0")
+        await lv.write(0, then)
+        await lv.close()
+    await must("lvcreate", "-s", "-L", "8M", "-n", "snap0", "vg0/lv0")
+    async with client.connect() as k:
+        lv = await k.open_device("vg0-lv0")
+        for _ in range(100):
+            sector = rng.randrange((8 << 20) // 512 - 64)
+            await lv.write(sector, rng.randbytes(rng.choice([512, 4096, 32768])))
+        # Open, the origin cannot be merged: nothing changes.
+        before = await trio.to_thread.run_sync(state)
+        r = await atool("lvconvert", "--merge", "vg0/snap0")
+        assert (r.returncode, r.stdout, r.stderr) == (5, "", "  Can't merge over open origin volume.\n")
+        assert await trio.to_thread.run_sync(state) == before
+        await lv.close()
+    r = await atool("lvconvert", "--merge", "vg0/snap0")
+    assert (r.returncode, r.stdout, r.stderr) == (
+        0, "  Merging of volume vg0/snap0 started.\n  vg0/lv0: Merged: 100.00%\n", "")
+    assert ok("lvs", "--noheadings", "-o", "lv_name,lv_attr") == "  lv0 -wi-a-----\n"
+    assert ok("dmsetup", "table") == "vg0-lv0: 0 16384 linear 259:0 2048\n"
+    async with client.connect() as k:
+        assert await read_all(k, "vg0-lv0", 8 << 20) == then
+
+
+async def test_an_invalid_snapshot_is_not_merged(pmem):
+    await must("vgcreate", "vg0", "/dev/pmem0")
+    await must("lvcreate", "-L", "8M", "-n", "lv0", "vg0")
+    await must("lvcreate", "-s", "-L", "4M", "-n", "snap0", "vg0/lv0")
+    async with client.connect() as k:
+        lv = await k.open_device("vg0-lv0")
+        await lv.write(0, b"\7" * (8 << 20))             # overflows the 4 MiB COW
+        await lv.close()
+    before = await trio.to_thread.run_sync(state)
+    r = await atool("lvconvert", "--merge", "vg0/snap0")
+    assert (r.returncode, r.stdout, r.stderr) == (5, "", '  Unable to merge invalidated snapshot LV "snap0".\n')
+    assert await trio.to_thread.run_sync(state) == before
