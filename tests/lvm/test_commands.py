@@ -1,7 +1,6 @@
 """The lvm commands as a user meets them: whole stdout and stderr, exit codes, DM tables."""
 import json
 
-import pytest
 
 from tests.helpers import ok, tool
 from tests.lvm.util import state

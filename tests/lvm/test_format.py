@@ -1,6 +1,5 @@
 """The on-PV formats without a daemon: label, MDA circular buffer, text metadata, sizes."""
 import struct
-import zlib
 
 import pytest
 

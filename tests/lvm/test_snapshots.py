@@ -8,7 +8,7 @@ import trio
 
 from dmemu import client
 from dmemu.client import RevokedError
-from tests.helpers import atool, ok, tool
+from tests.helpers import atool, ok
 from tests.lvm.util import state
 
 PAGE = 4096
