@@ -387,7 +387,13 @@ async def lvcreate(k, args) -> None:
             if kern.active(top):
                 await _snapshot_live(k, kern, vg, origin, lv, chunk)
                 vg.lvs[snap.name] = snap
-                await st.commit(vg)
+                try:
+                    await st.commit(vg)
+                except BaseException:
+                    # The metadata never named this snapshot: take its devices down again.
+                    await kern.refresh()
+                    await _remove_snapshot_dm(k, kern, vg, lv)
+                    raise
             else:
                 vg.lvs[snap.name] = snap
                 await st.commit(vg)

@@ -269,3 +269,20 @@ def test_a_missing_pv_is_reported_and_blocks_changes(pmem):
     assert ok("dmsetup", "ls") == "No devices found\n"
     ok("ndctl", "enable-namespace", "namespace0.0")
     run("vgchange", "-ay", "vg0", out='  1 logical volume(s) in volume group "vg0" now active\n')
+
+
+def test_a_failed_metadata_commit_takes_the_new_snapshot_down_again(pmem, monkeypatch, capsys):
+    from dmemu.cli import lvm
+    from dmemu.lvm.store import Store
+    ok("vgcreate", "vg0", "/dev/pmem0")
+    ok("lvcreate", "-L", "8M", "-n", "lv0", "vg0")
+    before = state()
+
+    async def dies(self, vg, bump=True):
+        raise OSError(5, "Input/output error")
+    with monkeypatch.context() as m:     # its own undo: DMEMU_ROOT stays set
+        m.setattr(Store, "commit", dies)
+        assert lvm.main(["-s", "-L", "4M", "-n", "snap0", "vg0/lv0"], prog="lvcreate") == 5
+    assert capsys.readouterr().err == "  Input/output error\n"
+    assert state() == before
+    assert ok("dmsetup", "table") == "vg0-lv0: 0 16384 linear 259:0 2048\n"
