@@ -48,7 +48,7 @@ run mount -t fuse.daxfs -o dax=always /dev/vg0/lv0 "$mnt/lv0"
 run cp -a "$top/dmemu" "$top/docs" "$mnt/lv0/"
 run df -h "$mnt/lv0"
 run xfs_io -c "statx -r" "$mnt/lv0/docs/design.md"
-run getfattr -d -m - "$mnt/lv0/docs/design.md"
+run getfattr -n user.daxfs.dax_effective "$mnt/lv0/docs/design.md"
 
 echo
 echo "# 4. A snapshot while a writer is busy on the mounted DAX volume"

@@ -234,6 +234,10 @@ class DeviceMapper:
     # -- lookups ---------------------------------------------------------------------------
 
     def find(self, ident: str) -> MappedDevice | None:
+        parts = ident.split("/")
+        if len(parts) == 4 and parts[:2] == ["", "dev"] and parts[2] != "mapper":
+            # /dev/VG/LV, as udev links LVM's volumes: the DM name doubles '-' in each part
+            ident = parts[2].replace("-", "--") + "-" + parts[3].replace("-", "--")
         key = ident
         for prefix in ("/dev/mapper/", "/dev/"):
             if key.startswith(prefix):
