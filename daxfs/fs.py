@@ -315,19 +315,7 @@ class Filesystem:
         inode = Inode.unpack(ino, raw)
         n = inode.nextents_on_disk(raw)
         if n > fmt.INLINE_EXTENTS:
-            nxt = inode.extent_block
-            while nxt:
-                if not self.sb.data_start <= nxt < self.sb.total_blocks or nxt in inode.chain \
-                        or len(inode.chain) * fmt.EXTENTS_PER_BLOCK > n:
-                    raise CorruptError(f"inode {ino}: bad extent chain block {nxt}")
-                inode.chain.append(nxt)
-                exts, nxt = fmt.unpack_extent_block(await self._read_meta(nxt))
-                for lblk, ln, pblk in exts:
-                    inode.ext_lblk.append(lblk); inode.ext_len.append(ln)
-                    inode.ext_pblk.append(pblk)
-            if len(inode.ext_lblk) != n:
-                raise CorruptError(f"inode {ino}: extent chain holds {len(inode.ext_lblk)} "
-                                   f"extents, inode says {n}")
+            await inode.load_chain(n, self.sb, self._read_meta)
         self._check_extents(inode)
         self.inodes[ino] = inode
         return inode

@@ -158,19 +158,7 @@ class Checker:
                 inode = Inode.unpack(ino, raw)
                 n = inode.nextents_on_disk(raw)
                 if n > fmt.INLINE_EXTENTS:
-                    nxt = inode.extent_block
-                    while nxt:
-                        if not sb.data_start <= nxt < sb.total_blocks or nxt in inode.chain \
-                                or len(inode.chain) * fmt.EXTENTS_PER_BLOCK > n:
-                            raise CorruptError(f"inode {ino}: bad extent chain block {nxt}")
-                        inode.chain.append(nxt)
-                        exts, nxt = fmt.unpack_extent_block(await self.read(nxt))
-                        for lblk, ln, pblk in exts:
-                            inode.ext_lblk.append(lblk); inode.ext_len.append(ln)
-                            inode.ext_pblk.append(pblk)
-                    if len(inode.ext_lblk) != n:
-                        raise CorruptError(f"inode {ino}: extent chain holds "
-                                           f"{len(inode.ext_lblk)} extents, inode says {n}")
+                    await inode.load_chain(n, sb, self.read)
                 if stat.S_IFMT(inode.mode) not in (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK,
                                                    stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO,
                                                    stat.S_IFSOCK):

@@ -45,6 +45,25 @@ class Inode:
         self.s_dax = None       # decided when the inode comes into use, kept while open
         self.sync_mode = False
 
+    async def load_chain(self, n: int, sb, read) -> None:
+        """Read the extent chain of an inode with ``n`` extents beyond the inline ones;
+        ``read(blk)`` gives a block. Refuses chains that leave the data area, loop, or
+        hold a different number of extents than the inode says."""
+        nxt = self.extent_block
+        while nxt:
+            if not sb.data_start <= nxt < sb.total_blocks or nxt in self.chain \
+                    or len(self.chain) * fmt.EXTENTS_PER_BLOCK > n:
+                raise CorruptError(f"inode {self.ino}: bad extent chain block {nxt}")
+            self.chain.append(nxt)
+            exts, nxt = fmt.unpack_extent_block(await read(nxt))
+            for lblk, ln, pblk in exts:
+                self.ext_lblk.append(lblk)
+                self.ext_len.append(ln)
+                self.ext_pblk.append(pblk)
+        if len(self.ext_lblk) != n:
+            raise CorruptError(f"inode {self.ino}: extent chain holds {len(self.ext_lblk)} "
+                               f"extents, inode says {n}")
+
     # -- encoding ------------------------------------------------------------------------
     def pack(self) -> bytes:
         buf = bytearray(fmt.INODE_SIZE)
