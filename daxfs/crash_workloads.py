@@ -66,3 +66,61 @@ def create_unlink(mnt: str, oracle) -> None:
 
 WORKLOADS = {"fsync-files": fsync_files, "rename-storm": rename_storm,
              "create-unlink": create_unlink}
+
+
+def random_mix(mnt: str, oracle, seed: int = 7) -> None:
+    """fsx-like: random writes at random offsets, truncates and extends over a few files,
+    with an fsync now and then; a file's promise holds from its fsync to its next change."""
+    import random
+    rng = random.Random(seed)
+    names = [f"r{i}" for i in range(3)]
+    for n in names:
+        _write(os.path.join(mnt, n), b"")
+    _fsync_dir(mnt)
+    for step in range(40):
+        n = rng.choice(names)
+        path = os.path.join(mnt, n)
+        oracle.changing(n)
+        with open(path, "r+b") as f:
+            op = rng.random()
+            if op < 0.6:
+                f.seek(rng.randrange(0, 256 << 10))
+                f.write(bytes([rng.randrange(256)]) * rng.randrange(1, 20000))
+            elif op < 0.8:
+                f.truncate(rng.randrange(0, 128 << 10))
+            else:
+                f.truncate(rng.randrange(128 << 10, 512 << 10))
+            if rng.random() < 0.4:
+                os.fsync(f.fileno())
+                synced = True
+            else:
+                synced = False
+        if synced:
+            oracle.durable(n, mnt)
+
+
+def dax_msync(mnt: str, oracle) -> None:
+    """Stores through shared mappings of DAX files, made durable with msync (MAP_SYNC's
+    guarantee served through fsync), and appends with write()."""
+    import mmap
+    for i in range(4):
+        p = f"m{i}"
+        path = os.path.join(mnt, p)
+        with open(path, "wb") as f:
+            f.truncate(64 << 10)
+            os.fsync(f.fileno())
+        _fsync_dir(mnt)
+        fd = os.open(path, os.O_RDWR)
+        try:
+            m = mmap.mmap(fd, 64 << 10, mmap.MAP_SHARED)
+            for j in range(16):
+                m[j * 4096:(j + 1) * 4096] = bytes([i * 16 + j]) * 4096
+            m.flush()
+            m.close()
+        finally:
+            os.close(fd)
+        oracle.durable(p, mnt)
+
+
+WORKLOADS["random-mix"] = random_mix
+DAX_WORKLOADS = {"dax-msync": dax_msync, "fsync-files": fsync_files}

@@ -184,3 +184,50 @@ async def run_log_mode(k, workload, *, size_mib: int, tools: str, broken: bool,
                 break
     progress(f"{points} crash points checked")
     return points, failures
+
+
+async def run_fence_mode(k, workload, *, size_mib: int, tools: str, max_points: int | None,
+                         broken: bool = False, progress=print) -> tuple[int, list]:
+    """The workload on an adr namespace mounted with DAX; every fence of its persistence
+    trace rebuilt and checked. Returns (points checked, failures as (fence, problems))."""
+    from dmemu.persist_trace import materialize, read_trace
+    env = dict(os.environ, PATH=f"{tools}:{os.environ['PATH']}")
+
+    def sh(*argv):
+        subprocess.run(list(argv), check=True, capture_output=True, env=env)
+
+    ns = (await k.call("create_namespace", size=str(size_mib << 20), mode="fsdax",
+                       persistence="adr", name="crashpmem"))["namespace"]["blockdev"]
+    sh("mkfs.daxfs", f"/dev/{ns}")
+    paths = await k.call("trace", action="start", device=ns)
+    mnt = tempfile.mkdtemp(prefix="crashcheck-", dir="/tmp")
+    counter = iter(range(1 << 30))
+    position = {}
+
+    def mark():
+        name = f"o{next(counter)}"
+        # durable so far: the records already in the trace
+        position[name] = len(read_trace(paths["trace"])) - 1
+        return name
+    oracle = Oracle(mark)
+    opts = "dax=always,commit=3600" + (",x-crashcheck-skip-dax-flush" if broken else "")
+    sh("daxfs", f"/dev/{ns}", mnt, "-o", opts)
+    try:
+        workload(mnt, oracle)
+    finally:
+        subprocess.run(["fusermount3", "-u", mnt], capture_output=True)
+        os.rmdir(mnt)
+    await k.call("trace", action="stop", device=ns)
+    records = read_trace(paths["trace"])
+    points, failures = 0, []
+    with tempfile.NamedTemporaryFile(prefix="crashimg-") as img:
+        for fence in range(len(records) + 1):
+            materialize(paths["base"], records, fence, img.name)
+            problems = await check_image(img.name, expectations(oracle.events, position, fence))
+            points += 1
+            if problems:
+                failures.append((fence, problems))
+            if max_points and points >= max_points:
+                break
+    progress(f"{points} fences checked")
+    return points, failures

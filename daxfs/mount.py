@@ -35,6 +35,7 @@ class MountOptions:
     commit_interval: float = 5.0
     noatime: bool = False
     skip_flush: bool = False                    # x-crashcheck-skip-flush: broken on purpose
+    skip_dax_flush: bool = False                # x-crashcheck-skip-dax-flush: likewise
     writeback: bool = False                     # FUSE writeback cache (-o writeback)
 
 
@@ -58,6 +59,8 @@ def parse_options(opts: list[str], source: str) -> MountOptions:
             continue
         elif o == "x-crashcheck-skip-flush":
             mo.skip_flush = True
+        elif o == "x-crashcheck-skip-dax-flush":
+            mo.skip_dax_flush = True
         elif o == "noatime":
             mo.noatime = True
         elif o in ("atime", "relatime"):
@@ -111,6 +114,10 @@ async def serve(source: str, mountpoint: str, mo: MountOptions, *, ready=None) -
             log.warning("x-crashcheck-skip-flush: commits will not flush what they reference; "
                         "this filesystem is NOT crash-safe (a test of the crash checker)")
             fs.journal.skip_preflush = True
+        if mo.skip_dax_flush and fs.daxio is not None:
+            log.warning("x-crashcheck-skip-dax-flush: DAX stores are never flushed; this "
+                        "filesystem is NOT crash-safe (a test of the crash checker)")
+            fs.daxio.skip_flush = True
         _follow_device(dev, fs)
         if mo.noatime:
             fs.relatime = False

@@ -39,3 +39,12 @@ def test_real_daxfs_passes_and_a_commit_without_flush_is_caught(dmemu_root):
     r = tool("crashcheck", "-w", "fsync-files", "--broken")
     assert r.returncode == 1, r.stdout + r.stderr
     assert "missing, though made durable" in r.stdout
+
+
+def test_fences_mode_catches_dax_stores_never_flushed(dmemu_root):
+    r = tool("crashcheck", "--mode", "fences", "-w", "dax-msync")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "fences checked, 0 failed" in r.stdout
+    r = tool("crashcheck", "--mode", "fences", "-w", "dax-msync", "--broken")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "first failure at fence" in r.stdout and "differ from what was made durable" in r.stdout
