@@ -122,5 +122,27 @@ def dax_msync(mnt: str, oracle) -> None:
         oracle.durable(p, mnt)
 
 
+def snapshot_during_writes(mnt: str, oracle) -> None:
+    """Files written and fsynced, a snapshot taken (the filesystem frozen under it), then
+    more writes and overwrites on the origin, which copy chunks into the snapshot's store:
+    at every crash point the origin holds what was fsynced, and once the snapshot exists it
+    holds everything fsynced before it."""
+    for i in range(4):
+        _write(os.path.join(mnt, f"s{i}"), bytes([48 + i]) * (6000 * (i + 1)))
+        _fsync_dir(mnt)
+        oracle.durable(f"s{i}", mnt)
+    oracle.snapshot()
+    for i in range(4):
+        oracle.changing(f"s{i}")
+        with open(os.path.join(mnt, f"s{i}"), "r+b") as f:
+            f.write(b"after the snapshot" * 100)
+            os.fsync(f.fileno())
+        oracle.durable(f"s{i}", mnt)
+        _write(os.path.join(mnt, f"n{i}"), os.urandom(9000))
+        _fsync_dir(mnt)
+        oracle.durable(f"n{i}", mnt)
+
+
 WORKLOADS["random-mix"] = random_mix
+WORKLOADS["snapshot-during-writes"] = snapshot_during_writes
 DAX_WORKLOADS = {"dax-msync": dax_msync, "fsync-files": fsync_files}

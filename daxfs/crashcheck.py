@@ -31,10 +31,10 @@ from .fsck import check
 
 @dataclass
 class Oracle:
-    """What the workload promised: (mark, path, sha256 or None for 'gone')."""
+    """What the workload promised: (mark, path, sha256, or "changing" while it changes)."""
     mark: callable
     events: list = field(default_factory=list)
-    touched: dict = field(default_factory=dict)     # path -> mark of the last change
+    snapshot: callable = None      # take a snapshot of the mounted volume, where supported
 
     def durable(self, path: str, root: str) -> None:
         """``path`` (under ``root``) was fsynced with its directory: it must survive."""
@@ -130,10 +130,51 @@ def apply(image: bytearray, e, data: dict) -> None:
     image[off:off + e.nr_sectors * 512] = data.get(e.index, bytes(e.nr_sectors * 512))
 
 
+class _MemCow:
+    """A COW store's bytes as the synchronous device the exception store reads."""
+    logical_block_size = 512
+
+    def __init__(self, data: bytes):
+        self.data = bytearray(data)
+        self.nr_sectors = len(data) // 512
+        self.name = "cow"
+
+    def read(self, sector, nbytes):
+        return bytes(self.data[sector * 512:sector * 512 + nbytes])
+
+    def write(self, sector, data, *, fua=False, preflush=False):
+        self.data[sector * 512:sector * 512 + len(data)] = data
+
+    def flush(self):
+        pass
+
+
+def snapshot_view(image: bytes, fs_bytes: int, cow_offset: int, cow_bytes: int) -> bytes | None:
+    """The snapshot's contents in a crash image: the origin with every committed exception
+    read from the COW store (Linux's persistent layout), or None if the store is invalid."""
+    from dmemu.dm.persistent import PersistentStore
+    cow = _MemCow(image[cow_offset:cow_offset + cow_bytes])
+    store = PersistentStore(cow, 0)
+    meta = store.read_metadata()
+    if not meta.valid:
+        return None
+    view = bytearray(image[:fs_bytes])
+    cb = store.chunk_size * 512
+    for old, new in meta.exceptions:
+        view[old * cb:(old + 1) * cb] = cow.data[new * cb:(new + 1) * cb]
+    return bytes(view)
+
+
 async def run_log_mode(k, workload, *, size_mib: int, tools: str, broken: bool,
                        max_points: int | None, progress=print) -> tuple[int, list]:
-    """Returns (points checked, failures as (point, problems))."""
-    sectors = size_mib * 2048
+    """Returns (points checked, failures as (point, problems)).
+
+    The recorded disk holds the filesystem's volume and, after it, room for a COW store:
+    a workload may take a snapshot of the mounted volume (``oracle.snapshot()``) the way
+    lvcreate does, and then the snapshot is checked at every later point too."""
+    fs_sectors = size_mib * 2048
+    cow_sectors = fs_sectors // 2
+    sectors = fs_sectors + cow_sectors
     env = dict(os.environ, PATH=f"{tools}:{os.environ['PATH']}")
 
     def sh(*argv):
@@ -142,18 +183,32 @@ async def run_log_mode(k, workload, *, size_mib: int, tools: str, broken: bool,
     await k.call("create_disk", size=str(sectors * 512), name="crashdata")
     await k.call("create_disk", size=str(sectors * 512 * 4), name="crashlog")
     await k.call("dm_create", name="crashlw", table=f"0 {sectors} log-writes crashdata crashlog")
-    sh("mkfs.daxfs", "/dev/mapper/crashlw")
+    await k.call("dm_create", name="vol", table=f"0 {fs_sectors} linear crashlw 0")
+    sh("mkfs.daxfs", "/dev/mapper/vol")
     await k.call("dm_message", name="crashlw", sector=0, words=["mark", "mkfs"])
     mnt = tempfile.mkdtemp(prefix="crashcheck-", dir="/tmp")
     counter = iter(range(1 << 30))
 
-    def mark():
-        name = f"o{next(counter)}"
+    def mark(name=None):
+        name = name or f"o{next(counter)}"
         sh("dmsetup", "message", "crashlw", "0", "mark", name)
         return name
+
+    def snapshot():
+        """lvcreate -s: new devices, suspend (the filesystem freezes), swap, resume."""
+        sh("dmsetup", "create", "vol-real", "--table", f"0 {fs_sectors} linear crashlw 0")
+        sh("dmsetup", "create", "snap-cow", "--table",
+           f"0 {cow_sectors} linear crashlw {fs_sectors}")
+        sh("xfs_io", "-c", "pwrite -S 0 0 4k", "/dev/mapper/snap-cow")
+        sh("dmsetup", "create", "snap", "--table", f"0 {fs_sectors} snapshot vol-real snap-cow P 8")
+        sh("dmsetup", "suspend", "vol")
+        sh("dmsetup", "load", "vol", "--table", f"0 {fs_sectors} snapshot-origin vol-real")
+        sh("dmsetup", "resume", "vol")
+        mark("snapshot")
     oracle = Oracle(mark)
+    oracle.snapshot = snapshot
     opts = "commit=3600" + (",x-crashcheck-skip-flush" if broken else "")
-    sh("daxfs", "/dev/mapper/crashlw", mnt, "-o", opts)
+    sh("daxfs", "/dev/mapper/vol", mnt, "-o", opts)
     try:
         workload(mnt, oracle)
     finally:
@@ -169,14 +224,19 @@ async def run_log_mode(k, workload, *, size_mib: int, tools: str, broken: bool,
             name = (await log.read(e.log_sector, 512))[:e.data_len].decode()
             position[name] = e.index
     await log.close()
+    snap_want = (expectations(oracle.events, position, position["snapshot"])
+                 if "snapshot" in position else None)
     points, failures = 0, []
     with tempfile.NamedTemporaryFile(prefix="crashimg-") as img:
         for i, image in log_crash_states(entries, data, sectors * 512, position["mkfs"]):
-            img.seek(0)
-            img.write(image)
-            img.flush()
-            want = expectations(oracle.events, position, i)
-            problems = await check_image(img.name, want)
+            problems = await _check_bytes(img, bytes(image[:fs_sectors * 512]),
+                                          expectations(oracle.events, position, i))
+            if snap_want is not None and i > position["snapshot"]:
+                view = snapshot_view(image, fs_sectors * 512, fs_sectors * 512, cow_sectors * 512)
+                if view is None:
+                    problems.append("snapshot: its COW store is invalid")
+                else:
+                    problems += [f"snapshot: {p}" for p in await _check_bytes(img, view, snap_want)]
             points += 1
             if problems:
                 failures.append((i, problems))
@@ -184,6 +244,14 @@ async def run_log_mode(k, workload, *, size_mib: int, tools: str, broken: bool,
                 break
     progress(f"{points} crash points checked")
     return points, failures
+
+
+async def _check_bytes(img, image: bytes, want: dict) -> list[str]:
+    img.seek(0)
+    img.truncate(0)
+    img.write(image)
+    img.flush()
+    return await check_image(img.name, want)
 
 
 async def run_fence_mode(k, workload, *, size_mib: int, tools: str, max_points: int | None,

@@ -312,7 +312,7 @@ class Server:
 
     async def op_bio(self, conn, req, payload):
         h = self.kernel.handle(conn, _int(req, "handle"))
-        data, changed = self.kernel.bio(h, str(req.get("bio", "")), _int(req, "sector", 0), payload,
+        data, changed = await self.kernel.bio(h, str(req.get("bio", "")), _int(req, "sector", 0), payload,
                                         _int(req, "nbytes", 0) or 0, bool(req.get("fua")),
                                         bool(req.get("preflush")))
         if changed:

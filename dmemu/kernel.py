@@ -346,8 +346,8 @@ class Kernel:
         return {"start": region.start, "end": region.end, "write": write, "segments": segments,
                 "backings": backings}
 
-    def bio(self, h: Handle, op: str, sector: int, data: bytes = b"", nbytes: int = 0,
-            fua: bool = False, preflush: bool = False):
+    async def bio(self, h: Handle, op: str, sector: int, data: bytes = b"", nbytes: int = 0,
+                  fua: bool = False, preflush: bool = False):
         """A bio dmemud carries out itself: writes over media errors (which it clears, as the
         pmem driver does) and I/O to targets that must see every bio (log-writes).
 
@@ -359,6 +359,12 @@ class Kernel:
         n = (len(data) if op == "write" else nbytes) // SECTOR_SIZE
         if sector < 0 or sector + n > dev.nr_sectors:
             raise DmemuError(errno.EIO, f"{dev.name}: access beyond end of device")
+        if op in ("write", "discard") and isinstance(dev, MappedDevice):
+            # Resolve the range for writing first: copy-on-write happens there (with the
+            # revocations it needs), so the synchronous write below finds every chunk copied.
+            pos = sector
+            while pos < sector + n:
+                pos = (await dev.region(pos, True)).end
         bases = self.dm.base_devices(dev)
         before = {b.name: [list(x) for x in b.spec.badblocks] for b in bases}
         out = b""

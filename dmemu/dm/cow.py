@@ -72,6 +72,18 @@ class Origins:
                 return 0, limit
             return self._writable_region(snaps, start, step, limit)
 
+    def held_region(self, dev, sector: int, limit: int) -> tuple[int, int] | None:
+        """The region around ``sector`` that every active snapshot already holds, or None
+        if a copy is still to be made."""
+        snaps = self._active(dev)
+        if not snaps:
+            return 0, limit
+        step = min(s.chunk_size for s in snaps)
+        start = sector - sector % step
+        if not all(s.has_exception(sector // s.chunk_size) for s in snaps):
+            return None
+        return self._writable_region(snaps, start, step, limit)
+
     @staticmethod
     def _chunk_span(snaps, sector, start, step):
         lo, hi = start, start + step

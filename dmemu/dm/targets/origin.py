@@ -32,8 +32,14 @@ class OriginTarget(Target):
 
     def remap_sync(self, offset, write):
         if write:
-            # The daemon's own writes never go through an origin: they would skip the copies.
-            raise DMError(errno.EIO, "snapshot-origin: daemon I/O cannot write an origin")
+            # A write dmemud carries out itself (a bio-based stack below) may only reach
+            # chunks every snapshot already holds: the caller resolves the range for writing
+            # first (remap), which makes the copies.
+            held = self.dm.origins.held_region(self.dev, offset, self.len)
+            if held is None:
+                raise DMError(errno.EIO, "snapshot-origin: write to a chunk not yet copied")
+            lo, hi = held
+            return Remap(lo, hi - lo, "remap", self.dev, lo)
         return Remap(0, self.len, "remap", self.dev, 0)
 
     async def remap(self, offset, write):
