@@ -198,7 +198,19 @@ class FuseCommandSubject:
                                     stdout=log, stderr=subprocess.STDOUT)
             stack.callback(self._stop, proc, mnt)
             wait_mount_change(mnt, True, MOUNT_TIMEOUT, proc)
-            yield Mounted(mnt, proc.pid)
+            yield Mounted(mnt, self.server_pid(proc))
+
+    def server_pid(self, proc: subprocess.Popen) -> int:
+        """The process serving the mount (whose memory is measured): the command itself,
+        or for a shell wrapper the child it started last."""
+        if self.name.startswith("daxfs"):
+            try:
+                kids = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+                if kids:
+                    return int(kids[-1])
+            except OSError:
+                pass
+        return proc.pid
 
     @staticmethod
     def _stop(proc: subprocess.Popen, mnt: Path) -> None:
