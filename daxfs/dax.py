@@ -14,6 +14,7 @@ import errno
 import logging
 
 from dmemu.blockdev import PAGE_SECTORS, PAGE_SIZE, SECTOR_SIZE
+from dmemu.client import RevokedError
 
 from .errors import FsError
 
@@ -95,7 +96,7 @@ class DaxIO:
             n = min(nbytes - pos, m.length - off)
             try:
                 out.append(m.read(off, n))
-            except OSError:      # revoked between lookup and use: map again
+            except RevokedError:     # taken back between lookup and use: map again
                 continue
             pos += n
         return b"".join(out) if len(out) != 1 else out[0]
@@ -124,6 +125,6 @@ class DaxIO:
                 m.write(off, data[pos:pos + n])
                 if not self.skip_flush:
                     m.flush(off, n)
-            except OSError:
+            except RevokedError:
                 continue
             pos += n

@@ -20,6 +20,7 @@ import trio
 from .blockdev import SECTOR_SIZE
 from .errors import DmemuError, busy, invalid, no_device
 from .dm.core import DeviceMapper, MappedDevice
+from .dm.errors import DMError
 from .media import Media
 from .hardware import (BaseDevice, BaseSpec, Registry, clear_badblocks, merge_badblocks,
                        new_uuid)
@@ -384,6 +385,8 @@ class Kernel:
                 raise DmemuError(errno.EINVAL, f"unknown bio operation '{op}'")
         except OSError as e:
             raise DmemuError(e.errno or errno.EIO, e.strerror or str(e)) from None
+        except DMError as e:
+            raise DmemuError(e.errno, f"{dev.name}: {e.message}") from None
         changed = [b for b in bases if b.spec.badblocks != before[b.name]]
         if changed:
             self._save()

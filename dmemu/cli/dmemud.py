@@ -1,5 +1,6 @@
 """dmemud: run, start, stop and ask about the emulated kernel daemon."""
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -77,7 +78,7 @@ async def _stop(paths: StatePaths, force: bool) -> int:
         async with client.connect(paths.root, autostart=False, prog="dmemud") as c:
             await c.call("shutdown", force=force)
     except DmemuError as e:
-        if e.errno == 111:   # ECONNREFUSED: a stale socket, nobody serves it
+        if e.errno == errno.ECONNREFUSED:   # a stale socket: nobody serves it
             print("dmemud is not running")
             return 0
         raise

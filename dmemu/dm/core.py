@@ -88,6 +88,7 @@ class MappedDevice:
         self._resumed.set()
         self.inflight = 0
         self._drained = None
+        self.frozen: list = []      # holders frozen by the suspend in force, thawed at resume
 
     devno = property(lambda self: f"{DM_MAJOR}:{self.minor}")
     kname = property(lambda self: f"dm-{self.minor}")
@@ -514,7 +515,7 @@ class DeviceMapper:
         md.suspended = False
         md._resumed.set()
         if was:
-            await self._thaw(md, getattr(md, "frozen", []))
+            await self._thaw(md, md.frozen)
             md.frozen = []
         log.info("resumed %s", md.name)
         return md
