@@ -25,6 +25,9 @@ ATTR_TIMEOUT = 60.0
 # Read-only counters of the daemon (requests per kind, commits) on the root directory, for
 # tests and benchmarks that count requests per operation; not listed by listxattr.
 STATS_XATTR = b"trusted.daxfs.stats"
+# readdir offsets 1 and 2 are "after `.`" and "after `..`"; the directory's own cookies
+# (record position + 1) are handed to the kernel shifted by this much
+DOT_COOKIES = 2
 
 
 # What the kernel may still ask once the device is gone, so that unmounting works.
@@ -229,9 +232,21 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def readdir(self, fh, start_id, token):
-        ino = self.fs.handle(fh).inode.ino
-        async for name, inode, nxt in self.fs.readdir(ino, start_id):
-            if not pyfuse3.readdir_reply(token, name, self.attrs(inode), nxt):
+        """`.` and `..` first, as every Linux filesystem lists them (tools and fstests'
+        generic/401 rely on it). The directory's own cookies are shifted by DOT_COOKIES so
+        that offsets 1 (after `.`) and 2 (after `..`) are ours and a listing resumes at any
+        offset the kernel was handed. The kernel takes no lookup reference for `.` and
+        `..` in readdirplus (fuse_direntplus_link skips them), so they are not remembered."""
+        d = self.fs.handle(fh).inode
+        if start_id < 1:
+            if not pyfuse3.readdir_reply(token, b".", self.attrs(d), 1):
+                return
+        if start_id < 2:
+            parent = await self.fs.getattr(d.parent or d.ino)
+            if not pyfuse3.readdir_reply(token, b"..", self.attrs(parent), 2):
+                return
+        async for name, inode, nxt in self.fs.readdir(d.ino, max(0, start_id - DOT_COOKIES)):
+            if not pyfuse3.readdir_reply(token, name, self.attrs(inode), nxt + DOT_COOKIES):
                 break
             self.fs.remember(inode.ino)
 
