@@ -76,7 +76,11 @@ class Operations(pyfuse3.Operations):
         self.fs = fs
         self.requests: dict[str, int] = {}
         self.write_bytes = 0
-        self._inval_send, self._inval_recv = trio.open_memory_channel(1000)
+        # inodes whose kernel-cached attributes are stale, once each, in order: a set
+        # cannot overflow, so no invalidation is ever dropped, and a thousand changes to
+        # one inode before the invalidator runs cost one invalidation
+        self._inval_pending: dict[int, None] = {}
+        self._inval_wake = trio.Event()
         fs.on_invalidate = self.invalidate
 
     # -- helpers -------------------------------------------------------------------------
@@ -106,18 +110,21 @@ class Operations(pyfuse3.Operations):
 
     def invalidate(self, ino: int) -> None:
         """Ask the kernel to drop what it caches about ino (called outside handlers' way)."""
-        try:
-            self._inval_send.send_nowait(ino)
-        except trio.WouldBlock:
-            log.warning("invalidation queue full; inode %d may show stale attributes", ino)
+        self._inval_pending[ino] = None
+        self._inval_wake.set()
 
     async def run_invalidator(self) -> None:
-        async for ino in self._inval_recv:
-            try:
-                await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino, True)
-            except OSError as e:        # ENOENT: the kernel does not know it: nothing to do
-                if e.errno != errno.ENOENT:
-                    log.warning("invalidate inode %d: %s", ino, e)
+        """Send the pending invalidations, a batch per wake-up. They go out from a worker
+        thread: invalidate_inode blocks until the kernel has taken it, and the kernel may
+        need a reply from this process first."""
+        while True:
+            await self._inval_wake.wait()
+            # no checkpoint between the wait and the swap, so no wake-up is lost
+            self._inval_wake = trio.Event()
+            batch = list(self._inval_pending)
+            self._inval_pending.clear()
+            await trio.to_thread.run_sync(_invalidate_batch, batch)
+
 
     # -- namespace -----------------------------------------------------------------------
     @_handler
@@ -302,3 +309,12 @@ class Operations(pyfuse3.Operations):
     @_handler
     async def removexattr(self, inode, name, ctx):
         await self.fs.removexattr(inode, name)
+
+
+def _invalidate_batch(inos: list[int]) -> None:
+    for ino in inos:
+        try:
+            pyfuse3.invalidate_inode(ino, True)
+        except OSError as e:        # ENOENT: the kernel does not know it: nothing to do
+            if e.errno != errno.ENOENT:
+                log.warning("invalidate inode %d: %s", ino, e)

@@ -4,8 +4,11 @@ caches kept fresh, POSIX ACLs."""
 import ctypes
 import os
 import struct
+import time
 
-from .test_mount import Mount, image, m, mntdir, run   # noqa: F401 (fixtures)
+import trio
+
+from tests.daxfs.test_mount import Mount, image, m, mntdir, run   # noqa: F401 (fixtures)
 
 SYS_getdents64 = 217            # x86_64
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -88,3 +91,48 @@ def test_dot_and_dotdot_in_listings(m):
     for i in range(40):
         (sub / f"f{i:02d}").unlink()
     sub.rmdir()
+
+
+def test_atime_changes_reach_the_kernel_after_a_burst(m):
+    """relatime updates made on reads are pushed to the kernel's attribute cache (60 s
+    timeout) by invalidation; a burst of more of them than the old 1000-slot queue held
+    must leave none stale."""
+    d = m.mnt / "many"
+    d.mkdir()
+    n = 3000
+    run("sh", "-ec", f'cd {d}; i=0; while [ $i -lt {n} ]; do echo x > f$i; i=$((i+1)); done; '
+        'touch -a -d 2001-01-01 f*')
+    old = {i: os.stat(d / f"f{i}").st_atime_ns for i in range(n)}   # now cached by the kernel
+    assert all(v < 10**18 for v in old.values())
+    run("sh", "-c", f"cat {d}/f* > /dev/null")
+    deadline = time.monotonic() + 30
+    stale = list(range(n))
+    while stale and time.monotonic() < deadline:
+        stale = [i for i in stale if os.stat(d / f"f{i}").st_atime_ns == old[i]]
+        if stale:
+            time.sleep(0.2)
+    assert not stale, f"{len(stale)} files still show their old atime"
+
+
+async def test_invalidations_coalesce_per_inode(fs, monkeypatch):
+    """However many changes come before the invalidator runs, each inode is invalidated
+    once per wake-up and none is dropped."""
+    from daxfs import operations
+    seen = []
+    monkeypatch.setattr(operations.pyfuse3, "invalidate_inode",
+                        lambda ino, attr_only=False: seen.append(ino))
+    ops = operations.Operations(fs)
+    for _ in range(5):
+        for ino in range(2, 5002):
+            ops.invalidate(ino)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ops.run_invalidator)
+        with trio.move_on_after(20):
+            while len(seen) < 5000:
+                await trio.sleep(0.01)
+            ops.invalidate(7)                   # a later change is invalidated again
+            while len(seen) < 5001:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert len(seen) == 5001, f"{len(seen)} invalidations of 5001"
+    assert sorted(seen[:5000]) == list(range(2, 5002)) and seen[5000] == 7
