@@ -171,11 +171,11 @@ class FileIO:
             else:
                 self._dirty_times(inode)
             if h.flags & os.O_SYNC == os.O_SYNC:         # O_SYNC includes the O_DSYNC bit
-                await self._sync_locked(datasync=False)
+                await self._sync_inode(inode, datasync=False)
             elif h.flags & os.O_DSYNC or inode.sync_mode:
                 # The synchronous mode keeps MAP_SYNC's promise: the metadata that reaches
                 # the data just written is durable when the write returns.
-                await self._sync_locked(datasync=True)
+                await self._sync_inode(inode, datasync=True)
             else:
                 await self._maybe_commit()
         return len(data)

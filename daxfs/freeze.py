@@ -71,6 +71,16 @@ class Freeze:
             for ino in list(self.inodes):
                 self.on_invalidate(ino)
 
+    def _meta_error(self, e: Exception) -> None:
+        """Metadata failed verification: never trust it, stop writing (ext4's
+        errors=remount-ro), say so once in the log. What is on the device stays as the
+        last commit left it; fsck.daxfs repairs it."""
+        log.error("%s: %s", self.dev.name, e)
+        if not self.read_only:
+            self.read_only = True
+            log.error("%s: metadata damaged; the filesystem is now read-only: unmount and "
+                      "run fsck.daxfs -y", self.dev.name)
+
     def _alive(self) -> None:
         if self.dead:
             raise FsError(errno.EIO, f"{self.dev.name}: {self.dead}")

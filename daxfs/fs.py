@@ -27,6 +27,7 @@ from .attr import Attributes
 from .cred import ROOT, Ctx
 from .dax import DaxIO, DaxPolicy
 from .errors import CorruptError
+from .fastcommit import FastCommitLog
 from .file import RELATIME_NS, Handle, FileIO
 from .freeze import Freeze, GateLock
 from .icache import ITABLE_CACHE, InodeCache
@@ -90,7 +91,8 @@ class Filesystem(InodeCache, Namespace, FileIO, Attributes, Xattrs, Transactions
         self.balloc: BlockAllocator
         self.ialloc: InodeAllocator
         # -- the running transaction and the journal (transaction.py, journal.py) --
-        self.journal = Journal(dev, sb.journal_start, sb.journal_blocks)
+        self.journal = Journal(dev, sb.journal_start, sb.journal_blocks, sb.uuid)
+        self.fc = FastCommitLog(dev, sb)
         self.overlay: dict[int, bytes] = {}      # replayed images on a read-only mount
         self.committing = False
         # by number: a slot freed and reused within one transaction is written once, new
@@ -105,17 +107,23 @@ class Filesystem(InodeCache, Namespace, FileIO, Attributes, Xattrs, Transactions
 
     @classmethod
     async def mount(cls, dev, *, read_only: bool = False, track_lookups: bool = False):
-        """Open the filesystem on dev: replay the journal, load the bitmaps, free orphans."""
+        """Open the filesystem on dev: replay the journal and the fast commits after it,
+        load the bitmaps and check them against the inodes, free orphans. Metadata that
+        fails verification is never trusted: the mount fails, or goes on read-only (a
+        damaged primary superblock with a good backup, bitmaps that disagree with the
+        inodes) with the error logged."""
         read_only = read_only or getattr(dev, "read_only", False)
-        if dev.nr_sectors < fmt.BLOCK_SECTORS:
+        if dev.nr_sectors < 2 * fmt.BLOCK_SECTORS:
             raise CorruptError("device too small to hold a daxfs")
-        sb = fmt.Superblock.unpack(await read_blocks(dev, 0))
-        if sb.total_blocks > dev.nr_sectors // fmt.BLOCK_SECTORS:
-            raise CorruptError(f"superblock: filesystem has {sb.total_blocks} blocks but the "
-                               f"device only {dev.nr_sectors // fmt.BLOCK_SECTORS}")
+        sb, why = await read_superblock(dev)
+        if why:
+            log.error("%s: %s; mounting read-only, run fsck.daxfs -y to repair", dev.name, why)
+            read_only = True
         fs = cls(dev, sb, read_only=read_only, track_lookups=track_lookups)
         images = await fs.journal.scan()
         if images:
+            for home, img in images:
+                fs._check_home(home, img)
             if read_only:
                 for home, img in images:
                     fs.overlay[home] = img
@@ -123,16 +131,18 @@ class Filesystem(InodeCache, Namespace, FileIO, Attributes, Xattrs, Transactions
                 for home, img in images:
                     await write_blocks(dev, home, img)
             fs.sb = fmt.Superblock.unpack(await fs._read_meta(0))
-            if fs.sb.total_blocks > dev.nr_sectors // fmt.BLOCK_SECTORS:
+            if fs.sb.total_blocks > dev.nr_sectors // fmt.BLOCK_SECTORS or fs.sb.uuid != sb.uuid:
                 raise CorruptError("superblock from the journal does not fit the device")
+        await fs.fc.replay(fs, read_only)
         if not read_only:
             await fs.journal.reset()
         await fs._load_bitmaps()
+        await fs._crosscheck_bitmaps()
         root = await fs.iget(fs.sb.root_ino)
         if not root.is_dir:
             raise CorruptError("root inode is not a directory")
         await fs._load_orphans()
-        if not read_only:
+        if not fs.read_only:
             async with fs.lock:
                 for ino in list(fs.orphans):
                     await fs._free_inode(await fs.iget(ino))
@@ -142,10 +152,21 @@ class Filesystem(InodeCache, Namespace, FileIO, Attributes, Xattrs, Transactions
                 fs.sb_dirty = True
                 await fs._commit()
         log.info("mounted %s (%s), %d free blocks, %d free inodes", dev.name,
-                 "ro" if read_only else "rw", fs.balloc.free, fs.ialloc.free)
+                 "ro" if fs.read_only else "rw", fs.balloc.free, fs.ialloc.free)
         return fs
 
-    async def _read_meta(self, blk: int, n: int = 1) -> bytes:
+    def _check_home(self, home: int, img: bytes) -> None:
+        """A journal image must be a sealed block of this filesystem for its home."""
+        if not 0 <= home < self.sb.total_blocks:
+            raise CorruptError(f"journal: image for block {home} beyond the filesystem")
+        kind = fmt.block_type(img)
+        if kind is not None:
+            fmt.verify(img, kind, home, self.sb.uuid)
+
+    async def _read_meta(self, blk: int, n: int = 1, kind: str | None = None) -> bytes:
+        """Metadata blocks as the device (or the replayed journal) holds them; with kind,
+        each block is verified (type, place, uuid, crc32c), and one that fails turns the
+        filesystem read-only (ext4's errors=remount-ro) before the error is raised."""
         data = await read_blocks(self.dev, blk, n)
         if self.overlay:
             buf = bytearray(data)
@@ -154,15 +175,24 @@ class Filesystem(InodeCache, Namespace, FileIO, Attributes, Xattrs, Transactions
                 if img is not None:
                     buf[i * BS:(i + 1) * BS] = img
             data = bytes(buf)
+        if kind is not None:
+            for i in range(n):
+                try:
+                    fmt.verify(data[i * BS:(i + 1) * BS], kind, blk + i, self.sb.uuid)
+                except CorruptError as e:
+                    self._meta_error(e)
+                    raise
         return data
 
     async def _load_bitmaps(self) -> None:
         sb = self.sb
-        bbm = bytearray(await self._read_meta(sb.bbitmap_start, sb.bbitmap_blocks))
-        ibm = bytearray(await self._read_meta(sb.ibitmap_start, sb.ibitmap_blocks))
+        raw = await self._read_meta(sb.bbitmap_start, sb.bbitmap_blocks, "block bitmap")
+        bbm = fmt.unpack_bitmap(raw, sb.bbitmap_start, sb.bbitmap_blocks, "block bitmap", sb.uuid)
+        raw = await self._read_meta(sb.ibitmap_start, sb.ibitmap_blocks, "inode bitmap")
+        ibm = fmt.unpack_bitmap(raw, sb.ibitmap_start, sb.ibitmap_blocks, "inode bitmap", sb.uuid)
         bmap = Bitmap(bbm, sb.total_blocks)
         imap = Bitmap(ibm, sb.total_inodes)
-        for b in range(sb.data_start):
+        for b in list(range(sb.data_start)) + [sb.total_blocks - 1]:
             if not bmap.test(b):
                 raise CorruptError(f"block bitmap: metadata block {b} marked free")
         if not imap.test(0) or not imap.test(sb.root_ino):
@@ -198,7 +228,7 @@ class Filesystem(InodeCache, Namespace, FileIO, Attributes, Xattrs, Transactions
             self.sb.free_blocks, self.sb.free_inodes = self.balloc.free, self.ialloc.free
             # the journal is empty and durable, so the superblock can go home directly;
             # it fits in one sector, which the device writes atomically
-            await write_blocks(self.dev, 0, self.sb.pack(), fua=True)
+            await write_blocks(self.dev, 0, self.sb.pack(lsn=self.journal.seq), fua=True)
             await self.dev.flush()
         log.info("unmounted %s cleanly", self.dev.name)
 
@@ -208,3 +238,33 @@ class Filesystem(InodeCache, Namespace, FileIO, Attributes, Xattrs, Transactions
         return StatFs(bsize=BS, frsize=BS, blocks=sb.total_blocks, bfree=free, bavail=free,
                       files=sb.total_inodes - 1, ffree=self.ialloc.free,
                       favail=self.ialloc.free, namemax=fmt.NAME_MAX)
+
+
+async def read_superblock(dev) -> tuple[fmt.Superblock, str | None]:
+    """The primary superblock, or a backup when the primary fails verification (with why,
+    so the caller mounts read-only and says so). An image of another format version is
+    refused with the way out (VersionError), never read through a backup."""
+    total = dev.nr_sectors // fmt.BLOCK_SECTORS
+    raw = await read_blocks(dev, 0)
+    if raw[:8] != fmt.SB_MAGIC and (await read_blocks(dev, 1))[:8] != fmt.SB_MAGIC:
+        raise CorruptError("superblock: bad magic (not a daxfs filesystem)")
+    try:
+        sb = fmt.Superblock.unpack(raw)
+        if sb.total_blocks > total:
+            raise CorruptError(f"superblock: filesystem has {sb.total_blocks} blocks but the "
+                               f"device only {total}")
+        return sb, None
+    except fmt.VersionError:
+        raise
+    except CorruptError as e:
+        primary = e
+    for blk in (1, total - 1):
+        try:
+            sb = fmt.Superblock.unpack(await read_blocks(dev, blk), blk)
+        except fmt.VersionError:
+            raise
+        except CorruptError:
+            continue
+        if sb.total_blocks <= total and blk in sb.backup_blocks:
+            return sb, f"primary superblock damaged ({primary}); using the backup at block {blk}"
+    raise CorruptError(f"{primary}; no backup superblock is valid either")

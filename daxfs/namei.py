@@ -39,7 +39,9 @@ class Namespace:
                 if not pblk:
                     raise CorruptError(f"directory {inode.ino}: hole at block {lblk}")
                 run = min(run, nblocks - lblk)
-                data = await self._read_meta(pblk, run)
+                if not self.sb.data_start <= pblk or pblk + run >= self.sb.total_blocks:
+                    raise CorruptError(f"directory {inode.ino}: block {pblk} out of range")
+                data = await self._read_meta(pblk, run, "directory")
                 blocks.extend(bytearray(data[i * BS:(i + 1) * BS]) for i in range(run))
                 lblk += run
             inode.dir = Directory(blocks, f"directory {inode.ino}")
@@ -159,6 +161,7 @@ class Namespace:
             await self._dir_add(parent, new_name, inode)
             inode.nlink += 1
             self._touch(inode)
+            self._fc_ineligible(inode)
             await self._maybe_commit()
             return inode
 
@@ -178,6 +181,7 @@ class Namespace:
             self._touch(parent, mtime=True)
             inode.nlink -= 1
             self._touch(inode)
+            self._fc_ineligible(inode)
             await self._release_if_unused(inode)
             await self._maybe_commit()
 
@@ -204,6 +208,7 @@ class Namespace:
             self._touch(parent, mtime=True)
             inode.nlink = 0
             self._touch(inode)
+            self._fc_ineligible(inode)
             await self._release_if_unused(inode)
             await self._maybe_commit()
 
@@ -261,6 +266,7 @@ class Namespace:
                 else:
                     dst.nlink -= 1
                 self._touch(dst)
+                self._fc_ineligible(dst)
             else:
                 await self._dir_add(p2, new_name, src)
             d1.remove(old_name)
@@ -271,6 +277,7 @@ class Namespace:
                 p2.nlink += 1
                 src.parent = p2.ino
             self._touch(src)
+            self._fc_ineligible(src)
             if dst is not None:
                 await self._release_if_unused(dst)
             await self._maybe_commit()
@@ -306,6 +313,7 @@ class Namespace:
         for i in (p1, p2):
             self._touch(i, mtime=True)
         self._touch(a); self._touch(b)
+        self._fc_ineligible(a); self._fc_ineligible(b)
 
     async def opendir(self, ino: int) -> int:
         inode = await self.iget(ino)

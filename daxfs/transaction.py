@@ -28,13 +28,19 @@ OP_MAX_BLOCKS = 16          # metadata blocks one ordinary operation can dirty, 
 
 class Transactions:
     def _dirty(self, inode: Inode) -> None:
-        inode.dirty = True
+        inode.dirty = inode.fc_dirty = inode.fc_meta = True
         self.dirty_inodes[inode.ino] = inode
         self.data_meta_dirty = True
 
+    @staticmethod
+    def _fc_ineligible(inode: Inode) -> None:
+        """The inode changed in a way a fast-commit record cannot carry (its names, link
+        count, parent, xattrs, orphan list, or it is new): its next fsync commits in full."""
+        inode.fc_ineligible = True
+
     def _dirty_times(self, inode: Inode) -> None:
         """Only timestamps changed: fdatasync need not commit for this (as on Linux)."""
-        inode.dirty = True
+        inode.dirty = inode.fc_dirty = True
         self.dirty_inodes[inode.ino] = inode
 
     def _touch(self, inode: Inode, *, mtime: bool = False, ctime: bool = True) -> None:
@@ -80,19 +86,28 @@ class Transactions:
         self.committing = True
         try:
             return await self._commit_locked()
-        except OSError as e:
-            # the running transaction cannot reach the device: what is on it stays
-            # consistent (the journal makes commits atomic), but the cached state no longer
-            # matches it, so stop writing (ext4's errors=remount-ro)
-            log.error("%s: commit failed (%s); the filesystem is now read-only", self.dev.name, e)
+        except Exception as e:
+            # the running transaction cannot reach the device (or could not be encoded):
+            # what is on it stays consistent (the journal makes commits atomic), but the
+            # cached state no longer matches it, so stop writing (ext4's errors=remount-ro)
+            # and keep serving reads; never let it take the daemon down
+            if isinstance(e, OSError):
+                log.error("%s: commit failed (%s); the filesystem is now read-only",
+                          self.dev.name, e)
+            else:
+                log.exception("%s: commit failed; the filesystem is now read-only",
+                              self.dev.name)
             self.read_only = True
-            raise FsError(errno.EIO, f"commit failed: {e.strerror or e}") from None
+            raise FsError(errno.EIO, f"commit failed: {getattr(e, 'strerror', None) or e}") \
+                from None
         finally:
             self.committing = False
 
     async def _commit_locked(self) -> bool:
         images: dict[int, bytes] = {}
         sb = self.sb
+        uuid = sb.uuid
+        lsn = self.journal.seq
         for inode in self.dirty_inodes.values():
             if inode.extents_dirty:
                 n = len(inode.ext_lblk)
@@ -102,32 +117,35 @@ class Transactions:
                         part = [(inode.ext_lblk[i], inode.ext_len[i], inode.ext_pblk[i])
                                 for i in range(k * per, min(n, (k + 1) * per))]
                         nxt = inode.chain[k + 1] if k + 1 < len(inode.chain) else 0
-                        images[blk] = fmt.pack_extent_block(part, nxt)
+                        images[blk] = fmt.seal(fmt.pack_extent_block(part, nxt, inode.ino),
+                                               blk, uuid, lsn)
                 inode.extents_dirty = False
-            inode.dirty = False
-            blk = sb.itable_start + inode.ino // fmt.INODES_PER_BLOCK
+            inode.dirty = inode.fc_dirty = inode.fc_meta = inode.fc_ineligible = False
+            bi, off = fmt.inode_location(inode.ino)
+            blk = sb.itable_start + bi
             buf = await self._itable_block(blk)
-            off = (inode.ino % fmt.INODES_PER_BLOCK) * fmt.INODE_SIZE
-            buf[off:off + fmt.INODE_SIZE] = inode.pack() if inode.mode else \
-                _free_slot(inode.generation)
+            buf[off:off + fmt.INODE_SIZE] = inode.pack(uuid) if inode.mode else \
+                _free_slot(inode.ino, inode.generation, uuid)
             images[blk] = bytes(buf)
         for inode in self.dirty_dirs:
             d = inode.dir
             if inode.mode and d is not None:
                 for bi in d.dirty:
                     pblk, _ = inode.map(bi)
-                    images[pblk] = bytes(d.blocks[bi])
+                    images[pblk] = fmt.seal(d.blocks[bi], pblk, uuid, lsn)
                 d.dirty.clear()
         for inode in self.dirty_xattrs:
             if inode.mode and inode.xattr_block:
-                images[inode.xattr_block] = fmt.pack_xattrs(inode.xattrs)
-        for bmap, start in ((self.balloc.bitmap, sb.bbitmap_start),
-                            (self.ialloc.bitmap, sb.ibitmap_start)):
+                blk = inode.xattr_block
+                images[blk] = fmt.seal(fmt.pack_xattrs(inode.xattrs), blk, uuid, lsn)
+        for bmap, start, kind in ((self.balloc.bitmap, sb.bbitmap_start, "block bitmap"),
+                                  (self.ialloc.bitmap, sb.ibitmap_start, "inode bitmap")):
             for i in bmap.dirty_blocks:
-                images[start + i] = bytes(bmap.data[i * BS:(i + 1) * BS])
+                images[start + i] = fmt.seal(fmt.pack_bitmap_block(bmap.data, i, kind),
+                                             start + i, uuid, lsn)
             bmap.dirty_blocks.clear()
         sb.free_blocks, sb.free_inodes = self.balloc.free, self.ialloc.free
-        images[0] = sb.pack()
+        images[0] = sb.pack(0, lsn)
         self.dirty_inodes.clear()
         self.dirty_dirs.clear()
         self.dirty_xattrs.clear()
@@ -137,6 +155,8 @@ class Transactions:
             await self.journal.reset()
             self.balloc.release_pending()
         await self.journal.commit(images)
+        # every fast-commit record is now stale (their lsn is this commit's sequence)
+        self.fc.reset()
         await self._checkpoint(images)
         return True
 
@@ -180,14 +200,27 @@ class Transactions:
             raise FsError(errno.ENOSPC, "no free inodes left on device")
 
     async def fsync(self, fh: int, datasync: bool = False) -> None:
-        """Make the file's data and the metadata needed to reach it durable. The running
-        transaction is committed as a whole (group commit), so a following fsync of another
-        file usually finds nothing left to do but a cache flush."""
+        """Make the file's data and the metadata needed to reach it durable: one fast-commit
+        record when the file's changes fit one (fastcommit.py), else a full commit of the
+        running transaction (a group commit: it carries every change since the last one)."""
         if self.read_only:
             return
         self._alive()
+        inode = self.handle(fh).inode
         async with self.lock:
-            await self._sync_locked(datasync)
+            await self._sync_inode(inode, datasync)
+
+    async def _sync_inode(self, inode: Inode, datasync: bool) -> None:
+        """fdatasync skips the metadata when only timestamps changed (Linux does the same);
+        the data itself is made durable by the device flush either way."""
+        if not inode.fc_dirty or (datasync and not inode.fc_meta):
+            await self.dev.flush()
+            return
+        if not inode.fc_ineligible and inode.is_reg and inode.mode and \
+                await self.fc.append(inode, self.journal.seq):
+            inode.fc_dirty = inode.fc_meta = False
+            return
+        await self._sync_locked(datasync=False)
 
     async def _sync_locked(self, datasync: bool) -> None:
         """fdatasync skips the commit when only timestamps are dirty (Linux does the same);

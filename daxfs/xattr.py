@@ -22,11 +22,18 @@ VIRTUAL_XATTRS = (DAX_XATTR, DAX_STATE_XATTR, SYNC_XATTR, MOUNT_DAX_XATTR)
 class Xattrs:
     async def _xattrs(self, inode: Inode) -> dict:
         if inode.xattrs is None:
-            inode.xattrs = {}
-            if inode.xattr_block:
-                if not self.sb.data_start <= inode.xattr_block < self.sb.total_blocks:
+            blk = inode.xattr_block
+            if not blk:
+                inode.xattrs = {}
+                return inode.xattrs
+            try:
+                if not self.sb.data_start <= blk < self.sb.total_blocks - 1:
                     raise CorruptError(f"inode {inode.ino}: xattr block out of range")
-                inode.xattrs = fmt.unpack_xattrs(await self._read_meta(inode.xattr_block))
+                raw = await self._read_meta(blk, 1)
+                inode.xattrs = fmt.unpack_xattrs(raw, blk, self.sb.uuid)
+            except CorruptError as e:
+                self._meta_error(e)
+                raise
         return inode.xattrs
 
     @staticmethod
@@ -99,6 +106,7 @@ class Xattrs:
             inode.xattrs = new
             self.dirty_xattrs.add(inode)
             self._touch(inode)
+            self._fc_ineligible(inode)
             await self._maybe_commit()
 
     async def removexattr(self, ino: int, name: bytes) -> None:
@@ -117,4 +125,5 @@ class Xattrs:
             else:
                 self.dirty_xattrs.add(inode)
             self._touch(inode)
+            self._fc_ineligible(inode)
             await self._maybe_commit()
