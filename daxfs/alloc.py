@@ -14,7 +14,7 @@ import errno
 from . import format as fmt
 from .errors import FsError
 
-BITS_PER_BLOCK = fmt.BLOCK_SIZE * 8
+BITS_PER_BLOCK = fmt.BITMAP_BITS      # bits in one on-device bitmap block
 GOAL_WINDOW = 4096          # blocks searched after an allocation goal before the cursor
 
 

@@ -5,22 +5,16 @@ to 107 bytes), so daemons never meet; the daemon a test started is stopped at te
 and killed by its pid if it would not stop.
 """
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
-# The packages under test are this checkout's. The shared venv holds an editable install of
-# one checkout, and tests/daxfs would otherwise stand in for the package of the same name,
-# so daxfs.* would come from whichever checkout the venv was installed from: import the
-# real ones from here first.
-_TOP = str(Path(__file__).resolve().parents[1])
-if sys.path[0] != _TOP:
-    sys.path.insert(0, _TOP)
-import daxfs  # noqa: E402,F401
-import dmemu  # noqa: E402,F401
-
+# The code under test, imported before pytest's importlib mode registers the test packages
+# tests/daxfs and tests/dmemu under the same names: otherwise ``daxfs.x`` resolves through
+# the editable install, i.e. the checkout that ran ``pip install -e``, not this one.
+import daxfs  # noqa: F401
+import dmemu  # noqa: F401
 from tests.helpers import stop_daemon
 
 @pytest.fixture
