@@ -48,6 +48,14 @@ def listing(path, bufsize: int = 32768, start: int | None = None):
         os.close(fd)
 
 
+def fsync_path(path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def test_dot_and_dotdot_in_listings(m):
     d = m.mnt / "d"
     sub = d / "sub"
@@ -136,3 +144,106 @@ async def test_invalidations_coalesce_per_inode(fs, monkeypatch):
         nursery.cancel_scope.cancel()
     assert len(seen) == 5001, f"{len(seen)} invalidations of 5001"
     assert sorted(seen[:5000]) == list(range(2, 5002)) and seen[5000] == 7
+
+
+def test_every_timestamp_a_user_can_set(m):
+    """Dates far outside 32- and 64-bit-nanosecond ranges are stored and returned as given
+    and survive a remount; none of them brings the daemon down (fstests generic/634)."""
+    dates = ["2486-07-02 20:20:24", "1600-01-01", "1901-12-13 20:45:52", "2038-01-19 03:14:07",
+             "2514-05-30 01:53:03", "0000-01-01", "2147483647-12-31 23:59:59"]
+    for i, date in enumerate(dates):
+        f = m.mnt / f"t{i}"
+        f.write_text(date)
+        run("touch", "-d", f"{date} UTC", f)
+    report = run("sh", "-c", f"TZ=UTC stat -c '%y %Y %n' {m.mnt}/t*").stdout
+    fsync_path(m.mnt / "t0")                # a commit: the daemon must still be there
+    assert os.path.ismount(m.mnt)
+    for i, date in enumerate(dates):
+        line = report.splitlines()[i]
+        assert line.split()[0].lstrip("0") == date.split()[0].lstrip("0"), line
+    m.unmount()
+    m.mount()
+    assert run("sh", "-c", f"TZ=UTC stat -c '%y %Y %n' {m.mnt}/t*").stdout == report
+
+
+def test_utime_now_and_omit(m):
+    f = m.mnt / "f"
+    f.write_text("x")
+    os.utime(f, ns=(1_000_000_000, 2_000_000_000))
+    before = os.stat(f)
+    run("touch", f)                           # utimensat(UTIME_NOW, UTIME_NOW)
+    st = os.stat(f)
+    assert st.st_atime_ns == st.st_mtime_ns == st.st_ctime_ns > before.st_ctime_ns
+    run("touch", "-m", "-d", "2001-02-03 UTC", f)   # atime UTIME_OMIT: left as it was
+    st2 = os.stat(f)
+    assert st2.st_atime_ns == st.st_atime_ns
+    assert st2.st_mtime_ns == 981158400 * 10**9
+    assert st2.st_ctime_ns >= st.st_ctime_ns
+    run("touch", "-a", "-d", "2001-02-03 UTC", f)   # mtime UTIME_OMIT
+    st3 = os.stat(f)
+    assert st3.st_mtime_ns == st2.st_mtime_ns and st3.st_atime_ns == 981158400 * 10**9
+    m.unmount()
+    m.mount()
+    st4 = os.stat(f)
+    assert (st4.st_atime_ns, st4.st_mtime_ns, st4.st_ctime_ns) == \
+        (st3.st_atime_ns, st3.st_mtime_ns, st3.st_ctime_ns)
+
+
+async def test_a_failure_inside_a_commit_never_kills_the_daemon(image, mntdir, monkeypatch, caplog):
+    """Whatever goes wrong inside a commit (here a struct.error, as an unencodable field
+    once raised), the daemon keeps serving: the filesystem turns read-only with a logged
+    error, what was committed before reads back, the periodic committer lives on."""
+    import errno
+    import logging
+
+    from daxfs import journal
+    from daxfs.mount import parse_options, serve
+
+    broken = False
+    real_commit = journal.Journal.commit
+
+    async def commit(self, images):
+        if broken:
+            raise struct.error("argument out of range")    # not an OSError
+        return await real_commit(self, images)
+    monkeypatch.setattr(journal.Journal, "commit", commit)
+
+    mo = parse_options(["allow_other", "commit=0.2"], str(image))
+    caplog.set_level(logging.ERROR)
+    async with trio.open_nursery() as nursery:
+        ready = trio.Event()
+        nursery.start_soon(lambda: serve(str(image), str(mntdir), mo, ready=ready.set))
+        await ready.wait()
+        sync = trio.to_thread.run_sync
+        try:
+            await sync((mntdir / "kept").write_text, "committed before")
+            await sync(fsync_path, mntdir / "kept")      # (sync(2) does not reach FUSE)
+            await sync(fsync_path, mntdir)
+            broken = True
+            await sync((mntdir / "lost").write_text, "never committed")
+            # the periodic commit (0.2 s) meets the failure, not an fsync
+            with trio.fail_after(30):
+                while not any("commit failed" in r.getMessage() for r in caplog.records):
+                    await trio.sleep(0.1)
+            try:
+                await sync((mntdir / "more").write_text, "x")
+                raise AssertionError("a write succeeded on a filesystem that went read-only")
+            except OSError as e:
+                assert e.errno in (errno.EROFS, errno.EIO), e
+            assert await sync((mntdir / "kept").read_text) == "committed before"
+            assert sorted(await sync(os.listdir, mntdir)) == ["kept", "lost"]
+            await trio.sleep(0.5)           # a few more periodic commits: still serving
+            assert await sync(os.path.ismount, mntdir)
+            assert (await sync(os.statvfs, mntdir)).f_bsize == 4096
+        finally:
+            await sync(lambda: run("fusermount3", "-u", mntdir, check=False))
+    assert any(r.levelno >= logging.ERROR and "read-only" in r.getMessage()
+               for r in caplog.records)
+    broken = False
+    m = Mount(image, mntdir)
+    m.fsck()
+    m.mount()
+    try:
+        assert (mntdir / "kept").read_text() == "committed before"
+    finally:
+        m.unmount()
