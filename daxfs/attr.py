@@ -43,6 +43,7 @@ class Attributes:
                 await self._truncate(inode, size)
             if mode is not None:
                 inode.mode = stat.S_IFMT(inode.mode) | (mode & 0o7777)
+                await self._acl_after_chmod(inode)
             if uid is not None and uid != 0xFFFFFFFF:
                 inode.uid = uid
             if gid is not None and gid != 0xFFFFFFFF:

@@ -69,7 +69,9 @@ def _ctx(ctx) -> Ctx:
 class Operations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
-    enable_acl = False
+    # POSIX ACLs: the kernel checks permissions against them and caches them; we store
+    # them and keep them in step with the mode (daxfs/acl.py)
+    enable_acl = True
 
     def __init__(self, fs: Filesystem):
         super().__init__()
@@ -300,7 +302,12 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def setxattr(self, inode, name, value, ctx):
-        await self.fs.setxattr(inode, name, value)
+        c = _ctx(ctx)
+        try:
+            c.groups = tuple(pyfuse3.get_sup_groups(ctx.pid))
+        except Exception:           # the process may be gone already
+            pass
+        await self.fs.setxattr(inode, name, value, ctx=c)
 
     @_handler
     async def listxattr(self, inode, ctx):
