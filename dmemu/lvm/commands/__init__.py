@@ -9,7 +9,8 @@ from .lv import lvchange, lvcreate, lvextend, lvremove, lvrename
 from .pv import pvcreate, pvremove
 from .report import lvs, pvs, vgs
 from .snapshot import lvconvert
-from .vg import vgchange, vgcreate, vgremove
+from .vg import vgchange, vgck, vgcreate, vgextend, vgreduce, vgremove
 
 __all__ = ["lvchange", "lvconvert", "lvcreate", "lvextend", "lvremove", "lvrename", "lvs",
-           "pvcreate", "pvremove", "pvs", "vgchange", "vgcreate", "vgremove", "vgs"]
+           "pvcreate", "pvremove", "pvs", "vgchange", "vgck", "vgcreate", "vgextend", "vgreduce",
+           "vgremove", "vgs"]

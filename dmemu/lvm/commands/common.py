@@ -43,3 +43,23 @@ async def vg_locked(k, name, write: bool = False):
     if write and vg.missing_pvs():
         raise LvmError(f"Cannot change VG {vg.name} while PVs are missing.")
     return st, vg
+
+
+def yes_no_prompt(question: str) -> bool:
+    """lvm2's yes_no_prompt: the question on stderr (no indent), an answer read from stdin;
+    y/yes or n/no, anything else asks again; end of input answers no and says so."""
+    while True:
+        sys.stdout.flush()
+        sys.stderr.write(question)
+        sys.stderr.flush()
+        line = sys.stdin.readline()
+        if not line:
+            sys.stderr.write("[n]\n")
+            sys.stderr.flush()
+            return False
+        answer = line.strip().lower()
+        if answer in ("y", "yes"):
+            return True
+        if answer in ("n", "no"):
+            return False
+        warn(f"WARNING: Invalid input '{line.strip()[:8]}'.")
