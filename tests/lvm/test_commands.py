@@ -207,7 +207,9 @@ REFUSALS = [
     (("lvrename", "vg0", "lv0", "snap0"), 5, '  Logical Volume "snap0" already exists in volume group "vg0"\n'),
     (("lvextend", "-L", "+1g", "vg0/snap0"), 5,
      "  Insufficient free space: 256 extents needed, but only 30 available\n"),
-    (("pvremove", "/dev/pmem0"), 5, "  PV /dev/pmem0 is used by VG vg0 so please use vgreduce first.\n"),
+    (("pvremove", "/dev/pmem0"), 5, "  PV /dev/pmem0 is used by VG vg0 so please use vgreduce first.\n"
+     "  (If you are certain you need pvremove, then confirm by using --force twice.)\n"
+     "  /dev/pmem0: physical volume label not removed.\n"),
     (("lvm", "frobnicate"), 3, "  No such command 'frobnicate'.  Try 'help'.\n"),
     (("lvcreate", "--bogus"), 3, "  lvcreate: unrecognized arguments: --bogus; see 'lvcreate --help'\n"),
 ]
