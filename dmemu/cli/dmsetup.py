@@ -63,6 +63,9 @@ def build_parser(prog: str) -> ArgumentParser:
     m.add_argument("name")
     m.add_argument("sector", type=int)
     m.add_argument("words", nargs="+")
+    w = sub.add_parser("wait", help="wait for the device's next event (or one after EVENT_NR)")
+    w.add_argument("name")
+    w.add_argument("event_nr", nargs="?", type=int)
     sub.add_parser("targets", help="the registered target types")
     sub.add_parser("version", help="versions")
     sub.add_parser("mknodes", help="accepted for compatibility (device names are dmemu's)")
@@ -159,7 +162,7 @@ async def _check_exists(k, args) -> None:
     reports (on stdout and successfully for deps, as dmsetup's _deps)."""
     cmd = args.cmd
     names = [args.name] if hasattr(args, "name") and cmd != "create" else list(getattr(args, "names", None) or [])
-    if cmd not in IOCTL and cmd not in ("info", "table", "status", "deps"):
+    if cmd not in IOCTL and cmd not in ("info", "table", "status", "deps", "wait"):
         return
     devs = (await k.call("dm_list"))["devices"]
     for n in names:
@@ -170,6 +173,9 @@ async def _check_exists(k, args) -> None:
                            "No such device or address\nCommand failed.")
         if cmd == "deps":
             raise NoDevice("Device does not exist.", code=0, stdout=True)
+        if cmd == "wait":
+            raise NoDevice(f"device-mapper: waitevent ioctl on {n}  failed: "
+                           "No such device or address\nCommand failed.")
         raise NoDevice("Device does not exist.\nCommand failed.")
 
 
@@ -238,6 +244,11 @@ async def _main(args) -> int:
             r = await k.call("dm_message", name=args.name, sector=args.sector, words=args.words)
             if r["reply"]:
                 print(r["reply"])
+        elif cmd == "wait":
+            req = {"name": args.name}
+            if args.event_nr is not None:
+                req["event_nr"] = args.event_nr
+            await k.call("dm_wait", **req)
         elif cmd == "targets":
             for name, v in (await k.call("dm_targets"))["targets"]:
                 print(f"{name:<16} v{v[0]}.{v[1]}.{v[2]}")
