@@ -47,6 +47,16 @@ def _units(text):
         raise argparse.ArgumentTypeError(e.message)
 
 
+def _seconds(text):
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"invalid interval: {text}")
+    return n
+
+
 def _size_opts(p, size_help):
     p.add_argument("-L", "--size", help=size_help)
     p.add_argument("-l", "--extents", help="extents, or N%%FREE, N%%VG, N%%PVS, N%%ORIGIN")
@@ -149,6 +159,15 @@ def build(cmd: str, prog: str) -> ArgumentParser:
     elif cmd == "lvconvert":
         p.description = "Convert a logical volume: --merge a snapshot into its origin."
         p.add_argument("--merge", action="store_true")
+        p.add_argument("-b", "--background", action="store_true",
+                       help="leave the merge to a background poller")
+        p.add_argument("-i", "--interval", type=_seconds, metavar="SECONDS",
+                       help="seconds between progress reports (default 15)")
+        p.add_argument("lv", metavar="LV")
+    elif cmd == "lvpoll":
+        p.description = "Poll a merge until it finishes (what lvmpolld runs)."
+        p.add_argument("--polloperation", required=True, choices=("merge",))
+        p.add_argument("-i", "--interval", type=_seconds, metavar="SECONDS")
         p.add_argument("lv", metavar="LV")
     return p
 
@@ -171,7 +190,7 @@ def _signed_values(argv: list[str]) -> list[str]:
 
 COMMANDS = ("pvcreate", "pvremove", "pvs", "vgcreate", "vgextend", "vgreduce", "vgck", "vgs",
             "vgchange", "vgremove", "lvcreate", "lvs", "lvremove", "lvrename", "lvextend",
-            "lvreduce", "lvresize", "lvchange", "lvconvert")
+            "lvreduce", "lvresize", "lvchange", "lvconvert", "lvpoll")
 # Commands that are another's function with a different mode (set_defaults in build()).
 SAME_AS = {"lvreduce": "lvextend", "lvresize": "lvextend"}
 

@@ -84,7 +84,9 @@ class Segment:
     """segmentN of an LV: extents [start_extent, start_extent + extent_count) of the LV.
 
     striped (one stripe here, i.e. linear): stripes = [(pv key, first PE)]
-    snapshot: origin and cow_store name LVs of the VG; chunk_size in sectors
+    snapshot: origin and cow_store name LVs of the VG; chunk_size in sectors; merging
+              when lvconvert --merge started it back into the origin (the metadata then
+              says merging_store instead of cow_store, as lvm2 writes it)
     """
     start_extent: int
     extent_count: int
@@ -93,6 +95,7 @@ class Segment:
     chunk_size: int = 0
     origin: str = ""
     cow_store: str = ""
+    merging: bool = False
 
 
 @dataclass
@@ -144,6 +147,15 @@ class VG:
 
     def is_cow(self, name: str) -> bool:
         return self.snapshot_of_cow(name) is not None
+
+    def merging_into(self, origin: str) -> str | None:
+        """The COW LV being merged into ``origin``, if a merge was started."""
+        return next((s.cow_store for _, s in self.snapshot_segments()
+                     if s.origin == origin and s.merging), None)
+
+    def is_merging_cow(self, name: str) -> bool:
+        found = self.snapshot_of_cow(name)
+        return bool(found and found[1].merging)
 
     def missing_pvs(self) -> list[PV]:
         """PVs of the metadata whose label no scanned device carries."""
@@ -288,7 +300,8 @@ class VG:
             for i, s in enumerate(lv.segments, 1):
                 seg = {"start_extent": s.start_extent, "extent_count": s.extent_count, "type": s.type}
                 if s.type == "snapshot":
-                    seg.update(chunk_size=s.chunk_size, origin=s.origin, cow_store=s.cow_store)
+                    seg.update(chunk_size=s.chunk_size, origin=s.origin)
+                    seg["merging_store" if s.merging else "cow_store"] = s.cow_store
                 else:
                     seg.update(stripe_count=len(s.stripes),
                                stripes=[x for pv, pe in s.stripes for x in (pv, pe)])
@@ -330,6 +343,7 @@ class VG:
                     seg.chunk_size = int(s["chunk_size"])
                     seg.origin = s["origin"]
                     seg.cow_store = s.get("cow_store") or s.get("merging_store", "")
+                    seg.merging = "merging_store" in s
                 else:
                     st = s.get("stripes", [])
                     seg.stripes = [(st[j], int(st[j + 1])) for j in range(0, len(st), 2)]

@@ -13,6 +13,7 @@ from ..units import long_size
 from ..vg import LV, Segment, check_lv_name, host, new_uuid
 from .args import chunk_size, pe_ranges, wanted_extents
 from .common import dm_failure, say, vg_locked, warn, yes_no_prompt
+from .merge import start_background_poll
 from .snapshot import check_snapshot_dax, extend_cow_live, remove_snapshot_dm, snapshot_live
 
 ZERO_BYTES = 4096               # lvcreate wipes the start of a new LV (and must, for a COW)
@@ -124,6 +125,9 @@ async def lvremove(k, args) -> None:
                     raise LvmError(f'Failed to find logical volume "{vg.name}/{name}"')
                 if not lv.visible:
                     raise LvmError(f"Can't remove internal logical volume {vg.name}/{name}")
+                if vg.is_merging_cow(name):
+                    raise LvmError(f"Can't remove merging snapshot logical volume "
+                                   f"{vg.name}/{name}.")
                 snaps = vg.snapshots_of(name)
                 if snaps and not args.force:
                     raise LvmError(f'Can\'t remove logical volume "{name}" with {len(snaps)} '
@@ -207,6 +211,8 @@ async def lvextend(k, args) -> None:
         if lv is None or not lv.visible:
             raise LvmError(f'Logical volume {name} not found in volume group {vg.name}.')
         top = dm_name(vg.name, name)
+        if vg.is_merging_cow(name):
+            raise LvmError(f"Cannot resize merging snapshot {vg.name}/{name}.")
         ranges = pe_ranges(st, vg, args.pvs)
         pvkeys = None if ranges is None else list(ranges)
         origin = vg.lvs[vg.snapshot_of_cow(name)[1].origin] if vg.is_cow(name) else None
@@ -395,6 +401,9 @@ async def lvchange(k, args) -> None:
             try:
                 if args.activate in ("y", "ay"):
                     await act.activate_lv(k, kern, vg, lv)
+                    origin = vg.snapshot_of_cow(name)[1].origin if vg.is_cow(name) else name
+                    if vg.merging_into(origin):
+                        start_background_poll(vg.name, origin)
                 else:
                     await act.deactivate_lv(k, kern, vg, lv)
             except DmemuError as e:

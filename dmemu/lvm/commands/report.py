@@ -51,6 +51,12 @@ def _lv_row(vg: VG, lv: LV, kern: Kernel) -> dict:
     top = dm_name(vg.name, lv.name)
     d = kern.devs.get(top)
     is_origin, is_cow = vg.is_origin(lv.name), vg.is_cow(lv.name)
+    merging = vg.is_merging_cow(lv.name) or bool(vg.merging_into(lv.name))
+    if is_cow and merging and d is None:
+        # A merging snapshot has no device: the origin's snapshot-merge speaks for it.
+        d = kern.devs.get(dm_name(vg.name, vg.snapshot_of_cow(lv.name)[1].origin))
+        if d and not (d["table"] and "snapshot-merge" in d["table"][0]):
+            d = None
     status = d["status"][0] if d and d["live"] and d["status"] else None
     invalid = bool(is_cow and status and status.split()[3:4] == ["Invalid"])
     if not d or not d["live"]:
@@ -59,12 +65,14 @@ def _lv_row(vg: VG, lv: LV, kern: Kernel) -> dict:
         state = "S" if d["suspended"] else "I"
     else:
         state = "s" if d["suspended"] else "a"
-    attr = (("o" if is_origin else "s" if is_cow else "-") + ("w" if "WRITE" in lv.status else "r")
+    kind = "o" if is_origin else "s" if is_cow else "-"
+    attr = ((kind.upper() if merging else kind) + ("w" if "WRITE" in lv.status else "r")
             + "i" + "-" + state + ("o" if kern.in_use(top) else "-")
             + ("s" if is_origin or is_cow else "-") + "---")
     origin = vg.snapshot_of_cow(lv.name)[1].origin if is_cow else ""
     chunk = vg.snapshot_of_cow(lv.name)[1].chunk_size * SECTOR if is_cow else 0
-    return {"lv_name": lv.name, "vg_name": vg.name, "lv_attr": attr,
+    hidden = is_cow and merging       # lvm2 hides it: lvs -a shows it in brackets
+    return {"lv_name": f"[{lv.name}]" if hidden else lv.name, "vg_name": vg.name, "lv_attr": attr,
             "lv_size": Size(lv.extents * vg.extent_bytes()),
             "origin": origin, "data_percent": _percent(status) if is_cow else "",
             "lv_uuid": lv.id, "lv_path": f"/dev/{vg.name}/{lv.name}",
@@ -85,6 +93,8 @@ async def lvs(k, args) -> None:
         vg = st.vgs[vgname]
         for lv in sorted(vg.user_lvs(), key=lambda x: x.name):
             if wanted and not any(w[0] == vgname and w[1] in (None, lv.name) for w in wanted):
+                continue
+            if vg.is_merging_cow(lv.name) and not args.all and not any(w[1] == lv.name for w in wanted):
                 continue
             row = {**_vg_row(vg), **_lv_row(vg, lv, kern)}
             if SEG_FIELDS & set(fields) or SEG_FIELDS & select_fields(args.select):

@@ -1,14 +1,10 @@
-"""Snapshots: the DAX check before one is made, the device-mapper steps that add, grow and
-remove one under an active origin, and lvconvert --merge."""
+"""Snapshots: the DAX check before one is made, and the device-mapper steps that add, grow
+and remove one under an active origin (merging one back is merge.py)."""
 from ...errors import DmemuError
 from .. import activate as act
-from .. import merge
 from ..activate import Kernel, Transaction, dm_name, dm_uuid, linear_table
-from ..errors import EINVALID_CMD_LINE, LvmError
-from ..lock import locked
-from ..names import parse_lv
+from ..errors import LvmError
 from ..vg import LV, VG
-from .common import say, vg_locked
 
 
 def _describe_pvs(vg: VG, keys) -> str:
@@ -111,63 +107,3 @@ async def extend_cow_live(k, vg: VG, origin: LV, cow: LV) -> None:
         await tx.rollback()
         raise LvmError(f"{e.message}\n  Failed to resize {vg.name}/{cow.name}. Nothing was changed.")
     tx.commit()
-
-
-async def lvconvert(k, args) -> None:
-    """lvconvert --merge: copy the snapshot's chunks back over its origin (merge.py)."""
-    if not args.merge:
-        raise LvmError("Only --merge of a snapshot is supported here.", EINVALID_CMD_LINE)
-    vgname, name = parse_lv(args.lv)
-    async with locked(vgname):
-        st, vg = await vg_locked(k, vgname, write=True)
-        kern = Kernel(k)
-        await kern.refresh()
-        if name not in vg.lvs:
-            raise LvmError(f'Failed to find logical volume "{vg.name}/{name}"')
-        if not vg.is_cow(name):
-            raise LvmError(f"{vg.name}/{name} is not a mergeable logical volume.")
-        snap_lv, seg = vg.snapshot_of_cow(name)
-        origin, cow = vg.lvs[seg.origin], vg.lvs[name]
-        others = [c for c in vg.snapshots_of(origin.name) if c != name]
-        if others:
-            raise LvmError(f"Unable to merge {vg.name}/{name}: origin {vg.name}/{origin.name} has "
-                           f"other snapshots ({', '.join(others)}); remove them first.")
-        tops = [dm_name(vg.name, origin.name), dm_name(vg.name, name)]
-        if any(kern.in_use(t) for t in tops):
-            raise LvmError("Can't merge over open origin volume.")
-        reader = merge.LvIO(k, vg, cow)
-        # Refuse an invalid snapshot before touching anything (the header says so on disk;
-        # an active store writes valid=0 there when it invalidates).
-        try:
-            valid, _, _ = await merge.read_cow(reader, seg.chunk_size)
-        finally:
-            await reader.flush_and_close()
-        if not valid:
-            raise LvmError(f'Unable to merge invalidated snapshot LV "{name}".')
-        was_active = kern.active(tops[0])
-        if was_active:
-            await act.deactivate_lv(k, kern, vg, origin)
-        try:
-            valid, chunk, exceptions = await merge.read_cow(reader, seg.chunk_size)
-            if not valid:
-                raise LvmError(f'Unable to merge invalidated snapshot LV "{name}".')
-            say(f"Merging of volume {vg.name}/{name} started.")
-            writer = merge.LvIO(k, vg, origin)
-            try:
-                for old, new in exceptions:
-                    await writer.write(old * chunk, await reader.read(new * chunk, chunk))
-            finally:
-                await writer.flush_and_close()
-        except BaseException:
-            await reader.flush_and_close()
-            if was_active:
-                await act.activate_lv(k, kern, vg, origin)
-            raise
-        await reader.flush_and_close()
-        # Only now, with the origin durable, may the snapshot go from the metadata.
-        del vg.lvs[snap_lv.name], vg.lvs[name]
-        await st.commit(vg)
-        if was_active:
-            await kern.refresh()
-            await act.activate_lv(k, kern, vg, origin)
-        say(f"{vg.name}/{origin.name}: Merged: 100.00%")

@@ -11,6 +11,7 @@ from ..units import SECTOR, long_size
 from ..vg import PV, VG, check_name, new_uuid
 from .args import extent_size
 from .common import say, scan, vg_locked, warn
+from .merge import start_background_poll
 from .pv import check_unused, signatures_to_wipe, wipe_signature
 
 
@@ -73,6 +74,8 @@ async def vgchange(k, args) -> None:
                     except DmemuError as e:
                         raise LvmError(f"{e.message}\n  Failed to activate {vg.name}/{lv.name}.")
                     await kern.refresh()
+                    if vg.merging_into(lv.name):
+                        start_background_poll(vg.name, lv.name)
             else:
                 tops = [dm_name(vg.name, lv.name) for lv in vg.user_lvs()]
                 open_ = [t for t in tops if kern.in_use(t)]
