@@ -37,6 +37,7 @@ class MountOptions:
     skip_flush: bool = False                    # x-crashcheck-skip-flush: broken on purpose
     skip_dax_flush: bool = False                # x-crashcheck-skip-dax-flush: likewise
     writeback: bool = False                     # FUSE writeback cache (-o writeback)
+    log_file: str | None = None                 # where this mount logs, told to dmemud
 
 
 def parse_options(opts: list[str], source: str) -> MountOptions:
@@ -105,7 +106,8 @@ async def serve(source: str, mountpoint: str, mo: MountOptions, *, ready=None) -
     """Mount and serve until unmounted (umount/fusermount3 -u) or SIGTERM/SIGINT."""
     async with AsyncExitStack() as stack:
         dev = await stack.enter_async_context(
-            open_source(source, exclusive=not mo.read_only, read_only=mo.read_only))
+            open_source(source, exclusive=not mo.read_only, read_only=mo.read_only,
+                        log=mo.log_file))
         dax_mode = parse_dax_option(mo.dax)
         check_mount(dax_mode, getattr(dev, "dax", False))   # before anything is written
         fs = await Filesystem.mount(dev, read_only=mo.read_only, track_lookups=True)

@@ -297,6 +297,10 @@ class Server:
         h = self.kernel.open(conn, str(req.get("device", "")), bool(req.get("exclusive")),
                              bool(req.get("read_only")))
         conn.handles.add(h.id)
+        if req.get("log"):
+            log.info("%s opened %s by pid %s (%s), which logs to %s", h.device.name,
+                     "exclusive" if h.exclusive else "read-only" if h.read_only else "shared",
+                     conn.pid, conn.prog, str(req["log"])[:4096])
         return self.kernel.info(h)
 
     async def op_close(self, conn, req, payload):

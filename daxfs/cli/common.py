@@ -8,6 +8,10 @@ from ..errors import FsError, UsageError
 def setup_logging(verbose: int) -> None:
     level = logging.WARNING if not verbose else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(name)s: %(message)s", stream=sys.stderr)
+    # The level belongs to the terminal's handler: a mount's log file may want more.
+    for h in logging.getLogger().handlers:
+        if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is sys.stderr:
+            h.setLevel(level)
 
 
 def fail(prog: str, msg: str, hint: str = "", code: int = 1) -> int:

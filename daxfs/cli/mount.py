@@ -16,9 +16,13 @@ log = logging.getLogger(__name__)
 
 
 def parse_args(argv):
+    from ..logfile import log_dir
     p = argparse.ArgumentParser(
         prog=PROG, description="Mount the daxfs on SOURCE (an image file or a dmemu device "
-        "such as /dev/pmem0) at MOUNTPOINT through FUSE.")
+        "such as /dev/pmem0) at MOUNTPOINT through FUSE.",
+        epilog=f"Each mount logs to {log_dir()}/daxfs-NAME.log, NAME being the device's "
+               "short name (vg0-lv0 for /dev/vg0/lv0, pmem0, or the image file's name); the "
+               "directory is DMEMU_ROOT's log/.")
     p.add_argument("source", metavar="SOURCE")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     p.add_argument("-o", dest="options", action="append", default=[],
@@ -32,7 +36,11 @@ def parse_args(argv):
 
 def _serve(args, mo, ready) -> None:
     import trio
+    from ..logfile import start_file_logging
     from ..mount import serve
+    path = start_file_logging(args.source, args.verbose)
+    mo.log_file = str(path) if path else None
+    log.info("pid %d serving %s on %s", os.getpid(), args.source, args.mountpoint)
     trio.run(lambda: serve(args.source, args.mountpoint, mo, ready=ready))
 
 

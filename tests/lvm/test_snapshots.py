@@ -69,12 +69,14 @@ async def test_seed_scenario_with_a_dax_writer_busy_on_the_origin(pmem):
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(writer, stop)
-            while st["n"] < 500:
-                await trio.sleep(0.01)
+            with trio.fail_after(60):
+                while st["n"] < 500:
+                    await trio.sleep(0.01)
             r = await atool("lvm", "lvcreate", "-s", "-L", "4M", "-n", "snap0", "vg0/lv0")
             assert (r.returncode, r.stdout, r.stderr) == (0, '  Logical volume "snap0" created.\n', "")
-            while st["n"] < st["frozen_at"] + 500:      # the writer carries on after the thaw
-                await trio.sleep(0.01)
+            with trio.fail_after(60):
+                while st["n"] < st["frozen_at"] + 500:      # the writer carries on after the thaw
+                    await trio.sleep(0.01)
             stop.set()
         assert st["freezes"] == 1 and st["remaps"] >= 1 and not st["frozen"]
 
