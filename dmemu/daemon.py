@@ -369,6 +369,12 @@ class Server:
         return {"reply": self.kernel.dm.message(str(req.get("name", "")), _int(req, "sector", 0),
                                                 [str(w) for w in req.get("words", [])])}
 
+    async def op_dm_wait(self, conn, req, payload):
+        dm = self.kernel.dm
+        md = dm.get(str(req.get("name", "")))
+        nr = _int(req, "event_nr", md.event_nr)
+        return {"event_nr": await dm.wait_event(md, nr)}
+
     async def op_dm_list(self, conn, req, payload):
         dm = self.kernel.dm
         out = []

@@ -83,6 +83,7 @@ class MappedDevice:
         self.inactive: Table | None = None
         self.suspended = False
         self.event_nr = 0
+        self.event = trio.Event()      # set at the next table event (dm_wait, dmsetup wait)
         self.removed = False
         self._resumed = trio.Event()
         self._resumed.set()
@@ -326,6 +327,14 @@ class DeviceMapper:
 
     def table_event(self, md: MappedDevice) -> None:
         md.event_nr += 1
+        md.event.set()
+        md.event = trio.Event()
+
+    async def wait_event(self, md: MappedDevice, event_nr: int) -> int:
+        """DM_DEV_WAIT: until the device's event counter passes event_nr (or it goes)."""
+        while md.event_nr <= event_nr and not md.removed:
+            await md.event.wait()
+        return md.event_nr
 
     def log_event(self, message: str) -> None:
         log.warning("device-mapper: %s", message)
@@ -549,6 +558,7 @@ class DeviceMapper:
         md.removed = True
         md.live = md.inactive = None
         md._resumed.set()
+        md.event.set()
         del self.devices[md.name]
         log.info("removed %s", md.name)
 
