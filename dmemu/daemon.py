@@ -179,7 +179,7 @@ class Server:
         log.info("dmemud %d listening on %s", os.getpid(), path)
         try:
             async with trio.open_nursery() as nursery:
-                self.kernel.dm._nursery = nursery
+                await nursery.start(self.kernel.serve_background)
                 nursery.start_soon(self._accept, listener, nursery)
                 task_status.started()
                 await self.stop.wait()
@@ -331,7 +331,7 @@ class Server:
         table = req.get("table")
         if table is not None:
             try:
-                dm.load(md.name, table)
+                await dm.load(md.name, table)
                 await dm.resume(md.name)
             except BaseException:
                 # dmsetup create is all or nothing: no half-made device is left behind.
@@ -340,10 +340,10 @@ class Server:
         return self._dm_reply(md)
 
     async def op_dm_load(self, conn, req, payload):
-        return self._dm_reply(self.kernel.dm.load(str(req.get("name", "")), str(req.get("table", ""))))
+        return self._dm_reply(await self.kernel.dm.load(str(req.get("name", "")), str(req.get("table", ""))))
 
     async def op_dm_clear(self, conn, req, payload):
-        return self._dm_reply(self.kernel.dm.clear(str(req.get("name", ""))))
+        return self._dm_reply(await self.kernel.dm.clear(str(req.get("name", ""))))
 
     async def op_dm_suspend(self, conn, req, payload):
         md = await self.kernel.dm.suspend(str(req.get("name", "")), noflush=bool(req.get("noflush")),
