@@ -222,6 +222,7 @@ class Server:
     async def op_status(self, conn, req, payload):
         k = self.kernel
         return {"pid": os.getpid(), "root": str(self.paths.root), "uptime": time.time() - self.started,
+                "profile": k.settings.profile,
                 "connections": len(self.connections),
                 "opens": [{"device": h.device.name, "pid": h.conn.pid, "prog": h.conn.prog,
                            "exclusive": h.exclusive, "read_only": h.read_only}
@@ -388,8 +389,21 @@ class Server:
             if name not in params:
                 raise invalid(f"unknown parameter '{name}': known are {', '.join(params)}")
             if "value" in req:
-                params[name] = bool(req["value"])
+                self.kernel.settings.set_param(name, bool(req["value"]))
         return {"params": params}
+
+    async def op_profile(self, conn, req, payload):
+        settings = self.kernel.settings
+        if req.get("profile") is not None:
+            settings.set_profile(str(req["profile"]))
+            self.kernel.printk(f"dmemu: profile {settings.profile}")
+        return {"profile": settings.profile, "params": settings.params}
+
+    async def op_dmesg(self, conn, req, payload):
+        lines = [f"[{t:12.6f}] {text}" for t, text in self.kernel.log_ring]
+        if req.get("clear"):
+            self.kernel.log_ring.clear()
+        return {"lines": lines}
 
 
 def spec_json(spec) -> dict:

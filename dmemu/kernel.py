@@ -28,6 +28,7 @@ from .media import Media
 from .hardware import (BaseDevice, BaseSpec, Registry, clear_badblocks, merge_badblocks,
                        new_uuid)
 from .paths import StatePaths
+from .profile import Settings
 from .units import human
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,9 @@ class Kernel(LeaseManager):
         self.devices: dict[str, BaseDevice] = {}
         self.handles: dict[int, Handle] = {}
         self._next_handle = 1
+        self.settings = Settings(paths.settings)
         self.dm = DeviceMapper(self, self)
+        self.dm.params = self.settings.params
         for spec in self.specs:
             if spec.enabled:
                 self.devices[spec.blockdev] = BaseDevice(spec, self._image_base(spec), create=True)

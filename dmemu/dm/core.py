@@ -572,6 +572,9 @@ class DeviceMapper:
                     await t.preresume()
                 for t in md.live.targets:
                     await t.resume()
+        except DMError as e:
+            raise DmemuError(e.errno, f"resume ioctl on {md.name} ({md.devno}) failed: "
+                                      f"{e.message}; the device stays suspended") from None
         finally:
             # The old table goes only after the new one resumed: a snapshot being reloaded
             # hands its exceptions over in resume, from the old table's target.
