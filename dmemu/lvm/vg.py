@@ -191,26 +191,44 @@ class VG:
             out.append((pos, pv.pe_count - pos))
         return out
 
-    def free_extents(self, pvkeys=None) -> int:
+    def free_extents(self, pvkeys=None, ranges=None) -> int:
         keys = self.pvs if pvkeys is None else pvkeys
         return sum(n for k in keys if "ALLOCATABLE" in self.pvs[k].status
-                   for _, n in self.free_areas(k))
+                   for _, n in self.free_areas_in(k, ranges))
+
+    def free_areas_in(self, pvkey: str, ranges=None) -> list[tuple[int, int]]:
+        """Free areas of a PV cut to ``ranges`` ({pv key: [(first PE, count)]}, the PE
+        ranges a command line named), or all of them when ranges is None."""
+        free = self.free_areas(pvkey)
+        if ranges is None:
+            return free
+        out = []
+        for s, n in free:
+            for rs, rn in sorted(ranges.get(pvkey, [])):
+                a, b = max(s, rs), min(s + n, rs + rn)
+                if a < b and not (out and out[-1][0] + out[-1][1] >= b):
+                    if out and out[-1][0] + out[-1][1] >= a:      # overlapping ranges given
+                        a = out.pop()[0]
+                    out.append((a, b - a))
+        return out
 
     def total_extents(self) -> int:
         return sum(pv.pe_count for pv in self.pvs.values())
 
-    def allocate(self, count: int, pvkeys: list[str], after=None) -> list[tuple[str, int, int]]:
+    def allocate(self, count: int, pvkeys: list[str], after=None,
+                 ranges=None) -> list[tuple[str, int, int]]:
         """Areas (pv, first PE, n) for ``count`` extents on ``pvkeys``, in order.
 
         Like LVM's "normal" policy in its simplest form: continue right after ``after``
         (pv, pe) when that space is free, else prefer one area that holds everything, else
-        fill areas in PV order.
+        fill areas in PV order. ``ranges`` limits it to the PE ranges a command line named.
         """
-        avail = self.free_extents(pvkeys)
+        avail = self.free_extents(pvkeys, ranges)
         if avail < count:
             raise LvmError(f"Insufficient free space: {count} extents needed, but only "
                            f"{avail} available")
-        areas = {k: self.free_areas(k) for k in pvkeys if "ALLOCATABLE" in self.pvs[k].status}
+        areas = {k: self.free_areas_in(k, ranges) for k in pvkeys
+                 if "ALLOCATABLE" in self.pvs[k].status}
         out, need = [], count
         if after is not None:
             pv, pe = after

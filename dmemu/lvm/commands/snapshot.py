@@ -1,0 +1,173 @@
+"""Snapshots: the DAX check before one is made, the device-mapper steps that add, grow and
+remove one under an active origin, and lvconvert --merge."""
+from ...errors import DmemuError
+from .. import activate as act
+from .. import merge
+from ..activate import Kernel, Transaction, dm_name, dm_uuid, linear_table
+from ..errors import EINVALID_CMD_LINE, LvmError
+from ..lock import locked
+from ..names import parse_lv
+from ..vg import LV, VG
+from .common import say, vg_locked
+
+
+def _describe_pvs(vg: VG, keys) -> str:
+    return ", ".join(vg.pvs[k].device for k in keys)
+
+
+def check_snapshot_dax(vg: VG, origin: LV, snap: str, cow_keys: list[str], need: int,
+                        extend: bool = False) -> None:
+    """device-mapper cannot put DAX and non-DAX devices under one snapshot: say so, with
+    the devices, before anything is written or created."""
+    okeys = vg.lv_pvs(origin)
+    odax = {vg.pvs[k].dax for k in okeys}
+    cdax = {vg.pvs[k].dax for k in cow_keys}
+    if len(odax | cdax) == 1:
+        return
+    dax = [vg.pvs[k].device for k in dict.fromkeys(okeys + cow_keys) if vg.pvs[k].dax]
+    non = [vg.pvs[k].device for k in dict.fromkeys(okeys + cow_keys) if not vg.pvs[k].dax]
+    origin_dax = all(odax)
+    want = "DAX-capable" if origin_dax else "non-DAX"
+    same = [p.key for p in vg.pvs.values() if p.dax == origin_dax]
+    if same and vg.free_extents(same) >= need:
+        example = (f"lvextend ... {vg.name}/{snap}" if extend else f"lvcreate -s ... {vg.name}/{origin.name}")
+        hint = (f"put the COW on {want} PVs like its origin (e.g. {example} "
+                f"{' '.join(vg.pvs[k].device for k in same)})")
+    else:
+        hint = (f"the {want} PVs of {vg.name} have {vg.free_extents(same)} free extents, "
+                f"{need} needed: free some there or add a {want} PV to {vg.name}")
+    raise LvmError(
+        f"Cannot {'extend' if extend else 'create'} snapshot {vg.name}/{snap} of "
+        f"{vg.name}/{origin.name}: the origin is on "
+        f"{_describe_pvs(vg, okeys)} and the COW would be on {_describe_pvs(vg, cow_keys)}; "
+        f"DAX-capable: {', '.join(dax) or 'none'}; not DAX-capable: {', '.join(non) or 'none'}. "
+        f"A snapshot cannot mix DAX-capable and non-DAX devices: {hint}. Nothing was changed.")
+
+
+async def snapshot_live(k, kern: Kernel, vg: VG, origin: LV, cow: LV, chunk: int) -> None:
+    """Add a snapshot under an active origin: suspend it (dmemud freezes the filesystem
+    on it and revokes DAX mappings), build -real/-cow/snapshot, reload the origin as
+    snapshot-origin, resume. Any refusal undoes every step."""
+    top = dm_name(vg.name, origin.name)
+    real = dm_name(vg.name, origin.name, "real")
+    tx = Transaction(k)
+    try:
+        await tx.suspend(top)
+        if real in kern.devs:
+            real_devno = kern.devs[real]["devno"]
+            first = False
+        else:
+            info = await tx.create(real, dm_uuid(vg, origin, "real"), linear_table(vg, origin))
+            real_devno, first = info["devno"], True
+        await act.add_snapshot(tx, vg, origin, cow, chunk, real_devno)
+        if first:
+            await tx.reload(top, f"0 {origin.extents * vg.extent_size} snapshot-origin {real_devno}")
+        await tx.resume(top)
+    except DmemuError as e:
+        await tx.rollback()
+        raise LvmError(f"{e.message}\n  Failed to create snapshot {vg.name}/{cow.name} of "
+                       f"{vg.name}/{origin.name}. Nothing was changed.")
+    tx.commit()
+
+
+async def remove_snapshot_dm(k, kern: Kernel, vg: VG, cow: LV) -> None:
+    _, seg = vg.snapshot_of_cow(cow.name)
+    origin = vg.lvs[seg.origin]
+    top, snapdev = dm_name(vg.name, origin.name), dm_name(vg.name, cow.name)
+    if snapdev not in kern.devs:
+        return
+    act.in_use_error(kern, vg, [snapdev], lambda n: cow.name)
+    last = len(vg.snapshots_of(origin.name)) == 1
+    tx = Transaction(k)
+    try:
+        await tx.suspend(top)
+        await k.call("dm_remove", name=snapdev)
+        await k.call("dm_remove", name=dm_name(vg.name, cow.name, "cow"))
+        if last:
+            await tx.reload(top, linear_table(vg, origin))
+        await tx.resume(top)
+    except DmemuError as e:
+        await tx.rollback()
+        raise LvmError(f"{e.message}\n  Failed to remove snapshot {vg.name}/{cow.name}.")
+    if last:
+        await k.call("dm_remove", name=dm_name(vg.name, origin.name, "real"))
+
+
+async def extend_cow_live(k, vg: VG, origin: LV, cow: LV) -> None:
+    """Grow an active snapshot's COW: hold the origin (no copy-on-write in flight) and the
+    snapshot, reload the -cow device over the new extents, resume bottom-up. The exception
+    store reads the COW size from its device, so it sees the room at once."""
+    top, snap = dm_name(vg.name, origin.name), dm_name(vg.name, cow.name)
+    cowdev = dm_name(vg.name, cow.name, "cow")
+    tx = Transaction(k)
+    try:
+        await tx.suspend(top)
+        await tx.suspend(snap)
+        await tx.reload(cowdev, linear_table(vg, cow))
+        await tx.resume(cowdev)
+        await tx.resume(snap)
+        await tx.resume(top)
+    except DmemuError as e:
+        await tx.rollback()
+        raise LvmError(f"{e.message}\n  Failed to resize {vg.name}/{cow.name}. Nothing was changed.")
+    tx.commit()
+
+
+async def lvconvert(k, args) -> None:
+    """lvconvert --merge: copy the snapshot's chunks back over its origin (merge.py)."""
+    if not args.merge:
+        raise LvmError("Only --merge of a snapshot is supported here.", EINVALID_CMD_LINE)
+    vgname, name = parse_lv(args.lv)
+    async with locked(vgname):
+        st, vg = await vg_locked(k, vgname, write=True)
+        kern = Kernel(k)
+        await kern.refresh()
+        if name not in vg.lvs:
+            raise LvmError(f'Failed to find logical volume "{vg.name}/{name}"')
+        if not vg.is_cow(name):
+            raise LvmError(f"{vg.name}/{name} is not a mergeable logical volume.")
+        snap_lv, seg = vg.snapshot_of_cow(name)
+        origin, cow = vg.lvs[seg.origin], vg.lvs[name]
+        others = [c for c in vg.snapshots_of(origin.name) if c != name]
+        if others:
+            raise LvmError(f"Unable to merge {vg.name}/{name}: origin {vg.name}/{origin.name} has "
+                           f"other snapshots ({', '.join(others)}); remove them first.")
+        tops = [dm_name(vg.name, origin.name), dm_name(vg.name, name)]
+        if any(kern.in_use(t) for t in tops):
+            raise LvmError("Can't merge over open origin volume.")
+        reader = merge.LvIO(k, vg, cow)
+        # Refuse an invalid snapshot before touching anything (the header says so on disk;
+        # an active store writes valid=0 there when it invalidates).
+        try:
+            valid, _, _ = await merge.read_cow(reader, seg.chunk_size)
+        finally:
+            await reader.flush_and_close()
+        if not valid:
+            raise LvmError(f'Unable to merge invalidated snapshot LV "{name}".')
+        was_active = kern.active(tops[0])
+        if was_active:
+            await act.deactivate_lv(k, kern, vg, origin)
+        try:
+            valid, chunk, exceptions = await merge.read_cow(reader, seg.chunk_size)
+            if not valid:
+                raise LvmError(f'Unable to merge invalidated snapshot LV "{name}".')
+            say(f"Merging of volume {vg.name}/{name} started.")
+            writer = merge.LvIO(k, vg, origin)
+            try:
+                for old, new in exceptions:
+                    await writer.write(old * chunk, await reader.read(new * chunk, chunk))
+            finally:
+                await writer.flush_and_close()
+        except BaseException:
+            await reader.flush_and_close()
+            if was_active:
+                await act.activate_lv(k, kern, vg, origin)
+            raise
+        await reader.flush_and_close()
+        # Only now, with the origin durable, may the snapshot go from the metadata.
+        del vg.lvs[snap_lv.name], vg.lvs[name]
+        await st.commit(vg)
+        if was_active:
+            await kern.refresh()
+            await act.activate_lv(k, kern, vg, origin)
+        say(f"{vg.name}/{origin.name}: Merged: 100.00%")
