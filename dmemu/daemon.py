@@ -396,7 +396,6 @@ class Server:
         settings = self.kernel.settings
         if req.get("profile") is not None:
             settings.set_profile(str(req["profile"]))
-            self.kernel.printk(f"dmemu: profile {settings.profile}")
         return {"profile": settings.profile, "params": settings.params}
 
     async def op_dmesg(self, conn, req, payload):

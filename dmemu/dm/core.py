@@ -34,6 +34,15 @@ DM_UUID_LEN = 129
 FREEZE_TIMEOUT_ENV = "DMEMU_REVOKE_TIMEOUT"
 
 
+# enum dm_queue_mode: what dm_table_determine_type decides for a table.
+DM_TYPE_BIO_BASED = 1
+DM_TYPE_DAX_BIO_BASED = 3
+
+
+def table_type(table) -> int:
+    return DM_TYPE_DAX_BIO_BASED if table.dax_capable else DM_TYPE_BIO_BASED
+
+
 class Table:
     def __init__(self, lines, targets):
         self.lines = lines
@@ -82,6 +91,7 @@ class MappedDevice:
         self.read_only = read_only
         self.live: Table | None = None
         self.inactive: Table | None = None
+        self.type: int | None = None    # md->type, fixed by the first table load
         self.suspended = False      # the ioctl state: what `dmsetup info` reports
         self.event_nr = 0
         self.removed = False
@@ -405,10 +415,14 @@ class DeviceMapper:
         self.loading = md
         try:
             for line in lines:
-                args = construct_line(line)
                 try:
+                    args = construct_line(line)
                     targets.append(TARGETS[line.target_name](self, line, args))
                 except DMError as e:
+                    # dm_table_add_target's DMERR, then table_load's
+                    self.kernel_log("table", f"{md.devno}: {e.message} "
+                                             f"(-{errno.errorcode.get(e.errno, 'EINVAL')})")
+                    self.kernel_log("ioctl", "error adding target to table")
                     msg = e.message
                     if not msg.startswith("line "):
                         msg = f"line {line.lineno}: {line.text}: {msg}"
@@ -434,18 +448,41 @@ class DeviceMapper:
             table = self.build_table(md, text)
         except DMError as e:
             raise DmemuError(e.errno, f"reload ioctl on {md.name} ({md.devno}) failed: {e.message}") from None
-        if not table.devices() and md.live is not None:
+        if not table.devices():
             # As dm_table_determine_type: a table with no devices (error, zero) keeps the
-            # DAX capability of the live one, so `remove --force` works under a DAX user.
-            table.inherited_dax = md.live.dax_capable
+            # DAX capability of the device, so `remove --force` works under a DAX user.
+            if self.linux:
+                table.inherited_dax = md.type == DM_TYPE_DAX_BIO_BASED
+            elif md.live is not None:
+                table.inherited_dax = md.live.dax_capable
         try:
-            self._check_dax_change(md, table)
+            if self.linux:
+                self._check_type(md, table)
+            else:
+                self._check_dax_change(md, table)
         except DmemuError:
             table.dtr()
             raise
+        if md.type is None:
+            md.type = table_type(table)     # dm_set_md_type at the initial table load
         if md.inactive is not None:
             md.inactive.dtr()
         md.inactive = table
+
+    @property
+    def linux(self) -> bool:
+        return self.kernel.settings.linux
+
+    def _check_type(self, md: MappedDevice, table: Table) -> None:
+        """table_load: a device's type is fixed by its first table; only bio-based may
+        become DAX bio-based later (is_valid_type). Use does not matter, history does."""
+        new = table_type(table)
+        if md.type is None or md.type == new or (md.type, new) == (DM_TYPE_BIO_BASED,
+                                                                   DM_TYPE_DAX_BIO_BASED):
+            return
+        self.kernel_log("ioctl", f"can't change device type (old={md.type} vs new={new}) "
+                                 f"after initial table load.")
+        raise DmemuError(errno.EINVAL, f"reload ioctl on {md.name}  failed: Invalid argument")
 
     def _check_dax_change(self, md: MappedDevice, table: Table) -> None:
         """A device in use must not change between DAX-capable and not (design.md 3)."""
