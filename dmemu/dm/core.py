@@ -420,7 +420,8 @@ class DeviceMapper:
                     targets.append(TARGETS[line.target_name](self, line, args))
                 except DMError as e:
                     # dm_table_add_target's DMERR, then table_load's
-                    self.kernel_log("table", f"{md.devno}: {e.message} "
+                    bare = e.message.removeprefix(f"line {line.lineno}: {line.text}: ")
+                    self.kernel_log("table", f"{md.devno}: {bare} "
                                              f"(-{errno.errorcode.get(e.errno, 'EINVAL')})")
                     self.kernel_log("ioctl", "error adding target to table")
                     msg = e.message

@@ -71,9 +71,9 @@ class SnapshotTarget(Target):
             self.valid = meta.valid
             self.warnings = meta.warnings
             for w in self.warnings:
-                dm.kernel_log("snapshots", w)
-            if not self.valid:
-                dm.kernel_log("snapshots", "Snapshot is marked invalid.")
+                # snapshot_ctr's own warning, or read_header's (dm-snap-persistent.c)
+                dm.kernel_log("snapshots" if w == "Snapshot is marked invalid." else
+                              "persistent snapshot", w)
         dm.origins.register(self)
 
     def devices(self):
