@@ -71,10 +71,17 @@ class Kernel:
         self.k = k
         self.devs: dict[str, dict] = {}
         self.opens: list[dict] = []
+        self.profile = "fixed"
 
     async def refresh(self) -> None:
         self.devs = {d["name"]: d for d in (await self.k.call("dm_list"))["devices"]}
-        self.opens = (await self.k.call("status"))["opens"]
+        status = await self.k.call("status")
+        self.opens, self.profile = status["opens"], status.get("profile", "fixed")
+
+    @property
+    def linux(self) -> bool:
+        """dmemud behaves as Linux 6.1 does, so the commands speak as LVM 2.03.16 does."""
+        return self.profile == "linux"
 
     def active(self, name: str) -> bool:
         d = self.devs.get(name)
@@ -143,8 +150,8 @@ async def add_snapshot(tx: Transaction, vg: VG, origin: LV, cow: LV, chunk: int,
     cow_info = await tx.create(dm_name(vg.name, cow.name, "cow"), dm_uuid(vg, cow, "cow"),
                                cow_table(vg, cow))
     size = origin.extents * vg.extent_size
-    await tx.create(dm_name(vg.name, cow.name), dm_uuid(vg, cow),
-                    f"0 {size} snapshot {real_devno} {cow_info['devno']} P {chunk}")
+    return await tx.create(dm_name(vg.name, cow.name), dm_uuid(vg, cow),
+                           f"0 {size} snapshot {real_devno} {cow_info['devno']} P {chunk}")
 
 
 async def merge_table(tx: Transaction, vg: VG, origin: LV, cow: LV, real_devno: str) -> str:
