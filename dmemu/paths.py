@@ -28,6 +28,7 @@ class StatePaths:
         self.registry = self.root / "hardware.json"
         self.clean_marker = self.root / "clean-shutdown"
         self.images = self.root / "images"
+        self.settings = self.root / "kernel.json"     # profile and module parameters
 
     def ensure(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
