@@ -163,7 +163,8 @@ class BlockAllocator:
                 wrapped = True
                 pos = self.data_start
                 continue
-            n = min(want - got, busy.run_length(b, self.total))
+            # the scan stops at the blocks still wanted: never to the end of the device
+            n = busy.run_length(b, min(self.total, b + want - got))
             runs.append((b, n))
             busy.set_run(b, n, True)
             got += n

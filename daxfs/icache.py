@@ -18,6 +18,9 @@ from .errors import CorruptError, FsError
 from .inode import Inode
 
 ITABLE_CACHE = 2048         # inode-table blocks kept (8 MiB, 32k inodes)
+# inodes kept once nothing references them: the kernel's own cache holds what is in use
+# (it forgets the rest), this bounds the daemon's memory when it does not forget
+INODE_CACHE = 32768
 
 
 class InodeCache:
@@ -27,9 +30,27 @@ class InodeCache:
             return inode
         if not 0 < ino < self.sb.total_inodes or not self.ialloc.bitmap.test(ino):
             raise FsError(errno.ENOENT, f"inode {ino} does not exist")
-        inode = await self._read_inode(ino)
+        # an evicted inode an operation still changed is the one to keep, not a re-read
+        inode = self.dirty_inodes.get(ino) or await self._read_inode(ino)
         self.inodes[ino] = inode
+        if len(self.inodes) > INODE_CACHE and self.track_lookups:
+            self._shrink()
         return inode
+
+    def _evictable(self, inode: Inode) -> bool:
+        """Nothing holds it: no kernel reference, no open handle, nothing uncommitted, not
+        an orphan, no in-core state (the synchronous mode) that re-reading would lose."""
+        ino = inode.ino
+        return not (inode.dirty or self.lookups.get(ino) or self.opens.get(ino)
+                    or ino == self.sb.root_ino or ino in self.orphans or inode.sync_mode
+                    or inode in self.dirty_dirs or inode in self.dirty_xattrs
+                    or inode.ino in self.dirty_inodes) and self.track_lookups
+
+    def _shrink(self) -> None:
+        """Evict an eighth of the cache, oldest first, of what nothing holds."""
+        want = len(self.inodes) // 8
+        for ino in [i for i, inode in self.inodes.items() if self._evictable(inode)][:want]:
+            del self.inodes[ino]
 
     async def _read_inode(self, ino: int) -> Inode:
         """Decode and verify an inode and its extent chain; damage turns the filesystem
@@ -227,6 +248,8 @@ class InodeCache:
                 inode = self.inodes.get(ino)
                 if inode is not None and not self.read_only:
                     await self._release_if_unused(inode)
+                if inode is not None and self._evictable(inode):
+                    del self.inodes[ino]     # the kernel forgot it: so does the cache
 
     async def getattr(self, ino: int) -> Inode:
         return await self.iget(ino)
