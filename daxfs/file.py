@@ -88,7 +88,8 @@ class FileIO:
             # mapped may have been freed and handed to another file; read again, locked
             async with self.lock:
                 data = await self._read_data(inode, off, size)
-        if self.relatime and (inode.atime_ns <= inode.mtime_ns or inode.atime_ns <= inode.ctime_ns
+        if self.relatime and (self.strictatime or inode.atime_ns <= inode.mtime_ns
+                              or inode.atime_ns <= inode.ctime_ns
                               or time.time_ns() - inode.atime_ns > RELATIME_NS):
             await self._touch_atime(inode)
         return data

@@ -201,7 +201,9 @@ class Operations(pyfuse3.Operations):
         drops the kernel's cached pages at open instead (keep_cache off), so what it reads
         comes from the pmem as it is now, not from an older copy."""
         dax = self.fs.effective_dax(self.fs.handle(fh).inode)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=not dax)
+        # strictatime: reads the page cache answers never reach us, so the cache is
+        # dropped at open as for DAX files, and each open's reads update atime
+        return pyfuse3.FileInfo(fh=fh, keep_cache=not (dax or self.fs.strictatime))
 
     @_handler
     async def open(self, inode, flags, ctx):

@@ -312,3 +312,30 @@ def test_setfacl_clears_sgid_of_outsiders(m):
 
 def stat_mode(path) -> int:
     return os.stat(path).st_mode & 0o7777
+
+
+def test_atime_mount_options(image, mntdir):
+    """strictatime updates atime on every read, relatime on the first after a change;
+    nodiratime and diratime are accepted (fstests generic/003 cycles through them all)."""
+    m = Mount(image, mntdir)
+    m.mount("allow_other,default_permissions,nodiratime")
+    try:
+        f = mntdir / "f"
+        f.write_text("x")
+        run("cat", f)
+        first = os.stat(f).st_atime_ns
+        time.sleep(0.05)
+        run("cat", f)
+        assert os.stat(f).st_atime_ns == first          # relatime: once after a change
+    finally:
+        m.unmount()
+    m.mount("allow_other,default_permissions,strictatime,diratime")
+    try:
+        run("cat", f)
+        a1 = os.stat(f).st_atime_ns
+        time.sleep(0.05)
+        run("cat", f)
+        assert os.stat(f).st_atime_ns > a1 > first       # strictatime: every read
+    finally:
+        m.unmount()
+    m.fsck()
