@@ -62,9 +62,14 @@ class Namespace:
 
     async def lookup(self, parent_ino: int, name: bytes) -> Inode:
         parent = await self.iget(parent_ino)
-        d = await self._dir(parent)
         if name == b".":
+            # of any inode, not only directories: it is how the kernel turns an NFS-style
+            # file handle (open_by_handle_at) back into an inode it no longer caches; an
+            # inode already unlinked answers as ext4 does for a handle, stale
+            if parent.nlink == 0:
+                raise FsError(errno.ENOENT, "inode was removed")
             return parent
+        d = await self._dir(parent)
         if name == b"..":
             return await self.iget(parent.parent)
         if len(name) > fmt.NAME_MAX:

@@ -339,3 +339,58 @@ def test_atime_mount_options(image, mntdir):
     finally:
         m.unmount()
     m.fsck()
+
+
+class _FileHandle(ctypes.Structure):
+    _fields_ = [("handle_bytes", ctypes.c_uint), ("handle_type", ctypes.c_int),
+                ("f_handle", ctypes.c_ubyte * 128)]
+
+
+def name_to_handle(path) -> _FileHandle:
+    fh = _FileHandle(handle_bytes=128)
+    mount_id = ctypes.c_int()
+    if _libc.name_to_handle_at(-100, os.fsencode(path), ctypes.byref(fh),
+                               ctypes.byref(mount_id), 0) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e), str(path))
+    return fh
+
+
+def open_by_handle(mount_fd: int, fh: _FileHandle) -> int:
+    fd = _libc.open_by_handle_at(mount_fd, ctypes.byref(fh), os.O_RDONLY)
+    if fd < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    return fd
+
+
+def test_open_by_handle_after_the_kernel_forgot(m):
+    """File handles (NFS export, open_by_handle_at) of files and directories open again
+    after the kernel dropped its inodes; the handle of a removed file is stale
+    (fstests generic/426, 467)."""
+    import errno
+    d = m.mnt / "d"
+    d.mkdir()
+    f = d / "f"
+    f.write_text("by handle")
+    gone = d / "gone"
+    gone.write_text("x")
+    handles = {p: name_to_handle(p) for p in (d, f, gone)}
+    gone.unlink()
+    with open("/proc/sys/vm/drop_caches", "w") as c:
+        c.write("2")
+    mfd = os.open(m.mnt, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fd = open_by_handle(mfd, handles[f])
+        assert os.read(fd, 100) == b"by handle"
+        os.close(fd)
+        fd = open_by_handle(mfd, handles[d])
+        assert os.fstat(fd).st_ino == os.stat(d).st_ino
+        os.close(fd)
+        try:
+            os.close(open_by_handle(mfd, handles[gone]))
+            raise AssertionError("a removed file opened by its handle")
+        except OSError as e:
+            assert e.errno == errno.ESTALE
+    finally:
+        os.close(mfd)
