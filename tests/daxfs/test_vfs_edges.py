@@ -8,7 +8,7 @@ import time
 
 import trio
 
-from tests.daxfs.test_mount import Mount, image, m, mntdir, run   # noqa: F401 (fixtures)
+from tests.daxfs.test_mount import TOOLS, Mount, image, m, mntdir, run   # noqa: F401 (fixtures)
 
 SYS_getdents64 = 217            # x86_64
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -394,3 +394,27 @@ def test_open_by_handle_after_the_kernel_forgot(m):
             assert e.errno == errno.ESTALE
     finally:
         os.close(mfd)
+
+
+def test_mounting_a_mounted_device_again_shares_it(image, mntdir, tmp_path):
+    """As on Linux, a second mount of a mounted device is another view of the same file
+    system (fstests generic/732 renames through one and reads through the other)."""
+    other = tmp_path / "second"
+    other.mkdir()
+    helper = TOOLS / "mount.fuse.daxfs"
+    m = Mount(image, mntdir)
+    m.mount(helper=True)
+    try:
+        r = run(helper, image, other, "-o", "allow_other,default_permissions", check=False)
+        assert r.returncode == 0, r.stderr
+        (mntdir / "A").mkdir()
+        (mntdir / "A" / "f").write_text("one file system")
+        os.rename(other / "A" / "f", other / "g")
+        assert (mntdir / "g").read_text() == "one file system"
+        run("umount", other)
+        assert (mntdir / "g").exists()            # the first mount is untouched
+    finally:
+        if os.path.ismount(other):
+            run("umount", "-l", other, check=False)
+        m.unmount()
+    m.fsck()
