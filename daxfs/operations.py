@@ -188,7 +188,8 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
-        await self.fs.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+        await self.fs.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags,
+                             ctx=_ctx(ctx))
 
     @_handler
     async def link(self, inode, new_parent_inode, new_name, ctx):

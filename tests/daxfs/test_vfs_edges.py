@@ -418,3 +418,31 @@ def test_mounting_a_mounted_device_again_shares_it(image, mntdir, tmp_path):
             run("umount", "-l", other, check=False)
         m.unmount()
     m.fsck()
+
+
+def test_rename_whiteout(m):
+    """renameat2(RENAME_WHITEOUT), as overlayfs uses it: the file moves and a whiteout
+    (character device 0:0) takes its old name in the same step (fstests generic/078)."""
+    import errno
+    import stat as st
+    RENAME_WHITEOUT, RENAME_EXCHANGE = 4, 2
+    src, dst = m.mnt / "src", m.mnt / "dst"
+    src.write_text("moved")
+
+    def renameat2(a, b, flags):
+        if _libc.renameat2(-100, os.fsencode(a), -100, os.fsencode(b), flags) != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e))
+    renameat2(src, dst, RENAME_WHITEOUT)
+    assert dst.read_text() == "moved"
+    s = os.lstat(src)
+    assert st.S_ISCHR(s.st_mode) and s.st_rdev == 0
+    assert sorted(os.listdir(m.mnt)) == ["dst", "src"]
+    try:
+        renameat2(dst, src, RENAME_WHITEOUT | RENAME_EXCHANGE)
+        raise AssertionError("whiteout with exchange accepted")
+    except OSError as e:
+        assert e.errno == errno.EINVAL
+    m.unmount()
+    m.mount()
+    assert st.S_ISCHR(os.lstat(src).st_mode) and dst.read_text() == "moved"
