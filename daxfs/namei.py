@@ -95,7 +95,7 @@ class Namespace:
         # one block more for the xattrs a default ACL of the parent may hand down
         await self._reserve(5 if parent.xattr_block else 4, 1)
         inode = await self._new_inode(parent, mode, ctx, rdev)
-        await self._inherit_acls(parent, inode)
+        await self._inherit_acls(parent, inode, ctx)
         await self._dir_add(parent, name, inode)
         if stat.S_ISDIR(mode):
             parent.nlink += 1
