@@ -377,6 +377,15 @@ class DeviceMapper:
             return (lease.write or not writes_only) and any(lease.reaches(b, s, e) for b, s, e in ranges)
         return await self.leases.revoke(hit, why)
 
+    def queue_work(self, fn, *args) -> bool:
+        """Run a target's background work (a merge) as the kernel's workqueues do, in the
+        daemon's background nursery; False while there is none (before it serves)."""
+        nursery = getattr(self.kernel, "_background", None)
+        if nursery is None:
+            return False
+        nursery.start_soon(fn, *args)
+        return True
+
     def table_event(self, md: MappedDevice) -> None:
         md.event_nr += 1
         md.event.set()
