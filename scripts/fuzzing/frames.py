@@ -171,7 +171,10 @@ class Conn:
                     obj = json.loads(self.buf[HEADER.size:HEADER.size + jlen])
                     self.buf = self.buf[HEADER.size + jlen + plen:]
                     return obj
-            chunk = self.sock.recv(1 << 20)
+            try:
+                chunk = self.sock.recv(1 << 20)
+            except ConnectionResetError:
+                return None     # closed with our later frames unread: a close all the same
             if not chunk:
                 return None
             self.buf += chunk
@@ -247,7 +250,10 @@ def _one(sockpath: str, what: str, frame: bytes, owed, rid: int, result: Result)
         if owed == EOF:
             conn.sock.shutdown(socket.SHUT_WR)
         else:
-            conn.send(_frame(json.dumps({"id": SENTINEL, "op": "status"}).encode()))
+            try:
+                conn.send(_frame(json.dumps({"id": SENTINEL, "op": "status"}).encode()))
+            except BrokenPipeError:
+                pass        # it closed already: what it said before is still to be read
         while True:
             obj = conn.read()
             if obj is None:

@@ -18,18 +18,27 @@ def daemon(dmemu_root):
     return dmemu_root
 
 
-def _send(root, body: bytes, payload: bytes = b""):
-    """Send one frame and a status after it; the replies before the daemon closed, if it did."""
+def _send(root, body: bytes, payload: bytes = b"", owed: int | None = None):
+    """Send one frame and a status after it; the other replies (until the status's and the
+    one ``owed``, which may come in either order: requests run concurrently) and whether
+    the connection stayed open."""
     conn = frames.Conn(str(root / "dmemud.sock"))
     try:
         conn.send(frames._frame(body, payload))
-        conn.send(frames._frame(json.dumps({"id": frames.SENTINEL, "op": "status"}).encode()))
-        replies = []
-        while True:
+        try:
+            conn.send(frames._frame(json.dumps({"id": frames.SENTINEL, "op": "status"}).encode()))
+        except BrokenPipeError:
+            pass        # it closed already: what it said before is still to be read
+        replies, sentinel = [], False
+        while not sentinel or (owed is not None and all(r.get("id") != owed for r in replies)):
             obj = conn.read()
-            if obj is None or obj.get("id") == frames.SENTINEL:
-                return replies, obj is not None
-            replies.append(obj)
+            if obj is None:
+                return replies, False
+            if obj.get("id") == frames.SENTINEL:
+                sentinel = True
+            else:
+                replies.append(obj)
+        return replies, True
     finally:
         conn.close()
 
@@ -44,7 +53,8 @@ def _alive_and_serving(root):
 
 
 @pytest.mark.parametrize("body", ['[]', '1', '"op"', 'null', '[{"op":"status","id":1}]',
-                                  '{"op":', '\udcff', '[' * 100000 + ']' * 100000])
+                                  '{"op":', '\udcff', '[' * 100000 + ']' * 100000,
+                                  '{"id":1,"op":"list","kind":' + '[' * 5000 + ']' * 5000 + '}'])
 def test_a_frame_that_is_not_an_object_is_refused_and_the_connection_closed(daemon, body):
     replies, still_open = _send(daemon, body.encode(errors="surrogateescape"))
     assert not still_open
@@ -59,12 +69,13 @@ def test_a_frame_that_is_not_an_object_is_refused_and_the_connection_closed(daem
     ('{"id":1,"op":"bio","handle":1,"bio":"read","sector":0,"nbytes":-4096}', "nbytes"),
     ('{"id":1,"op":"inject_error","device":"pmem0","sector":1e400,"count":1}', "sector must be an integer"),
     ('{"id":1,"op":"open","device":["pmem0"]}', "device must be a string"),
-    ('{"id":1,"op":"list","kind":' + '[' * 5000 + ']' * 5000 + '}', "kind must be a string"),
+    ('{"id":1,"op":"list","kind":[["x"]]}', "kind must be a string"),
+    ('{"id":1,"op":"status","extra":' + '[' * 10 + ']' * 10 + '}', "nested too deeply"),
     ('{"id":1,"op":"dm_message","name":"x","words":[1,2]}', "words must be a list of strings"),
     ('{"id":1,"op":"resolve","handle":1,"sector":0,"nr":18446744073709551616}', "nr"),
 ])
 def test_a_bad_field_gets_an_error_naming_it(daemon, body, what):
-    replies, still_open = _send(daemon, body.encode())
+    replies, still_open = _send(daemon, body.encode(), owed=1)
     assert still_open       # a well-framed request with a bad field keeps its connection
     assert len(replies) == 1 and replies[0]["id"] == 1, replies
     err = replies[0]["error"]
