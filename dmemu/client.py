@@ -96,7 +96,10 @@ class Client:
         finally:
             self.closed = True
             for dev in self._devices.values():
-                dev._kill("dmemud connection lost")
+                # What was open is gone with the connection (a restarted dmemud is a reboot:
+                # its handles and leases are new), so say how to get the device back.
+                dev._kill(f"dmemud connection lost (dmemud in {self.paths.root} stopped or "
+                          f"restarted); unmount and mount again, or reopen the device")
             for slot in self._waiting.values():
                 slot[0].set()
             self._waiting.clear()
