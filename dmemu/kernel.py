@@ -24,6 +24,7 @@ from .dm.errors import DMError
 from .media import Media
 from .hardware import (BaseDevice, BaseSpec, Registry, clear_badblocks, merge_badblocks,
                        new_uuid)
+from .names import check_user_name
 from .paths import StatePaths
 from .units import human
 
@@ -118,17 +119,20 @@ class Kernel:
 
     def find_spec(self, ident: str, *, kind: str | None = None) -> BaseSpec:
         key = ident[5:] if ident.startswith("/dev/") else ident
-        for spec in self.specs:
-            if kind and spec.kind != kind:
-                continue
-            if key in (spec.blockdev, spec.dev) or (spec.name and key == spec.name):
-                return spec
+        # Kernel names first: a label can never shadow a device's own name.
+        for label in (False, True):
+            for spec in self.specs:
+                if kind and spec.kind != kind:
+                    continue
+                if (spec.name and key == spec.name) if label else key in (spec.blockdev, spec.dev):
+                    return spec
         what = {"pmem": "namespace", "disk": "disk"}.get(kind or "", "device")
         raise no_device(f"{ident}: no such {what}")
 
     def find_base(self, name: str) -> BaseSpec | None:
-        return next((s for s in self.specs if name in (s.blockdev, s.dev) or
-                     (s.name and name == s.name)), None)
+        # Kernel names first: a label can never shadow a device's own name.
+        return (next((s for s in self.specs if name in (s.blockdev, s.dev)), None)
+                or next((s for s in self.specs if s.name and name == s.name), None))
 
     def lookup(self, ident: str):
         """Any device users may name: /dev/pmem0, namespace0.0, disk0, /dev/mapper/x, dm-3."""
@@ -207,8 +211,14 @@ class Kernel:
             up = -(-size // align) * align
             raise invalid(f"size {human(size)} is not a multiple of the alignment {human(align)}: "
                           f"use --size {human(up)} or a smaller --align")
-        if name and any(s.name == name for s in self.specs):
-            raise DmemuError(errno.EEXIST, f"a namespace named '{name}' already exists")
+        if name:
+            check_user_name(name, "namespace name")
+            if "/" in name or not name.isprintable() or len(name) > 63:
+                raise invalid(f"invalid namespace name '{name}': up to 63 printable characters, no '/'")
+            if any(s.name == name for s in self.specs):
+                raise DmemuError(errno.EEXIST, f"a namespace named '{name}' already exists")
+            if self.find_base(name) or self.dm.find(name):
+                raise DmemuError(errno.EEXIST, f"a device named '{name}' already exists")
         used = {s.minor for s in self.specs if s.kind == "pmem"}
         idx = next(i for i in range(len(used) + 1) if i not in used)
         spec = BaseSpec(kind="pmem", blockdev=f"pmem{idx}", dev=f"namespace0.{idx}", size=size,
@@ -225,10 +235,11 @@ class Kernel:
         if name is None:
             taken = {s.blockdev for s in self.specs}
             name = next(f"disk{i}" for i in range(len(taken) + 1) if f"disk{i}" not in taken)
+        check_user_name(name, "disk name")
         if not DISK_NAME.match(name) or name.startswith(RESERVED_PREFIXES):
             raise invalid(f"invalid disk name '{name}': use letters, digits and _.+- "
                           f"(not starting with pmem, namespace, dm-, mapper or region)")
-        if any(name in (s.blockdev, s.name, s.dev) for s in self.specs):
+        if any(name in (s.blockdev, s.name, s.dev) for s in self.specs) or self.dm.find(name):
             raise DmemuError(errno.EEXIST, f"a device named '{name}' already exists")
         spec = BaseSpec(kind="disk", blockdev=name, size=size, minor=idx, uuid=new_uuid(),
                         model="disk", mode="raw")
