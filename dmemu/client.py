@@ -184,6 +184,8 @@ class Client:
 async def connect(root=None, *, autostart: bool = True, prog: str | None = None):
     """A connection to the dmemud of ``root`` (DMEMU_ROOT), starting it if absent."""
     paths = StatePaths(root)
+    # Before its socket is trusted: a daemon there hands out file names this process opens.
+    paths.check()
     if autostart:
         await trio.to_thread.run_sync(ensure_daemon, paths)
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

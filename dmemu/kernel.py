@@ -87,7 +87,12 @@ class Kernel:
         self.dm = DeviceMapper(self)
         for spec in self.specs:
             if spec.enabled:
-                self.devices[spec.blockdev] = BaseDevice(spec, self._image_base(spec), create=True)
+                try:
+                    self.devices[spec.blockdev] = BaseDevice(spec, self._image_base(spec), create=True)
+                except OSError as e:
+                    # As a namespace whose media fails to probe: absent, the others serve on.
+                    log.error("%s: its media cannot be opened (%s); the device stays absent until "
+                              "the image files in %s are mended", spec.blockdev, e, self.paths.images)
 
     def _image_base(self, spec: BaseSpec) -> str:
         return str(self.paths.images / spec.uuid)
