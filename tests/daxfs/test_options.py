@@ -57,3 +57,38 @@ def test_options_libfuse_knows_are_passed_on(option):
 def test_options_nobody_knows_are_refused_by_name(option):
     with pytest.raises(ValueError, match=option.split("=")[0]):
         parse_options([option], "/img")
+
+
+def test_a_damaged_journal_header_sends_the_user_to_fsck_not_mkfs(tmp_path):
+    import subprocess
+    from tests.helpers import TOOLS
+    img = tmp_path / "img"
+    with open(img, "wb") as f:
+        f.truncate(16 << 20)
+    subprocess.run([str(TOOLS / "mkfs.daxfs"), str(img)], check=True, capture_output=True)
+    with open(img, "r+b") as f:
+        f.seek(4096)            # block 1: the journal header
+        f.write(bytes(8))
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = subprocess.run([str(TOOLS / "daxfs"), str(img), str(mnt)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode != 0
+    assert "journal" in r.stderr and "fsck.daxfs -y" in r.stderr and "mkfs" not in r.stderr, r.stderr
+    # And fsck -y is indeed the way back.
+    fsck = subprocess.run([str(TOOLS / "fsck.daxfs"), "-y", str(img)], capture_output=True, text=True)
+    assert fsck.returncode in (0, 1), fsck.stdout + fsck.stderr
+    assert subprocess.run([str(TOOLS / "fsck.daxfs"), "-n", str(img)], capture_output=True).returncode == 0
+
+
+def test_an_image_that_is_not_a_daxfs_is_sent_to_mkfs(tmp_path):
+    import subprocess
+    from tests.helpers import TOOLS
+    img = tmp_path / "img"
+    with open(img, "wb") as f:
+        f.truncate(16 << 20)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = subprocess.run([str(TOOLS / "daxfs"), str(img), str(mnt)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode != 0 and "mkfs.daxfs" in r.stderr, r.stderr
