@@ -240,7 +240,8 @@ class Server:
 
     async def op_hello(self, conn, req, payload):
         conn.prog = str(req.get("prog", "?"))[:64]
-        return {"version": VERSION, "pid": os.getpid(), "root": str(self.paths.root)}
+        return {"version": VERSION, "pid": os.getpid(), "root": str(self.paths.root),
+                "boot_lost": self.kernel.boot_lost}
 
     async def op_status(self, conn, req, payload):
         k = self.kernel

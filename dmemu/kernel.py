@@ -84,6 +84,7 @@ class Kernel:
         self.devices: dict[str, BaseDevice] = {}
         self.handles: dict[int, Handle] = {}
         self._next_handle = 1
+        self.boot_lost: dict[str, int] = {}     # bytes each device lost when this boot rolled back
         self.dm = DeviceMapper(self)
         for spec in self.specs:
             if spec.enabled:
@@ -108,6 +109,7 @@ class Kernel:
         if not clean:
             for dev in self.devices.values():
                 lost = dev.media.power_fail()
+                self.boot_lost[dev.name] = lost     # clients reattaching must know
                 if lost:
                     log.info("%s: %d bytes not durable at the last crash were lost", dev.name, lost)
         else:
