@@ -5,7 +5,9 @@ is closed first, then the filesystem commits, flushes and marks itself clean, th
 device is released. Background work (the periodic commit, kernel cache invalidations)
 runs in a nursery that ends with the mount.
 """
+import ctypes
 import logging
+import os
 import signal
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -48,6 +50,7 @@ class MountOptions:
     skip_flush: bool = False                    # x-crashcheck-skip-flush: broken on purpose
     skip_dax_flush: bool = False                # x-crashcheck-skip-dax-flush: likewise
     writeback: bool = False                     # FUSE writeback cache (-o writeback)
+    log_file: str | None = None                 # where this mount logs, told to dmemud
 
 
 def parse_options(opts: list[str], source: str) -> MountOptions:
@@ -124,7 +127,8 @@ async def serve(source: str, mountpoint: str, mo: MountOptions, *, ready=None) -
     """Mount and serve until unmounted (umount/fusermount3 -u) or SIGTERM/SIGINT."""
     async with AsyncExitStack() as stack:
         dev = await stack.enter_async_context(
-            open_source(source, exclusive=not mo.read_only, read_only=mo.read_only))
+            open_source(source, exclusive=not mo.read_only, read_only=mo.read_only,
+                        log=mo.log_file))
         dax_mode = parse_dax_option(mo.dax)
         check_mount(dax_mode, getattr(dev, "dax", False))   # before anything is written
         fs = await Filesystem.mount(dev, read_only=mo.read_only, track_lookups=True)
@@ -137,7 +141,7 @@ async def serve(source: str, mountpoint: str, mo: MountOptions, *, ready=None) -
             log.warning("x-crashcheck-skip-dax-flush: DAX stores are never flushed; this "
                         "filesystem is NOT crash-safe (a test of the crash checker)")
             fs.daxio.skip_flush = True
-        _follow_device(dev, fs)
+        _follow_device(dev, fs, mountpoint)
         if mo.noatime:
             fs.relatime = False
         stack.push_async_callback(fs.unmount)
@@ -172,12 +176,37 @@ async def serve(source: str, mountpoint: str, mo: MountOptions, *, ready=None) -
 _terminated = False
 
 
-def _follow_device(dev, fs: Filesystem) -> None:
+def _write_back_page_cache(mountpoint: str) -> None:
+    """syncfs(2) on our own mount: the kernel writes back the dirty pages of mmap writers and
+    of the writeback cache, which arrive here as ordinary writes. Runs in a thread while the
+    trio loop keeps serving those writes."""
+    fd = os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _libc.syncfs(fd) != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, f"syncfs {mountpoint}: {os.strerror(e)}")
+    finally:
+        os.close(fd)
+
+
+# os.syncfs arrived only in Python 3.12
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _follow_device(dev, fs: Filesystem, mountpoint: str) -> None:
     """Answer dmemud's events for the device under the mount: freeze and thaw around a
     suspend (a snapshot being taken), and the device going away (removal, power failure)."""
     if hasattr(dev, "freeze_hook"):
         async def freeze_hook(kind: str) -> None:
             if kind == "freeze":
+                # freeze_super syncs the filesystem before freezing it: what the kernel
+                # still caches for us (mmap stores, writeback-cache writes) belongs in the
+                # frozen image, so it must reach us while the gate is still open.
+                if not fs.read_only and not fs.dead:
+                    try:
+                        await trio.to_thread.run_sync(_write_back_page_cache, mountpoint)
+                    except OSError as e:
+                        log.error("writing back the page cache before a freeze failed: %s", e)
                 await fs.freeze()
             else:
                 fs.thaw()

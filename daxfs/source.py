@@ -12,7 +12,7 @@ def is_image(source: str) -> bool:
 
 
 @asynccontextmanager
-async def open_source(source: str, *, exclusive: bool, read_only: bool):
+async def open_source(source: str, *, exclusive: bool, read_only: bool, log: str | None = None):
     """Yield a BlockDevice for SOURCE: an existing regular file is an image, opened
     directly; anything else (/dev/pmem0, /dev/mapper/vg0-lv0, /dev/vg0/lv0, pmem0) names a
     device served by dmemud, opened through dmemu.client."""
@@ -32,7 +32,7 @@ async def open_source(source: str, *, exclusive: bool, read_only: bool):
                                     "to open dmemu devices) is not installed") from None
     from dmemu.errors import DmemuError
     try:
-        async with open_device(source, exclusive=exclusive, read_only=read_only) as dev:
+        async with open_device(source, exclusive=exclusive, read_only=read_only, log=log) as dev:
             yield dev
     except DmemuError as e:     # a refusal by dmemud (no such device, claimed, ...)
         raise FsError(e.errno, e.message) from None

@@ -177,8 +177,11 @@ class Client:
         return m
 
     async def open_device(self, device: str, *, exclusive: bool = False,
-                          read_only: bool = False) -> "Device":
-        info = await self.call("open", device=device, exclusive=exclusive, read_only=read_only)
+                          read_only: bool = False, log: str | None = None) -> "Device":
+        """``log`` names the opener's own log file, so dmemud's log says where to look."""
+        extra = {"log": log} if log else {}
+        info = await self.call("open", device=device, exclusive=exclusive, read_only=read_only,
+                               **extra)
         dev = Device(self, info)
         self._devices[dev.handle] = dev
         return dev
@@ -298,10 +301,11 @@ async def connect(root=None, *, autostart: bool = True, prog: str | None = None)
 
 
 @asynccontextmanager
-async def open_device(device: str, *, exclusive: bool = False, read_only: bool = False, root=None):
+async def open_device(device: str, *, exclusive: bool = False, read_only: bool = False, root=None,
+                      log: str | None = None):
     """A device on its own connection: the shape filesystems and tools want."""
     async with connect(root) as client:
-        dev = await client.open_device(device, exclusive=exclusive, read_only=read_only)
+        dev = await client.open_device(device, exclusive=exclusive, read_only=read_only, log=log)
         try:
             yield dev
         finally:

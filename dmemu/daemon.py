@@ -199,7 +199,7 @@ class Server:
         log.info("dmemud %d listening on %s", os.getpid(), path)
         try:
             async with trio.open_nursery() as nursery:
-                self.kernel.dm._nursery = nursery
+                await nursery.start(self.kernel.serve_background)
                 nursery.start_soon(self._accept, listener, nursery)
                 task_status.started()
                 await self.stop.wait()
@@ -246,6 +246,7 @@ class Server:
     async def op_status(self, conn, req, payload):
         k = self.kernel
         return {"pid": os.getpid(), "root": str(self.paths.root), "uptime": time.time() - self.started,
+                "profile": k.settings.profile,
                 "connections": len(self.connections),
                 "opens": [{"device": h.device.name, "pid": h.conn.pid, "prog": h.conn.prog,
                            "exclusive": h.exclusive, "read_only": h.read_only}
@@ -321,6 +322,10 @@ class Server:
         h = self.kernel.open(conn, _str(req, "device"), bool(req.get("exclusive")),
                              bool(req.get("read_only")))
         conn.handles.add(h.id)
+        if req.get("log"):
+            log.info("%s opened %s by pid %s (%s), which logs to %s", h.device.name,
+                     "exclusive" if h.exclusive else "read-only" if h.read_only else "shared",
+                     conn.pid, conn.prog, str(req["log"])[:4096])
         return self.kernel.info(h)
 
     async def op_close(self, conn, req, payload):
@@ -355,7 +360,7 @@ class Server:
         table = req.get("table")
         if table is not None:
             try:
-                dm.load(md.name, table)
+                await dm.load(md.name, table)
                 await dm.resume(md.name)
             except BaseException:
                 # dmsetup create is all or nothing: no half-made device is left behind.
@@ -364,10 +369,10 @@ class Server:
         return self._dm_reply(md)
 
     async def op_dm_load(self, conn, req, payload):
-        return self._dm_reply(self.kernel.dm.load(_str(req, "name"), _str(req, "table")))
+        return self._dm_reply(await self.kernel.dm.load(_str(req, "name"), _str(req, "table")))
 
     async def op_dm_clear(self, conn, req, payload):
-        return self._dm_reply(self.kernel.dm.clear(_str(req, "name")))
+        return self._dm_reply(await self.kernel.dm.clear(_str(req, "name")))
 
     async def op_dm_suspend(self, conn, req, payload):
         md = await self.kernel.dm.suspend(_str(req, "name"), noflush=bool(req.get("noflush")),
@@ -388,6 +393,12 @@ class Server:
     async def op_dm_message(self, conn, req, payload):
         return {"reply": self.kernel.dm.message(_str(req, "name"), _int(req, "sector", 0),
                                                 req.get("words") or [])}
+
+    async def op_dm_wait(self, conn, req, payload):
+        dm = self.kernel.dm
+        md = dm.get(_str(req, "name"))
+        nr = _int(req, "event_nr", md.event_nr)
+        return {"event_nr": await dm.wait_event(md, nr)}
 
     async def op_dm_list(self, conn, req, payload):
         dm = self.kernel.dm
@@ -411,9 +422,21 @@ class Server:
         if name is not None:
             if name not in params:
                 raise invalid(f"unknown parameter '{name}': known are {', '.join(params)}")
-            if "value" in req:
-                params[name] = bool(req["value"])
+            if req.get("value") is not None:
+                self.kernel.settings.set_param(name, bool(req["value"]))
         return {"params": params}
+
+    async def op_profile(self, conn, req, payload):
+        settings = self.kernel.settings
+        if req.get("profile") is not None:
+            settings.set_profile(str(req["profile"]))
+        return {"profile": settings.profile, "params": settings.params}
+
+    async def op_dmesg(self, conn, req, payload):
+        lines = [f"[{t:12.6f}] {text}" for t, text in self.kernel.log_ring]
+        if req.get("clear"):
+            self.kernel.log_ring.clear()
+        return {"lines": lines}
 
 
 def spec_json(spec) -> dict:

@@ -8,12 +8,14 @@ lease it hands out, so when the mapping underneath changes (media errors, remova
 failure, and later table swaps and copy-on-write) it can ask each holder to drop it and wait
 for the acknowledgement before the change takes effect.
 """
+import collections
 import errno
 import logging
 import os
 import random
 import re
 import shutil
+import time
 
 import trio
 
@@ -21,11 +23,13 @@ from .blockdev import SECTOR_SIZE
 from .errors import DmemuError, busy, invalid, no_device
 from .dm.core import DeviceMapper, MappedDevice
 from .dm.errors import DMError
+from .dm.leases import LeaseManager
 from .media import Media
 from .hardware import (BaseDevice, BaseSpec, Registry, clear_badblocks, merge_badblocks,
                        new_uuid)
 from .names import check_user_name
 from .paths import StatePaths
+from .profile import Settings
 from .units import human
 
 log = logging.getLogger(__name__)
@@ -76,16 +80,25 @@ class Handle:
         return f"pid {self.conn.pid} ({self.conn.prog})"
 
 
-class Kernel:
+# The kernel log ring (__LOG_BUF_LEN is a power of two of bytes; lines suffice here).
+LOG_RING_LINES = 4096
+
+
+class Kernel(LeaseManager):
     def __init__(self, paths: StatePaths):
         self.paths = paths
+        self.booted = time.monotonic()
+        self.log_ring: collections.deque = collections.deque(maxlen=LOG_RING_LINES)
+        self._background = None
         self.registry = Registry(paths.registry)
         self.specs: list[BaseSpec] = self.registry.load()
         self.devices: dict[str, BaseDevice] = {}
         self.handles: dict[int, Handle] = {}
         self._next_handle = 1
         self.boot_lost: dict[str, int] = {}     # bytes each device lost when this boot rolled back
-        self.dm = DeviceMapper(self)
+        self.settings = Settings(paths.settings)
+        self.dm = DeviceMapper(self, self)
+        self.dm.params = self.settings.params
         for spec in self.specs:
             if spec.enabled:
                 try:
@@ -100,6 +113,20 @@ class Kernel:
 
     def _save(self) -> None:
         self.registry.save(self.specs)
+
+    # -- the kernel log (dmesg) ---------------------------------------------------------
+
+    def printk(self, line: str) -> None:
+        """One line of the kernel log, stamped with the seconds since boot as dmesg shows."""
+        self.log_ring.append((time.monotonic() - self.booted, line))
+        log.warning("%s", line)
+
+    async def serve_background(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Work started from synchronous code (revocations found mid-copy) runs here."""
+        async with trio.open_nursery() as nursery:
+            self._background = nursery
+            task_status.started()
+            await trio.sleep_forever()
 
     # -- boot and shutdown ---------------------------------------------------------------
 
@@ -457,6 +484,40 @@ class Kernel:
                 nursery.start_soon(one, h, leases)
         return failed
 
+    # -- the lease manager device-mapper sees (dmemu.dm.leases) ------------------------------
+
+    def revoke_soon(self, predicate, why: str) -> None:
+        if self._background is not None:
+            self._background.start_soon(self.revoke, predicate, why)
+
+    async def freeze(self, handles: list) -> tuple[list, list]:
+        frozen, failed = [], []
+
+        async def one(h):
+            if await h.conn.event("freeze", timeout=revoke_timeout(), handle=h.id):
+                frozen.append(h)
+            else:
+                failed.append(h)
+        async with trio.open_nursery() as n:
+            for h in handles:
+                n.start_soon(one, h)
+        return frozen, failed
+
+    async def thaw(self, handles: list) -> None:
+        async with trio.open_nursery() as n:
+            for h in handles:
+                if not h.dead:
+                    n.start_soon(lambda h=h: h.conn.event("thaw", timeout=revoke_timeout(), handle=h.id))
+
+    async def tell_users(self, dev, info: dict) -> None:
+        async with trio.open_nursery() as n:
+            for h in self.users(dev):
+                n.start_soon(lambda h=h: h.conn.event("table", timeout=revoke_timeout(),
+                                                      handle=h.id, **info))
+
+    async def kill(self, handles: list, reason: str) -> None:
+        await self.kill_handles(handles, reason)
+
     async def kill_handles(self, handles: list[Handle], reason: str) -> list:
         """The device under these handles is gone: every later I/O through them fails."""
         failed = []
@@ -554,12 +615,14 @@ class Kernel:
     async def power_fail(self, idents: list[str], tear: bool, seed: int | None) -> dict:
         """Power is cut: users lose their devices, volatile data is lost, devices come back."""
         devs = [self.lookup(i) for i in idents] if idents else list(self.devices.values())
+        # What stood on the failed media was memory: mapped devices go, as at a reboot, and
+        # so does everything stacked on them (a snapshot over the origin's -real device).
+        doomed = self.dm.standing_on(devs)
         hit = {h.id: h for d in devs for h in self.users_through(d)}
+        hit.update({h.id: h for md in doomed for h in self.users(md)})
         await self.kill_handles(list(hit.values()), "power failure")
-        # What stood on the failed media was memory: mapped devices go, as at a reboot.
-        for md in list(self.dm.devices.values()):
-            if any(b in devs for b in self.dm.base_devices(md)):
-                await self.dm.discard(md)
+        for md in doomed:
+            await self.dm.discard(md)
         rng = random.Random(seed)
         lost = {}
         for dev in devs:

@@ -60,6 +60,7 @@ class StatePaths:
         self.registry = self.root / "hardware.json"
         self.clean_marker = self.root / "clean-shutdown"
         self.images = self.root / "images"
+        self.settings = self.root / "kernel.json"     # profile and module parameters
 
     def check(self) -> None:
         """Refuse a state directory (or its images directory) someone else could write to."""

@@ -118,7 +118,7 @@ SCHEMA: dict[str, dict[str, _Field]] = {
     "enable": {"device": DEVICE},
     "power_fail": {"devices": StrList(), "tear": Bool(), "seed": Int(-(1 << 63), 1 << 63)},
     "trace": {"device": DEVICE, "action": Str(16)},
-    "open": {"device": DEVICE, "exclusive": Bool(), "read_only": Bool()},
+    "open": {"device": DEVICE, "exclusive": Bool(), "read_only": Bool(), "log": Str()},
     "close": {"handle": HANDLE},
     "resolve": {"handle": HANDLE, "sector": Int(required=True), "nr": Int(1, required=True),
                 "write": Bool()},
@@ -132,9 +132,12 @@ SCHEMA: dict[str, dict[str, _Field]] = {
     "dm_remove": {"name": NAME, "force": Bool()},
     "dm_rename": {"name": NAME, "new": NAME, "uuid": NAME},
     "dm_message": {"name": NAME, "sector": SECTOR, "words": StrList()},
+    "dm_wait": {"name": NAME, "event_nr": Int(0, 1 << 63)},
     "dm_list": {},
     "dm_targets": {},
     "dm_param": {"param": Str(64), "value": Bool()},
+    "profile": {"profile": Str(32)},
+    "dmesg": {"clear": Bool()},
 }
 
 # Operations that may carry a payload, and what it must be.

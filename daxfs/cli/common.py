@@ -8,6 +8,10 @@ from ..errors import FsError, UsageError
 def setup_logging(verbose: int) -> None:
     level = logging.WARNING if not verbose else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(name)s: %(message)s", stream=sys.stderr)
+    # The level belongs to the terminal's handler: a mount's log file may want more.
+    for h in logging.getLogger().handlers:
+        if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is sys.stderr:
+            h.setLevel(level)
 
 
 def fail(prog: str, msg: str, hint: str = "", code: int = 1) -> int:
@@ -16,11 +20,15 @@ def fail(prog: str, msg: str, hint: str = "", code: int = 1) -> int:
 
 
 def hint_for(e: OSError) -> str:
+    """What to do about a failure, unless the message already says it."""
     import errno
+    text = str(e)
+    if "enable it" in text or "install" in text:
+        return ""
     return {errno.EBUSY: "unmount it or stop the other user first",
             errno.ENOENT: "check the name",
             errno.EACCES: "run as root or fix the permissions",
-            errno.ENODEV: "use an image file or install dmemu",
+            errno.ENODEV: "check the name with 'dmemu lsblk'",
             errno.EROFS: "the device is read-only",
             # Only a device with no daxfs superblock at all wants mkfs (which destroys what
             # is there); damage inside a daxfs, its journal's header included, is fsck's.

@@ -16,9 +16,13 @@ log = logging.getLogger(__name__)
 
 
 def parse_args(argv):
+    from ..logfile import log_dir
     p = argparse.ArgumentParser(
         prog=PROG, description="Mount the daxfs on SOURCE (an image file or a dmemu device "
-        "such as /dev/pmem0) at MOUNTPOINT through FUSE.")
+        "such as /dev/pmem0) at MOUNTPOINT through FUSE.",
+        epilog=f"Each mount logs to {log_dir()}/daxfs-NAME.log, NAME being the device's "
+               "short name (vg0-lv0 for /dev/vg0/lv0, pmem0, or the image file's name); the "
+               "directory is DMEMU_ROOT's log/.")
     p.add_argument("source", metavar="SOURCE")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     p.add_argument("-o", dest="options", action="append", default=[],
@@ -32,7 +36,11 @@ def parse_args(argv):
 
 def _serve(args, mo, ready) -> None:
     import trio
+    from ..logfile import start_file_logging
     from ..mount import serve
+    path = start_file_logging(args.source, args.verbose)
+    mo.log_file = str(path) if path else None
+    log.info("pid %d serving %s on %s", os.getpid(), args.source, args.mountpoint)
     trio.run(lambda: serve(args.source, args.mountpoint, mo, ready=ready))
 
 
@@ -62,8 +70,22 @@ def _describe(e: BaseException) -> str:
         return f"{e.strerror or e}" + ("; is FUSE available (/dev/fuse, fusermount3)?"
                                        if "fuse" in str(e).lower() else "")
     if isinstance(e, RuntimeError) and "fuse" in str(e).lower():
+        if os.geteuid() != 0 and not os.access("/dev/fuse", os.R_OK | os.W_OK):
+            # libfuse falls back to the setuid fusermount3 only when mount(2) is refused,
+            # not when /dev/fuse itself cannot be opened
+            return (f"this user cannot open /dev/fuse (mode {_mode('/dev/fuse')}); FUSE "
+                    "mounts by other users than root need it crw-rw-rw-, as udev makes it "
+                    "on Debian (chmod 666 /dev/fuse), or mount as root")
         return f"{e}; check the mount options and that MOUNTPOINT is not in use"
     return f"{type(e).__name__}: {e}"
+
+
+def _mode(path: str) -> str:
+    import stat
+    try:
+        return stat.filemode(os.stat(path).st_mode)
+    except OSError as e:
+        return e.strerror or "unknown"
 
 
 def _with_source(source: str, msg: str) -> str:

@@ -12,9 +12,13 @@ from ..autostart import ensure_daemon
 from ..daemon import DaemonLock, Server
 from ..errors import DmemuError
 from ..paths import StatePaths
+from ..process import wait_for_exit
 from .common import ArgumentParser, fail, run
 
 log = logging.getLogger("dmemud")
+
+# Writing back the volatile caches of large images can take a while on a loaded machine.
+STOP_TIMEOUT = 120.0
 
 
 def build_parser(prog: str) -> ArgumentParser:
@@ -76,17 +80,19 @@ async def _stop(paths: StatePaths, force: bool) -> int:
         return 0
     try:
         async with client.connect(paths.root, autostart=False, prog="dmemud") as c:
+            pid = (await c.call("status"))["pid"]
             await c.call("shutdown", force=force)
     except DmemuError as e:
         if e.errno == errno.ECONNREFUSED:   # a stale socket: nobody serves it
             print("dmemud is not running")
             return 0
         raise
-    # Wait until the daemon has released its lock, so "stop; start" never races.
-    import fcntl
-    with open(paths.pidfile, "a") as f:
-        await trio.to_thread.run_sync(fcntl.flock, f, fcntl.LOCK_EX)
-        fcntl.flock(f, fcntl.LOCK_UN)
+    # Return only once the daemon has exited: until then it still maps the images (their
+    # file system stays busy) and holds its pidfile lock, so "stop; start" or "stop; umount"
+    # would race with it.
+    if not await trio.to_thread.run_sync(wait_for_exit, pid, STOP_TIMEOUT):
+        raise DmemuError(errno.ETIMEDOUT, f"dmemud (pid {pid}) said it would stop but still "
+                                          f"runs after {STOP_TIMEOUT:.0f}s; see {paths.log}")
     print("dmemud stopped")
     return 0
 
@@ -100,6 +106,7 @@ async def _status(paths: StatePaths) -> int:
         return 3     # as systemctl/LSB status: program is not running
     print(f"dmemud is running: pid {st['pid']}, state directory {st['root']}, "
           f"{st['connections'] - 1} other client(s), up {st['uptime']:.0f}s")
+    print(f"profile: {st['profile']}")
     for o in st["opens"]:
         mode = "exclusive" if o["exclusive"] else ("read-only" if o["read_only"] else "shared")
         print(f"  {o['device']}: {mode} open by pid {o['pid']} ({o['prog']})")

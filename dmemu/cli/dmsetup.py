@@ -63,6 +63,9 @@ def build_parser(prog: str) -> ArgumentParser:
     m.add_argument("name")
     m.add_argument("sector", type=int)
     m.add_argument("words", nargs="+")
+    w = sub.add_parser("wait", help="wait for the device's next event (or one after EVENT_NR)")
+    w.add_argument("name")
+    w.add_argument("event_nr", nargs="?", type=int)
     sub.add_parser("targets", help="the registered target types")
     sub.add_parser("version", help="versions")
     sub.add_parser("mknodes", help="accepted for compatibility (device names are dmemu's)")
@@ -132,9 +135,85 @@ def _tree(devs: dict, bases: dict) -> list[str]:
     return out
 
 
+# The ioctl each subcommand issues, as libdm names it in its "ioctl on NAME failed" line.
+IOCTL = {"remove": "remove", "suspend": "suspend", "resume": "resume", "load": "reload",
+         "reload": "reload", "rename": "rename", "clear": "clear", "message": "message"}
+
+
+class NoDevice(Exception):
+    """A name that matches no device: dmsetup's own texts, printed bare (no 'dmsetup:')."""
+
+    def __init__(self, text: str, code: int = 1, stdout: bool = False):
+        super().__init__(text)
+        self.text, self.code, self.stdout = text, code, stdout
+
+
+def _find(devs: list, n: str):
+    """A device by name, /dev/mapper/name, major:minor or uuid, as the kernel looks it up."""
+    for d in devs:
+        if n in (d["name"], f"/dev/mapper/{d['name']}", d["devno"]) or (d["uuid"] and n == d["uuid"]):
+            return d
+    return None
+
+
+async def _check_exists(k, args) -> None:
+    """Name a missing device the way dmsetup does for each subcommand: an ioctl that
+    fails with ENXIO for those that change a device, 'Device does not exist.' for the
+    reports (on stdout and successfully for deps, as dmsetup's _deps)."""
+    cmd = args.cmd
+    names = [args.name] if hasattr(args, "name") and cmd != "create" else list(getattr(args, "names", None) or [])
+    if cmd not in IOCTL and cmd not in ("info", "table", "status", "deps", "wait"):
+        return
+    devs = (await k.call("dm_list"))["devices"]
+    for n in names:
+        if _find(devs, n) is not None:
+            continue
+        if cmd in IOCTL:
+            raise NoDevice(f"device-mapper: {IOCTL[cmd]} ioctl on {n}  failed: "
+                           "No such device or address\nCommand failed.")
+        if cmd == "deps":
+            raise NoDevice("Device does not exist.", code=0, stdout=True)
+        if cmd == "wait":
+            raise NoDevice(f"device-mapper: waitevent ioctl on {n}  failed: "
+                           "No such device or address\nCommand failed.")
+        raise NoDevice("Device does not exist.\nCommand failed.")
+
+
+async def _remove_all(k) -> None:
+    """Remove every device nothing uses, top-down and again until a pass removes nothing
+    (removing a top frees what it held), as the kernel's dm_hash_remove_all; then name
+    what is left, which the kernel says in its log."""
+    while True:
+        devs = (await k.call("dm_list"))["devices"]
+        held = {dep for d in devs for dep in d["deps"]}
+        removed = 0
+        for d in devs:
+            if d["devno"] in held or d["open_count"]:
+                continue
+            try:
+                await k.call("dm_remove", name=d["name"])
+                removed += 1
+            except DmemuError:
+                pass        # opened since the listing: it stays, and is named below
+        if not removed:
+            break
+    left = (await k.call("dm_list"))["devices"]
+    if left:
+        held = {dep: d["name"] for d in left for dep in d["deps"]}
+        why = [f"{d['name']} ({'held by ' + held[d['devno']] if d['devno'] in held else 'open'})"
+               for d in sorted(left, key=lambda x: x["name"])]
+        print(f"device-mapper: remove_all left {len(left)} open device(s): {', '.join(why)}",
+              file=sys.stderr)
+
+
 async def _main(args) -> int:
     async with client.connect(prog="dmsetup") as k:
         cmd = args.cmd
+        try:
+            await _check_exists(k, args)
+        except NoDevice as e:
+            print(e.text, file=sys.stdout if e.stdout else sys.stderr)
+            return e.code
         if cmd == "create":
             table = None if args.notable else read_table(args)
             await k.call("dm_create", name=args.name, uuid=args.uuid, read_only=args.readonly,
@@ -151,12 +230,7 @@ async def _main(args) -> int:
             for n in args.names:
                 await k.call("dm_remove", name=n, force=args.force)
         elif cmd == "remove_all":
-            listing = (await k.call("dm_list"))["devices"]
-            for d in listing:
-                try:
-                    await k.call("dm_remove", name=d["name"])
-                except DmemuError:
-                    pass
+            await _remove_all(k)
         elif cmd == "rename":
             if args.setuuid is not None:
                 await k.call("dm_rename", name=args.name, uuid=args.setuuid)
@@ -170,6 +244,11 @@ async def _main(args) -> int:
             r = await k.call("dm_message", name=args.name, sector=args.sector, words=args.words)
             if r["reply"]:
                 print(r["reply"])
+        elif cmd == "wait":
+            req = {"name": args.name}
+            if args.event_nr is not None:
+                req["event_nr"] = args.event_nr
+            await k.call("dm_wait", **req)
         elif cmd == "targets":
             for name, v in (await k.call("dm_targets"))["targets"]:
                 print(f"{name:<16} v{v[0]}.{v[1]}.{v[2]}")

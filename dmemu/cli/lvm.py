@@ -25,7 +25,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def _common(p):
     p.add_argument("-v", "--verbose", action="count", default=0)
-    p.add_argument("-y", "--yes", action="store_true", help="accepted: these tools never prompt")
+    p.add_argument("-y", "--yes", action="store_true", help="answer yes to every prompt")
     p.add_argument("-q", "--quiet", action="count", default=0)
 
 
@@ -34,6 +34,9 @@ def _report(p, kind):
     p.add_argument("--units", default="h", type=_units, help="h, b, s, k, m, g, t (upper case: SI)")
     p.add_argument("--noheadings", action="store_true")
     p.add_argument("--reportformat", choices=("basic", "json"), default="basic")
+    p.add_argument("--separator", help="between columns, instead of aligning them")
+    p.add_argument("--nosuffix", action="store_true", help="sizes without their unit letter")
+    p.add_argument("-S", "--select", help="only rows matching, e.g. lv_name=lv0 && lv_size>8m")
     p.add_argument("-a", "--all", action="store_true")
 
 
@@ -42,6 +45,16 @@ def _units(text):
         return check_units(text)
     except LvmError as e:
         raise argparse.ArgumentTypeError(e.message)
+
+
+def _seconds(text):
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"invalid interval: {text}")
+    return n
 
 
 def _size_opts(p, size_help):
@@ -78,6 +91,25 @@ def build(cmd: str, prog: str) -> ArgumentParser:
         p.description = "Activate (-ay) or deactivate (-an) the LVs of volume groups."
         p.add_argument("-a", "--activate", choices=("y", "n", "ay"))
         p.add_argument("vgs", nargs="*", metavar="VG")
+    elif cmd == "vgextend":
+        p.description = "Add physical volumes to a volume group."
+        p.add_argument("-f", "--force", action="count", default=0,
+                       help="wipe filesystem signatures without asking")
+        p.add_argument("vg", metavar="VG")
+        p.add_argument("devices", nargs="+", metavar="PV")
+    elif cmd == "vgreduce":
+        p.description = "Remove unused physical volumes from a volume group."
+        p.add_argument("-a", "--all", action="store_true", help="every empty PV")
+        p.add_argument("--removemissing", action="store_true",
+                       help="drop PVs that are gone (with -f also the LVs on them)")
+        p.add_argument("-f", "--force", action="count", default=0)
+        p.add_argument("vg", metavar="VG", nargs="?")
+        p.add_argument("devices", nargs="*", metavar="PV")
+    elif cmd == "vgck":
+        p.description = "Check the consistency of volume groups."
+        p.add_argument("--updatemetadata", action="store_true",
+                       help="rewrite every PV's copy of the metadata")
+        p.add_argument("vgs", nargs="*", metavar="VG")
     elif cmd == "vgremove":
         p.description = "Remove volume groups."
         p.add_argument("-f", "--force", action="count", default=0)
@@ -102,12 +134,24 @@ def build(cmd: str, prog: str) -> ArgumentParser:
     elif cmd == "lvrename":
         p.description = "Rename a logical volume: VG OLD NEW or VG/OLD NEW."
         p.add_argument("names", nargs="+", metavar="NAME")
-    elif cmd == "lvextend":
-        p.description = "Add extents to a logical volume."
-        _size_opts(p, "new size, or +SIZE to add (default unit MiB)")
-        p.add_argument("-r", "--resizefs", action="store_true")
+    elif cmd in ("lvextend", "lvreduce", "lvresize"):
+        mode = {"lvextend": "extend", "lvreduce": "reduce", "lvresize": "any"}[cmd]
+        p.description = {"extend": "Add extents to a logical volume.",
+                         "reduce": "Reduce the size of a logical volume.",
+                         "any": "Resize a logical volume."}[mode]
+        sign = {"extend": "+SIZE to add", "reduce": "-SIZE to remove", "any": "+SIZE or -SIZE"}[mode]
+        _size_opts(p, f"new size, or {sign} (default unit MiB)")
+        p.add_argument("-r", "--resizefs", action="store_true",
+                       help="refused: daxfs has no resize tool yet")
+        p.add_argument("--fs", choices=("checksize", "ignore", "resize", "resize_fsadm"),
+                       help="checksize (lvreduce's default): refuse to cut a filesystem; "
+                            "ignore: do not look")
+        if mode != "extend":
+            p.add_argument("-f", "--force", action="count", default=0,
+                           help="do not ask before reducing an LV that holds a filesystem")
+        p.set_defaults(resize=mode, force=0)
         p.add_argument("lv", metavar="LV")
-        p.add_argument("pvs", nargs="*", metavar="PV")
+        p.add_argument("pvs", nargs="*", metavar="PV[:PE[-PE]]")
     elif cmd == "lvchange":
         p.description = "Activate (-ay) or deactivate (-an) logical volumes."
         p.add_argument("-a", "--activate", choices=("y", "n", "ay"))
@@ -115,17 +159,45 @@ def build(cmd: str, prog: str) -> ArgumentParser:
     elif cmd == "lvconvert":
         p.description = "Convert a logical volume: --merge a snapshot into its origin."
         p.add_argument("--merge", action="store_true")
+        p.add_argument("-b", "--background", action="store_true",
+                       help="leave the merge to a background poller")
+        p.add_argument("-i", "--interval", type=_seconds, metavar="SECONDS",
+                       help="seconds between progress reports (default 15)")
+        p.add_argument("lv", metavar="LV")
+    elif cmd == "lvpoll":
+        p.description = "Poll a merge until it finishes (what lvmpolld runs)."
+        p.add_argument("--polloperation", required=True, choices=("merge",))
+        p.add_argument("-i", "--interval", type=_seconds, metavar="SECONDS")
         p.add_argument("lv", metavar="LV")
     return p
 
 
-COMMANDS = ("pvcreate", "pvremove", "pvs", "vgcreate", "vgs", "vgchange", "vgremove",
-            "lvcreate", "lvs", "lvremove", "lvrename", "lvextend", "lvchange", "lvconvert")
+def _signed_values(argv: list[str]) -> list[str]:
+    """'-L -8M' as lvm2 reads it: a size or extent count may start with '-' (lvreduce,
+    lvresize), which argparse would take for an option; join it to its option."""
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a in ("-L", "--size", "-l", "--extents") and i + 1 < len(argv) \
+                and argv[i + 1][:1] == "-" and argv[i + 1][1:2].isdigit():
+            out.append(f"{a}={argv[i + 1]}" if a.startswith("--") else a + argv[i + 1])
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
+COMMANDS = ("pvcreate", "pvremove", "pvs", "vgcreate", "vgextend", "vgreduce", "vgck", "vgs",
+            "vgchange", "vgremove", "lvcreate", "lvs", "lvremove", "lvrename", "lvextend",
+            "lvreduce", "lvresize", "lvchange", "lvconvert", "lvpoll")
+# Commands that are another's function with a different mode (set_defaults in build()).
+SAME_AS = {"lvreduce": "lvextend", "lvresize": "lvextend"}
 
 
 async def _run(cmd, args) -> None:
     async with client.connect(prog=cmd) as k:
-        await getattr(commands, cmd)(k, args)
+        await getattr(commands, SAME_AS.get(cmd, cmd))(k, args)
 
 
 def main(argv=None, prog=None) -> int:
@@ -145,7 +217,7 @@ def main(argv=None, prog=None) -> int:
     if cmd not in COMMANDS:
         print(f"  No such command '{cmd}'.  Try 'help'.", file=sys.stderr)
         return EINVALID_CMD_LINE
-    args = build(cmd, prog).parse_args(argv)
+    args = build(cmd, prog).parse_args(_signed_values(argv))
     setup_logging(args.verbose)
     try:
         trio.run(_run, cmd, args)

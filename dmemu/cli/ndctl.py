@@ -128,6 +128,9 @@ async def _main(args) -> int:
             devs = [d for d in devs if d["enabled"] or args.idle]
             if args.namespace:
                 devs = [d for d in devs if args.namespace in (d["dev"], d["blockdev"], d["name"])]
+                if not devs:
+                    # ndctl's util_display_json_array says this for an empty result.
+                    print("  Warning: no matching devices found", file=sys.stderr)
             print_list([namespace_json(d, media_errors=args.media_errors, human_units=args.human)
                         for d in devs])
         elif cmd == "inject-error":

@@ -192,6 +192,7 @@ PARSERS = {
     "linear": parse_linear_args,
     "snapshot-origin": parse_origin_args,
     "snapshot": parse_snapshot_args,
+    "snapshot-merge": parse_snapshot_args,      # the same arguments (dm-snap.c)
     "zero": parse_zero_args,
     "error": parse_error_args,
     "log-writes": parse_log_writes_args,

@@ -77,10 +77,17 @@ class Kernel:
         self.k = k
         self.devs: dict[str, dict] = {}
         self.opens: list[dict] = []
+        self.profile = "fixed"
 
     async def refresh(self) -> None:
         self.devs = {d["name"]: d for d in (await self.k.call("dm_list"))["devices"]}
-        self.opens = (await self.k.call("status"))["opens"]
+        status = await self.k.call("status")
+        self.opens, self.profile = status["opens"], status.get("profile", "fixed")
+
+    @property
+    def linux(self) -> bool:
+        """dmemud behaves as Linux 6.1 does, so the commands speak as LVM 2.03.16 does."""
+        return self.profile == "linux"
 
     def active(self, name: str) -> bool:
         d = self.devs.get(name)
@@ -149,8 +156,17 @@ async def add_snapshot(tx: Transaction, vg: VG, origin: LV, cow: LV, chunk: int,
     cow_info = await tx.create(dm_name(vg.name, cow.name, "cow"), dm_uuid(vg, cow, "cow"),
                                cow_table(vg, cow))
     size = origin.extents * vg.extent_size
-    await tx.create(dm_name(vg.name, cow.name), dm_uuid(vg, cow),
-                    f"0 {size} snapshot {real_devno} {cow_info['devno']} P {chunk}")
+    return await tx.create(dm_name(vg.name, cow.name), dm_uuid(vg, cow),
+                           f"0 {size} snapshot {real_devno} {cow_info['devno']} P {chunk}")
+
+
+async def merge_table(tx: Transaction, vg: VG, origin: LV, cow: LV, real_devno: str) -> str:
+    """The origin's table while ``cow`` merges into it (creating the -cow device)."""
+    _, seg = vg.snapshot_of_cow(cow.name)
+    cow_info = await tx.create(dm_name(vg.name, cow.name, "cow"), dm_uuid(vg, cow, "cow"),
+                               cow_table(vg, cow))
+    return (f"0 {origin.extents * vg.extent_size} snapshot-merge {real_devno} "
+            f"{cow_info['devno']} P {seg.chunk_size}")
 
 
 async def activate_lv(k, kern: Kernel, vg: VG, lv: LV) -> None:
@@ -164,8 +180,15 @@ async def activate_lv(k, kern: Kernel, vg: VG, lv: LV) -> None:
     tx = Transaction(k)
     try:
         snaps = vg.snapshots_of(lv.name)
+        merging = vg.merging_into(lv.name)
         if not snaps:
             await tx.create(top, dm_uuid(vg, lv), linear_table(vg, lv))
+        elif merging:
+            # A merge started earlier (or deferred): the origin's device carries on with it.
+            real = await tx.create(dm_name(vg.name, lv.name, "real"), dm_uuid(vg, lv, "real"),
+                                   linear_table(vg, lv))
+            await tx.create(top, dm_uuid(vg, lv),
+                            await merge_table(tx, vg, lv, vg.lvs[merging], real["devno"]))
         else:
             real = await tx.create(dm_name(vg.name, lv.name, "real"), dm_uuid(vg, lv, "real"),
                                    linear_table(vg, lv))
@@ -188,6 +211,7 @@ def lv_devices(vg: VG, lv: LV) -> list[str]:
     names = [dm_name(vg.name, lv.name)]
     snaps = vg.snapshots_of(lv.name)
     for c in snaps:
+        # A merging snapshot has no device of its own, unless its merge was deferred.
         names += [dm_name(vg.name, c), dm_name(vg.name, c, "cow")]
     if snaps:
         names.append(dm_name(vg.name, lv.name, "real"))

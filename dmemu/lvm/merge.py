@@ -1,11 +1,9 @@
-"""Merging a snapshot back into its origin, offline, from the user-space side.
+"""Reading an LV through its extents when no device-mapper device is up, and a COW's
+exception list in the kernel's persistent format.
 
-dmemud has no snapshot-merge target, so ``lvconvert --merge`` does what that target would
-leave behind, with origin and snapshot deactivated: every chunk the COW holds (the
-origin's contents at snapshot time) is copied back over the origin, the origin's PVs are
-flushed, and only then is the snapshot dropped from the metadata. Until that commit the
-COW is untouched, so a crash part-way leaves a snapshot that merges again the same way:
-the copy is idempotent.
+lvconvert --merge reads the COW header to refuse an invalidated snapshot while it is
+inactive; lvreduce and lvcreate -W read an LV's first bytes for a filesystem signature.
+The merge itself is the kernel's (the snapshot-merge target, commands/merge.py).
 
 The COW is read in the kernel's persistent format (dmemu.dm.persistent): header chunk,
 then metadata areas of E = chunk_bytes/16 (old_chunk, new_chunk) entries, each followed

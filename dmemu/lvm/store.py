@@ -241,6 +241,14 @@ class Store:
             d.mda, d.vg = hdr, vg
         self.vgs[vg.name] = vg
 
+    async def release_pv(self, d: Disk) -> None:
+        """vgreduce: a PV leaves its VG: not in use, and its metadata area emptied (the copy
+        it holds would otherwise bring the old VG back at the next scan)."""
+        d.header.flags = 0
+        mda = MdaHeader(d.mda.start, d.mda.size, RawLocn())
+        await self._write(d.name, [(SECTOR, d.header.pack()), (mda.start, mda.pack())])
+        d.mda, d.vg = mda, None
+
     async def forget_vg(self, vg: VG) -> None:
         """vgremove: empty every MDA of the VG and mark its PVs unused again."""
         for pv in vg.pvs.values():

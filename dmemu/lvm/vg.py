@@ -86,7 +86,9 @@ class Segment:
     """segmentN of an LV: extents [start_extent, start_extent + extent_count) of the LV.
 
     striped (one stripe here, i.e. linear): stripes = [(pv key, first PE)]
-    snapshot: origin and cow_store name LVs of the VG; chunk_size in sectors
+    snapshot: origin and cow_store name LVs of the VG; chunk_size in sectors; merging
+              when lvconvert --merge started it back into the origin (the metadata then
+              says merging_store instead of cow_store, as lvm2 writes it)
     """
     start_extent: int
     extent_count: int
@@ -95,6 +97,7 @@ class Segment:
     chunk_size: int = 0
     origin: str = ""
     cow_store: str = ""
+    merging: bool = False
 
 
 @dataclass
@@ -147,6 +150,15 @@ class VG:
     def is_cow(self, name: str) -> bool:
         return self.snapshot_of_cow(name) is not None
 
+    def merging_into(self, origin: str) -> str | None:
+        """The COW LV being merged into ``origin``, if a merge was started."""
+        return next((s.cow_store for _, s in self.snapshot_segments()
+                     if s.origin == origin and s.merging), None)
+
+    def is_merging_cow(self, name: str) -> bool:
+        found = self.snapshot_of_cow(name)
+        return bool(found and found[1].merging)
+
     def missing_pvs(self) -> list[PV]:
         """PVs of the metadata whose label no scanned device carries."""
         return [pv for pv in self.pvs.values() if pv.devno is None]
@@ -193,26 +205,44 @@ class VG:
             out.append((pos, pv.pe_count - pos))
         return out
 
-    def free_extents(self, pvkeys=None) -> int:
+    def free_extents(self, pvkeys=None, ranges=None) -> int:
         keys = self.pvs if pvkeys is None else pvkeys
         return sum(n for k in keys if "ALLOCATABLE" in self.pvs[k].status
-                   for _, n in self.free_areas(k))
+                   for _, n in self.free_areas_in(k, ranges))
+
+    def free_areas_in(self, pvkey: str, ranges=None) -> list[tuple[int, int]]:
+        """Free areas of a PV cut to ``ranges`` ({pv key: [(first PE, count)]}, the PE
+        ranges a command line named), or all of them when ranges is None."""
+        free = self.free_areas(pvkey)
+        if ranges is None:
+            return free
+        out = []
+        for s, n in free:
+            for rs, rn in sorted(ranges.get(pvkey, [])):
+                a, b = max(s, rs), min(s + n, rs + rn)
+                if a < b and not (out and out[-1][0] + out[-1][1] >= b):
+                    if out and out[-1][0] + out[-1][1] >= a:      # overlapping ranges given
+                        a = out.pop()[0]
+                    out.append((a, b - a))
+        return out
 
     def total_extents(self) -> int:
         return sum(pv.pe_count for pv in self.pvs.values())
 
-    def allocate(self, count: int, pvkeys: list[str], after=None) -> list[tuple[str, int, int]]:
+    def allocate(self, count: int, pvkeys: list[str], after=None,
+                 ranges=None) -> list[tuple[str, int, int]]:
         """Areas (pv, first PE, n) for ``count`` extents on ``pvkeys``, in order.
 
         Like LVM's "normal" policy in its simplest form: continue right after ``after``
         (pv, pe) when that space is free, else prefer one area that holds everything, else
-        fill areas in PV order.
+        fill areas in PV order. ``ranges`` limits it to the PE ranges a command line named.
         """
-        avail = self.free_extents(pvkeys)
+        avail = self.free_extents(pvkeys, ranges)
         if avail < count:
             raise LvmError(f"Insufficient free space: {count} extents needed, but only "
                            f"{avail} available")
-        areas = {k: self.free_areas(k) for k in pvkeys if "ALLOCATABLE" in self.pvs[k].status}
+        areas = {k: self.free_areas_in(k, ranges) for k in pvkeys
+                 if "ALLOCATABLE" in self.pvs[k].status}
         out, need = [], count
         if after is not None:
             pv, pe = after
@@ -272,7 +302,8 @@ class VG:
             for i, s in enumerate(lv.segments, 1):
                 seg = {"start_extent": s.start_extent, "extent_count": s.extent_count, "type": s.type}
                 if s.type == "snapshot":
-                    seg.update(chunk_size=s.chunk_size, origin=s.origin, cow_store=s.cow_store)
+                    seg.update(chunk_size=s.chunk_size, origin=s.origin)
+                    seg["merging_store" if s.merging else "cow_store"] = s.cow_store
                 else:
                     seg.update(stripe_count=len(s.stripes),
                                stripes=[x for pv, pe in s.stripes for x in (pv, pe)])
@@ -413,6 +444,7 @@ def _import_lv(vg: "VG", lname: str, l) -> "LV":
             if not isinstance(store, str):
                 raise LvmError(f"Couldn't find 'cow_store' for {swhere}.")
             seg.cow_store = store
+            seg.merging = "merging_store" in s       # lvconvert --merge started it
         elif seg.type == "striped":
             if _field(s, "stripe_count", int, swhere, 1, 1, MAX_SEGMENTS) != 1:
                 raise LvmError(f"Unsupported {swhere}: only one stripe (linear) is supported.")

@@ -10,7 +10,7 @@ import tempfile
 import pytest
 import trio
 
-from tests.helpers import ok, tool
+from tests.helpers import ok, tool, unmount
 
 EFF = "user.daxfs.dax_effective"
 FLAG = "user.daxfs.dax"
@@ -26,7 +26,8 @@ def mnts(dmemu_root):
         return d
     yield new
     for d in made:
-        subprocess.run(["fusermount3", "-u", "-z", d], capture_output=True)
+        if os.path.ismount(d):
+            unmount(d, lazy=True)
         os.rmdir(d)
 
 
@@ -38,7 +39,7 @@ def mount(dev, mnt, opts=""):
 
 
 def umount(mnt):
-    subprocess.run(["fusermount3", "-u", mnt], check=True)
+    unmount(mnt)
 
 
 def eff(path) -> str:
@@ -198,8 +199,9 @@ async def test_snapshot_of_a_busy_mounted_dax_volume(mnts):
 
     async with trio.open_nursery() as n:
         n.start_soon(writer)
-        while len(seq) < 20:
-            await trio.sleep(0.01)
+        with trio.fail_after(60):
+            while len(seq) < 20:
+                await trio.sleep(0.01)
         for line in ("lv-real 0 131072 linear pmem0 0", "cow 0 65536 linear pmem0 131072",
                      "snap 0 131072 snapshot lv-real cow P 8"):
             name, table = line.split(" ", 1)
@@ -210,8 +212,9 @@ async def test_snapshot_of_a_busy_mounted_dax_volume(mnts):
         ok("dmsetup", "load", "lv", "--table", "0 131072 snapshot-origin lv-real")
         ok("dmsetup", "resume", "lv")
         after = len(seq)
-        while len(seq) < after + 20:
-            await trio.sleep(0.01)
+        with trio.fail_after(60):
+            while len(seq) < after + 20:
+                await trio.sleep(0.01)
         n.cancel_scope.cancel()
     assert ok("dmsetup", "table", "lv") == "0 131072 snapshot-origin 253:1\n"
     assert tool("fsck.daxfs", "-n", "/dev/mapper/snap").returncode == 0
@@ -238,11 +241,15 @@ def _write_fsync(path, i):
 
 async def test_removal_under_running_io_fails_with_eio_and_unmounts(mnts):
     m = mount(fresh(), mnts(), "dax=always")
+    # A writer that never stops by itself and never fills the 64 MiB device: 16 MiB written
+    # over and over, so only the removal can end it, however fast or slow the machine is.
     proc = await trio.to_thread.run_sync(lambda: subprocess.Popen(
-        ["dd", "if=/dev/zero", f"of={m}/stream", "bs=64k", "count=100000"],
+        ["sh", "-c", f"while dd if=/dev/zero of={m}/stream bs=64k count=256 conv=notrunc "
+                     "status=none; do :; done; exit 1"],
         stderr=subprocess.PIPE, text=True))
-    while not os.path.exists(f"{m}/stream") or os.path.getsize(f"{m}/stream") < 256 << 10:
-        await trio.sleep(0.01)
+    with trio.fail_after(60):
+        while not os.path.exists(f"{m}/stream") or os.path.getsize(f"{m}/stream") < 256 << 10:
+            await trio.sleep(0.01)
     ok("ndctl", "disable-namespace", "pmem0")
     with trio.fail_after(30):
         _, err = await trio.to_thread.run_sync(proc.communicate)

@@ -2,7 +2,8 @@
 
 Each test gets a fresh image in tmp_path, mounted by the daxfs command (which returns once
 the mount is live); teardown unmounts it, waits for the daemon to release the image (its
-flock, waited on with a timeout), and checks that fsck finds nothing wrong.
+the daemon's exit, which comes after its last commit), and checks that fsck finds nothing
+wrong.
 """
 import errno
 import hashlib
@@ -14,6 +15,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
+
+from dmemu.process import wait_for_exit
+from tests.helpers import daxfs_daemon, unmount
 
 TOP = Path(__file__).resolve().parents[2]
 TOOLS = TOP / "tools"
@@ -55,13 +59,17 @@ class Mount:
         assert is_mounted(self.mnt)       # the command returned only once it was live
         return self
 
-    def unmount(self, cmd=("fusermount3", "-u")):
+    def unmount(self, cmd=None):
+        if cmd is None:
+            unmount(self.mnt)     # waits for the daemon to commit and exit
+            return
+        pid = daxfs_daemon(self.mnt)
         if is_mounted(self.mnt):
             r = run(*cmd, self.mnt, check=False)
             # the daemon may have unmounted itself meanwhile (SIGTERM)
             assert r.returncode == 0 or not is_mounted(self.mnt), r.stderr
-        # the daemon holds the image's flock until it has committed and exited
-        run("flock", "-w", "60", self.image, "true")
+        if pid is not None:
+            assert wait_for_exit(pid, 120), f"daxfs daemon {pid} still runs after {cmd}"
 
     def fsck(self):
         r = run(TOOLS / "fsck.daxfs", "-n", self.image, check=False)
@@ -84,7 +92,7 @@ def mntdir():
     d.chmod(0o755)
     yield d
     if is_mounted(d):           # a test that failed half-way: never leave a mount behind
-        run("fusermount3", "-u", d, check=False)
+        unmount(d, lazy=True)
     if not is_mounted(d):
         d.rmdir()
 

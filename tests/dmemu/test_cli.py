@@ -83,3 +83,11 @@ def test_inject_error_outside_device(dmemu_root):
     r = tool("ndctl", "inject-error", "pmem0", "-B", "8192")
     assert r.returncode == 1
     assert r.stderr == "ndctl: pmem0: error range 8192+1 is outside the device (0..8191 sectors)\n"
+
+
+def test_list_of_an_unknown_namespace_says_nothing_matched(dmemu_root):
+    tool("ndctl", "create-namespace", "-s", "8M")
+    r = tool("ndctl", "list", "-n", "namespace7.7")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "  Warning: no matching devices found\n")
+    r = tool("ndctl", "list", "-n", "namespace0.0")
+    assert json.loads(r.stdout)["dev"] == "namespace0.0" and r.stderr == ""

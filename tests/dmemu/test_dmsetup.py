@@ -110,4 +110,51 @@ def test_rename_uuid_and_targets(pmem):
     targets = ok("dmsetup", "targets")
     assert "snapshot-origin  v1.9.0\n" in targets and "linear           v1.5.0\n" in targets
     r = tool("dmsetup", "info", "nosuch")
-    assert (r.returncode, r.stderr) == (1, "dmsetup: Device nosuch not found\n")
+    assert (r.returncode, r.stderr) == (1, "Device does not exist.\nCommand failed.\n")
+
+
+def test_missing_devices_are_named_as_dmsetup_names_them(pmem):
+    ok("dmsetup", "create", "a", "--table", "0 8 zero")
+    for args, ioctl in ((("remove",), "remove"), (("suspend",), "suspend"), (("resume",), "resume"),
+                        (("clear",), "clear"), (("rename",), "rename"), (("message",), "message"),
+                        (("reload", "--table", "0 8 zero"), "reload"),
+                        (("load", "--table", "0 8 zero"), "reload")):
+        extra = {"rename": ["b"], "message": ["0", "hello"]}.get(args[0], [])
+        r = tool("dmsetup", args[0], "nope", *args[1:], *extra)
+        assert (r.returncode, r.stdout, r.stderr) == (
+            1, "", f"device-mapper: {ioctl} ioctl on nope  failed: No such device or address\n"
+                   "Command failed.\n"), args
+    for cmd in ("info", "table", "status"):
+        r = tool("dmsetup", cmd, "a", "nope")
+        assert (r.returncode, r.stdout, r.stderr) == (1, "", "Device does not exist.\nCommand failed.\n")
+    r = tool("dmsetup", "deps", "nope")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "Device does not exist.\n", "")
+    assert ok("dmsetup", "table", "a") == "0 8 zero \n"
+
+
+def test_remove_all_takes_stacks_down_top_first_and_names_what_it_left(pmem):
+    ok("dmsetup", "create", "base", "--table", "0 64 linear /dev/pmem0 0")
+    ok("dmsetup", "create", "mid", "--table", "0 64 linear /dev/mapper/base 0")
+    ok("dmsetup", "create", "top", "--table", "0 64 linear /dev/mapper/mid 0")
+    ok("dmsetup", "create", "busy", "--table", "0 64 linear /dev/pmem0 64")
+    ok("dmsetup", "create", "under", "--table", "0 64 linear /dev/pmem0 128")
+    ok("dmsetup", "create", "over", "--table", "0 64 linear /dev/mapper/under 0")
+    import trio
+    from dmemu import client
+
+    async def hold_and_remove_all():
+        async with client.connect(prog="holder") as k:
+            dev = await k.open_device("/dev/mapper/busy")
+            dev2 = await k.open_device("/dev/mapper/over")
+            r = await trio.to_thread.run_sync(lambda: tool("dmsetup", "remove_all"))
+            await dev.close()
+            await dev2.close()
+            return r
+    r = trio.run(hold_and_remove_all)
+    assert (r.returncode, r.stdout) == (0, "")
+    assert r.stderr == ("device-mapper: remove_all left 3 open device(s): busy (open), "
+                        "over (open), under (held by over)\n")
+    assert ok("dmsetup", "ls") == "busy \t(253:3)\nover \t(253:5)\nunder\t(253:4)\n"
+    r = tool("dmsetup", "remove_all")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    assert ok("dmsetup", "ls") == "No devices found\n"

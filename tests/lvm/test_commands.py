@@ -68,9 +68,12 @@ def test_pv_commands(pmem):
     run("pvcreate", "/dev/pmem9", rc=5, err="  No device found for /dev/pmem9.\n")
     run("vgcreate", "vg0", "/dev/pmem0", out='  Volume group "vg0" successfully created\n')
     before = state()
-    run("pvremove", "/dev/pmem0", rc=5, err="  PV /dev/pmem0 is used by VG vg0 so please use vgreduce first.\n")
+    run("pvremove", "/dev/pmem0", rc=5, err="  PV /dev/pmem0 is used by VG vg0 so please use vgreduce first.\n"
+        "  (If you are certain you need pvremove, then confirm by using --force twice.)\n"
+        "  /dev/pmem0: physical volume label not removed.\n")
     run("pvcreate", "/dev/pmem0", rc=5,
-        err='  Can\'t initialize physical volume "/dev/pmem0" of volume group "vg0" without -ff\n')
+        err='  Can\'t initialize physical volume "/dev/pmem0" of volume group "vg0" without -ff\n'
+            "  /dev/pmem0: physical volume not initialized.\n")
     assert state() == before
 
 
@@ -204,7 +207,9 @@ REFUSALS = [
     (("lvrename", "vg0", "lv0", "snap0"), 5, '  Logical Volume "snap0" already exists in volume group "vg0"\n'),
     (("lvextend", "-L", "+1g", "vg0/snap0"), 5,
      "  Insufficient free space: 256 extents needed, but only 30 available\n"),
-    (("pvremove", "/dev/pmem0"), 5, "  PV /dev/pmem0 is used by VG vg0 so please use vgreduce first.\n"),
+    (("pvremove", "/dev/pmem0"), 5, "  PV /dev/pmem0 is used by VG vg0 so please use vgreduce first.\n"
+     "  (If you are certain you need pvremove, then confirm by using --force twice.)\n"
+     "  /dev/pmem0: physical volume label not removed.\n"),
     (("lvm", "frobnicate"), 3, "  No such command 'frobnicate'.  Try 'help'.\n"),
     (("lvcreate", "--bogus"), 3, "  lvcreate: unrecognized arguments: --bogus; see 'lvcreate --help'\n"),
 ]

@@ -69,12 +69,14 @@ async def test_seed_scenario_with_a_dax_writer_busy_on_the_origin(pmem):
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(writer, stop)
-            while st["n"] < 500:
-                await trio.sleep(0.01)
+            with trio.fail_after(60):
+                while st["n"] < 500:
+                    await trio.sleep(0.01)
             r = await atool("lvm", "lvcreate", "-s", "-L", "4M", "-n", "snap0", "vg0/lv0")
             assert (r.returncode, r.stdout, r.stderr) == (0, '  Logical volume "snap0" created.\n', "")
-            while st["n"] < st["frozen_at"] + 500:      # the writer carries on after the thaw
-                await trio.sleep(0.01)
+            with trio.fail_after(60):
+                while st["n"] < st["frozen_at"] + 500:      # the writer carries on after the thaw
+                    await trio.sleep(0.01)
             stop.set()
         assert st["freezes"] == 1 and st["remaps"] >= 1 and not st["frozen"]
 
@@ -307,10 +309,9 @@ async def test_extending_an_active_snapshot_saves_it_from_overflowing(pmem):
         assert await read_all(k, "vg0-snap0", 16 << 20) == before
 
 
-async def test_merge_puts_the_snapshot_time_contents_back(pmem):
+async def _origin_with_snapshot_and_changes(rng) -> bytes:
     await must("vgcreate", "vg0", "/dev/pmem0")
     await must("lvcreate", "-L", "8M", "-n", "lv0", "vg0")
-    rng = random.Random(7)
     then = rng.randbytes(8 << 20)
     async with client.connect() as k:
         lv = await k.open_device("vg0-lv0")
@@ -322,17 +323,81 @@ async def test_merge_puts_the_snapshot_time_contents_back(pmem):
         for _ in range(100):
             sector = rng.randrange((8 << 20) // 512 - 64)
             await lv.write(sector, rng.randbytes(rng.choice([512, 4096, 32768])))
-        # Open, the origin cannot be merged: nothing changes.
-        before = await trio.to_thread.run_sync(state)
-        r = await atool("lvconvert", "--merge", "vg0/snap0")
-        assert (r.returncode, r.stdout, r.stderr) == (5, "", "  Can't merge over open origin volume.\n")
-        assert await trio.to_thread.run_sync(state) == before
         await lv.close()
+    return then
+
+
+def _merged_output(out: str) -> None:
+    """lvconvert --merge in the foreground: started, progress (how many lines depends on
+    how far the merge got by each look), 100%, finished, the snapshot gone."""
+    lines = out.splitlines()
+    assert lines[0] == "  Merging of volume vg0/snap0 started."
+    assert lines[-3:] == ["  vg0/lv0: Merged: 100.00%",
+                          "  Merge of snapshot into logical volume vg0/lv0 has finished.",
+                          '  Logical volume "snap0" successfully removed.']
+    for line in lines[1:-3]:
+        assert line.startswith("  vg0/lv0: Merged: ") and line.endswith("%"), line
+
+
+async def test_merge_puts_the_snapshot_time_contents_back(pmem):
+    rng = random.Random(7)
+    then = await _origin_with_snapshot_and_changes(rng)
     r = await atool("lvconvert", "--merge", "vg0/snap0")
-    assert (r.returncode, r.stdout, r.stderr) == (
-        0, "  Merging of volume vg0/snap0 started.\n  vg0/lv0: Merged: 100.00%\n", "")
-    assert ok("lvs", "--noheadings", "-o", "lv_name,lv_attr") == "  lv0 -wi-a-----\n"
+    assert (r.returncode, r.stderr) == (0, ""), r.stderr
+    _merged_output(r.stdout)
+    assert ok("lvs", "-a", "--noheadings", "-o", "lv_name,lv_attr") == "  lv0 -wi-a-----\n"
     assert ok("dmsetup", "table") == "vg0-lv0: 0 16384 linear 259:0 2048\n"
+    async with client.connect() as k:
+        assert await read_all(k, "vg0-lv0", 8 << 20) == then
+
+
+async def test_merge_of_an_open_origin_waits_for_its_next_activation(pmem):
+    rng = random.Random(8)
+    then = await _origin_with_snapshot_and_changes(rng)
+    async with client.connect() as k:
+        lv = await k.open_device("vg0-lv0")
+        r = await atool("lvconvert", "--merge", "vg0/snap0")
+        assert (r.returncode, r.stdout, r.stderr) == (
+            0, "  Delaying merge since origin is open.\n"
+               "  Merging of snapshot vg0/snap0 will occur on next activation of vg0/lv0.\n", "")
+        # Nothing moved yet: the origin still has its newer contents, the tables are as before.
+        assert "snapshot-origin" in ok("dmsetup", "table", "vg0-lv0")
+        assert ok("lvs", "--noheadings", "-o", "lv_name,lv_attr,origin") == "  lv0 Owi-aos--- \n"
+        assert ok("lvs", "-a", "--noheadings", "-o", "lv_name,lv_attr,origin") == (
+            "  lv0     Owi-aos---    \n  [snap0] Swi-a-s--- lv0\n")
+        r = await atool("lvremove", "vg0/snap0")
+        assert (r.returncode, r.stderr) == (5, "  Can't remove merging snapshot logical volume vg0/snap0.\n")
+        r = await atool("lvconvert", "--merge", "vg0/snap0")
+        assert (r.returncode, r.stderr) == (5, "  Cannot merge snapshot vg0/snap0 into the origin "
+                                               "vg0/lv0 with merging snapshot vg0/snap0.\n")
+        await lv.close()
+    await must("lvchange", "-an", "vg0/lv0")
+    assert ok("dmsetup", "ls") == "No devices found\n"
+    # Activation starts the merge (and a background poller, as lvmpolld would).
+    await must("lvchange", "-ay", "vg0/lv0")
+    table = ok("dmsetup", "table", "vg0-lv0")
+    assert table in ("0 16384 snapshot-merge 253:0 253:1 P 8\n", "0 16384 linear 259:0 2048\n")
+    async with client.connect() as k:
+        # Usable while it merges: it reads as the snapshot did.
+        assert await read_all(k, "vg0-lv0", 8 << 20) == then
+    r = await atool("lvm", "lvpoll", "--polloperation", "merge", "-i", "1", "vg0/lv0")
+    assert r.returncode == 0, r.stderr
+    assert ok("lvs", "-a", "--noheadings", "-o", "lv_name,lv_attr") == "  lv0 -wi-a-----\n"
+    assert ok("dmsetup", "table") == "vg0-lv0: 0 16384 linear 259:0 2048\n"
+    async with client.connect() as k:
+        assert await read_all(k, "vg0-lv0", 8 << 20) == then
+
+
+async def test_background_merge_cut_by_a_restart_carries_on_at_activation(pmem):
+    rng = random.Random(9)
+    then = await _origin_with_snapshot_and_changes(rng)
+    r = await atool("lvconvert", "--merge", "-b", "vg0/snap0")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "  Merging of volume vg0/snap0 started.\n", "")
+    await must("dmemud", "stop", "--force")          # a reboot, wherever the merge was
+    await must("vgchange", "-ay", "vg0")
+    r = await atool("lvm", "lvpoll", "--polloperation", "merge", "-i", "1", "vg0/lv0")
+    assert r.returncode == 0, r.stderr
+    assert ok("lvs", "-a", "--noheadings", "-o", "lv_name") == "  lv0\n"
     async with client.connect() as k:
         assert await read_all(k, "vg0-lv0", 8 << 20) == then
 
@@ -347,5 +412,5 @@ async def test_an_invalid_snapshot_is_not_merged(pmem):
         await lv.close()
     before = await trio.to_thread.run_sync(state)
     r = await atool("lvconvert", "--merge", "vg0/snap0")
-    assert (r.returncode, r.stdout, r.stderr) == (5, "", '  Unable to merge invalidated snapshot LV "snap0".\n')
+    assert (r.returncode, r.stdout, r.stderr) == (5, "", "  Unable to merge invalidated snapshot LV vg0/snap0.\n")
     assert await trio.to_thread.run_sync(state) == before

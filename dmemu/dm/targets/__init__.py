@@ -4,7 +4,8 @@ from .linear import LinearTarget
 from .log_writes import LogWritesTarget
 from .origin import OriginTarget
 from .snapshot import SnapshotTarget
+from .snapshot_merge import SnapshotMergeTarget
 from .zero import ZeroTarget
 
-TARGETS = {t.name: t for t in (LinearTarget, OriginTarget, SnapshotTarget, ZeroTarget, ErrorTarget,
-                                LogWritesTarget)}
+TARGETS = {t.name: t for t in (LinearTarget, OriginTarget, SnapshotTarget, SnapshotMergeTarget,
+                                ZeroTarget, ErrorTarget, LogWritesTarget)}

@@ -114,7 +114,7 @@ class LogWritesTarget(Target):
         if self.next_sector + nsec > self.log.nr_sectors:
             # As the kernel: stop logging, keep the device working, say so once.
             self.full = True
-            self.dm.log_event(f"log-writes: log device full after {self.entries} entries; logging stopped")
+            self.dm.kernel_log("log-writes", f"log device full after {self.entries} entries; logging stopped")
             return
         buf = bytearray(nsec * SECTOR)
         ENTRY.pack_into(buf, 0, sector, nr_sectors, flags, len(data))
