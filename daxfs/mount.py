@@ -28,6 +28,17 @@ OWN_FLAGS = {"defaults", "auto", "noauto", "user", "users", "nouser", "nofail", 
              "dax", "remount", "rw", "relatime", "strictatime", "lazytime", "nolazytime"}
 OWN_PREFIXES = ("dax=", "x-", "comment=", "commit=", "subtype=", "fsname=")
 
+# What libfuse 3 itself accepts (lib/mount.c fuse_mount_opts and the kernel flags it maps,
+# lib/fuse_lowlevel.c fuse_ll_opts). Anything else makes fuse_session_new() fail without
+# naming the option, and only after the filesystem has been opened and its mount counted:
+# so an option outside this list is refused by name before anything is opened.
+FUSE_FLAGS = {"allow_other", "allow_root", "auto_unmount", "blkdev", "default_permissions",
+              "ro", "rw", "suid", "nosuid", "dev", "nodev", "exec", "noexec", "async", "sync",
+              "dirsync", "atime", "noatime", "diratime", "nodiratime", "relatime", "norelatime",
+              "strictatime", "nostrictatime", "lazytime", "nolazytime", "debug", "-d", "--debug"}
+FUSE_PREFIXES = ("max_read=", "blksize=", "context=", "fscontext=", "defcontext=", "rootcontext=",
+                 "user=")
+
 
 @dataclass
 class MountOptions:
@@ -73,10 +84,18 @@ def parse_options(opts: list[str], source: str) -> MountOptions:
                 mo.commit_interval = float(o[7:])
             except ValueError:
                 raise ValueError(f"bad commit interval '{o}'") from None
+            if not 0 < mo.commit_interval < 1e6:
+                raise ValueError(f"bad commit interval '{o}': use a number of seconds above 0")
             continue
         if o in OWN_FLAGS or o.startswith(OWN_PREFIXES) or o == "ro":
             continue
+        if o not in FUSE_FLAGS and not (o.startswith(FUSE_PREFIXES) and o.split("=", 1)[1]):
+            raise ValueError(f"unknown mount option '{o}'")
         mo.fuse.append(o)
+    try:
+        parse_dax_option(mo.dax)
+    except OSError as e:
+        raise ValueError(e.strerror) from None
     if mo.read_only:
         mo.fuse.append("ro")
     # daxfs leaves permission checks to the kernel (mode bits, sticky directories,

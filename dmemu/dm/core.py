@@ -17,6 +17,7 @@ import trio
 
 from ..blockdev import SECTOR_SIZE
 from ..errors import DmemuError, busy, invalid, no_device
+from ..names import check_user_name
 from .cow import Origins
 from .errors import DMError
 from .leases import LeaseManager
@@ -408,12 +409,18 @@ class DeviceMapper:
             raise invalid(f"invalid device {what} '{name}': up to {DM_NAME_LEN - 1} characters, no '/'")
         if not re.match(r"^[\x21-\x7e]+$", name):
             raise invalid(f"invalid device {what} '{name}': use printable characters, no spaces")
+        check_user_name(name, f"device {what}")
 
     def create(self, name: str, uuid: str = "", read_only: bool = False) -> MappedDevice:
         self._check_name(name)
         if uuid and len(uuid) >= DM_UUID_LEN:
             raise invalid(f"uuid is longer than {DM_UUID_LEN - 1} characters")
-        if name in self.devices or self.kernel.find_base(name):
+        if uuid:
+            # Lookups match uuids too: one that reads as a device name would shadow it.
+            check_user_name(uuid, "device uuid")
+            if self.find(uuid) or self.kernel.find_base(uuid):
+                raise DmemuError(errno.EBUSY, f"uuid {uuid} is already the name of a device")
+        if self.find(name) or self.kernel.find_base(name):
             raise DmemuError(errno.EBUSY, f"device {name} already exists")
         if uuid and any(md.uuid == uuid for md in self.devices.values()):
             raise DmemuError(errno.EBUSY, f"a device with uuid {uuid} already exists")
@@ -691,10 +698,13 @@ class DeviceMapper:
                 raise invalid(f"{md.name} already has uuid {md.uuid}: a uuid can be set only once")
             if any(x.uuid == uuid for x in self.devices.values()):
                 raise DmemuError(errno.EBUSY, f"a device with uuid {uuid} already exists")
+            check_user_name(uuid, "device uuid")
+            if self.find(uuid) or self.kernel.find_base(uuid):
+                raise DmemuError(errno.EBUSY, f"uuid {uuid} is already the name of a device")
             md.uuid = uuid
             return md
         self._check_name(new, "name")
-        if new in self.devices or self.kernel.find_base(new):
+        if self.find(new) or self.kernel.find_base(new):
             raise DmemuError(errno.EBUSY, f"device {new} already exists")
         del self.devices[md.name]
         md.name = new

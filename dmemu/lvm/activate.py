@@ -59,6 +59,12 @@ def linear_table(vg: VG, lv: LV) -> str:
         if pv.devno is None:
             raise LvmError(f"Couldn't find device with uuid {pv.id}: cannot activate "
                            f"{vg.name}/{lv.name}.")
+        first = pv.pe_start + pe * vg.extent_size
+        length = s.extent_count * vg.extent_size
+        if first < pv.data_start or (pv.dev_sectors and first + length > pv.dev_sectors):
+            # The scan refuses such metadata; this is the last guard before a table maps it.
+            raise LvmError(f"Refusing to activate {vg.name}/{lv.name}: its sectors {first}-"
+                           f"{first + length - 1} on {pv.device} are not in the PV's data area.")
         lines.append(f"{s.start_extent * vg.extent_size} {s.extent_count * vg.extent_size} linear "
                      f"{pv.devno} {pv.pe_start + pe * vg.extent_size}")
     return "\n".join(lines)
