@@ -10,6 +10,21 @@ from .errors import FsError
 from .inode import Inode
 
 
+# utimensat(UTIME_NOW) reaches us as an explicit time: pyfuse3 reads the clock when the
+# request arrives and hands that over. Linux sets ctime to that very value, so a time
+# that is this recent is taken for "now" and becomes the ctime too (touch: atime == mtime
+# == ctime); anything older is a time the user chose, and ctime is the clock's.
+NOW_WINDOW_NS = 200_000_000
+
+
+def _change_time(now: int, atime_ns, mtime_ns, old_ctime: int) -> int:
+    recent = [t for t in (atime_ns, mtime_ns)
+              if t is not None and now - NOW_WINDOW_NS <= t <= now]
+    if recent and max(recent) >= old_ctime:
+        return max(recent)
+    return now
+
+
 class Attributes:
     async def setattr(self, ino: int, *, mode=None, uid=None, gid=None, size=None,
                       atime_ns=None, mtime_ns=None, ctime_ns=None, ctx: Ctx = ROOT) -> Inode:
@@ -28,6 +43,7 @@ class Attributes:
                 await self._truncate(inode, size)
             if mode is not None:
                 inode.mode = stat.S_IFMT(inode.mode) | (mode & 0o7777)
+                await self._acl_after_chmod(inode)
             if uid is not None and uid != 0xFFFFFFFF:
                 inode.uid = uid
             if gid is not None and gid != 0xFFFFFFFF:
@@ -38,11 +54,14 @@ class Attributes:
                 inode.mode &= ~stat.S_ISUID
                 if inode.mode & stat.S_IXGRP:
                     inode.mode &= ~stat.S_ISGID
+            now = time.time_ns()
             if atime_ns is not None:
-                inode.atime_ns = atime_ns
+                inode.atime_ns = atime_ns = fmt.clamp_time_ns(atime_ns)
             if mtime_ns is not None:
-                inode.mtime_ns = mtime_ns
-            inode.ctime_ns = ctime_ns if ctime_ns is not None else time.time_ns()
+                inode.mtime_ns = mtime_ns = fmt.clamp_time_ns(mtime_ns)
+            if ctime_ns is None:
+                ctime_ns = _change_time(now, atime_ns, mtime_ns, inode.ctime_ns)
+            inode.ctime_ns = fmt.clamp_time_ns(ctime_ns)
             self._dirty(inode)
             await self._maybe_commit()
             return inode

@@ -92,7 +92,8 @@ class FileIO:
         else:
             async with self.lock:
                 data = await self._read_data(inode, off, size)
-        if self.relatime and (inode.atime_ns <= inode.mtime_ns or inode.atime_ns <= inode.ctime_ns
+        if self.relatime and (self.strictatime or inode.atime_ns <= inode.mtime_ns
+                              or inode.atime_ns <= inode.ctime_ns
                               or time.time_ns() - inode.atime_ns > RELATIME_NS):
             self._touch_atime(inode)
         return data

@@ -79,6 +79,7 @@ class Filesystem(InodeCache, Namespace, FileIO, Attributes, Xattrs, Transactions
         self.next_fh = 1
         self.opens: dict[int, int] = {}
         self.relatime = not read_only      # False: noatime
+        self.strictatime = False           # True: atime on every read (mount -o strictatime)
         self.writeback_cache = False       # the FUSE mount lets the kernel cache writes
         # -- the inode cache (icache.py) --
         self.track_lookups = track_lookups

@@ -15,6 +15,7 @@ import logging
 import stat
 import struct
 
+from . import acl
 from . import format as fmt
 from .alloc import Bitmap
 from .directory import dtype, parse_block
@@ -435,8 +436,8 @@ class Checker:
             if inode.ino not in self.inodes:
                 continue
             try:
-                fmt.unpack_xattrs(await self.read(inode.xattr_block), inode.xattr_block,
-                                  self.sb.uuid)
+                xattrs = fmt.unpack_xattrs(await self.read(inode.xattr_block),
+                                           inode.xattr_block, self.sb.uuid)
             except PARSE_ERRORS as e:
                 if self.problem(f"inode {inode.ino}: {e}; dropping its xattrs", fixable=True):
                     b = inode.xattr_block
@@ -444,6 +445,44 @@ class Checker:
                         self.used.data[b >> 3] &= ~(1 << (b & 7)) & 0xFF
                     inode.xattr_block = 0
                     self._write_inode(inode)
+                continue
+            self.check_acls(inode, xattrs)
+
+    def check_acls(self, inode: Inode, xattrs: dict) -> None:
+        """POSIX ACL xattrs parse and are valid (posix_acl_valid), a default ACL sits only
+        on a directory, and an access ACL agrees with the mode's permission bits (the
+        filesystem keeps them in step). A bad ACL is dropped (the mode alone then rules);
+        a mode that disagrees takes the ACL's bits, as the last setfacl meant."""
+        changed = False
+        for name in acl.NAMES:
+            value = xattrs.get(name)
+            if value is None:
+                continue
+            try:
+                ents = acl.parse(value)
+                if name == acl.DEFAULT and not stat.S_ISDIR(inode.mode):
+                    raise acl.AclError("default ACL on a non-directory")
+            except acl.AclError as e:
+                if self.problem(f"inode {inode.ino}: {name.decode()}: {e}; dropping it",
+                                fixable=True):
+                    del xattrs[name]
+                    changed = True
+                continue
+            bits = acl.mode_bits(ents)
+            if name == acl.ACCESS and inode.mode & 0o777 != bits:
+                if self.problem(f"inode {inode.ino}: mode {inode.mode & 0o777:o} disagrees with "
+                                f"its access ACL ({bits:o})", fixable=True):
+                    inode.mode = (inode.mode & ~0o777) | bits
+                    self._write_inode(inode)
+        if changed:
+            b = inode.xattr_block
+            if xattrs:
+                self.writes[b] = fmt.seal(fmt.pack_xattrs(xattrs), b, self.sb.uuid)
+            else:
+                if self.owner.get(b) == inode.ino:
+                    self.used.data[b >> 3] &= ~(1 << (b & 7)) & 0xFF
+                inode.xattr_block = 0
+                self._write_inode(inode)
 
     def check_bitmaps(self) -> None:
         """The bitmaps say exactly which blocks and inodes are in use."""

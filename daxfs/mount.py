@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 # Options daxfs consumes itself: libfuse refuses unknown options, and these mean nothing to
 # FUSE (fstab/mount(8) words) or are ours (dax modes, commit interval).
 OWN_FLAGS = {"defaults", "auto", "noauto", "user", "users", "nouser", "nofail", "_netdev",
-             "dax", "remount", "rw", "relatime", "strictatime", "lazytime", "nolazytime"}
+             "dax", "remount", "rw", "relatime", "strictatime", "lazytime", "nolazytime",
+             "diratime", "nodiratime"}
 OWN_PREFIXES = ("dax=", "x-", "comment=", "commit=", "subtype=", "fsname=")
 
 # What libfuse 3 itself accepts (lib/mount.c fuse_mount_opts and the kernel flags it maps,
@@ -47,6 +48,7 @@ class MountOptions:
     dax: str | None = None                      # taken out for the DAX mount logic
     commit_interval: float = 5.0
     noatime: bool = False
+    strictatime: bool = False                   # atime on every read, not relatime's
     skip_flush: bool = False                    # x-crashcheck-skip-flush: broken on purpose
     skip_dax_flush: bool = False                # x-crashcheck-skip-dax-flush: likewise
     writeback: bool = False                     # FUSE writeback cache (-o writeback)
@@ -78,7 +80,9 @@ def parse_options(opts: list[str], source: str) -> MountOptions:
         elif o == "noatime":
             mo.noatime = True
         elif o in ("atime", "relatime"):
-            mo.noatime = False
+            mo.noatime = mo.strictatime = False
+        elif o == "strictatime":
+            mo.noatime, mo.strictatime = False, True
         elif o.startswith("commit="):
             try:
                 mo.commit_interval = float(o[7:])
@@ -154,6 +158,7 @@ async def serve(source: str, mountpoint: str, mo: MountOptions, *, ready=None) -
         _follow_device(dev, fs, mountpoint)
         if mo.noatime:
             fs.relatime = False
+        fs.strictatime = mo.strictatime and not mo.read_only
         stack.push_async_callback(fs.unmount)
         ops = Operations(fs)
         if mo.writeback:

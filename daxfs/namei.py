@@ -86,8 +86,10 @@ class Namespace:
             raise FsError(errno.EEXIST, "file exists")
         if stat.S_ISDIR(mode) and parent.nlink >= LINK_MAX:
             raise FsError(errno.EMLINK, "too many links")
-        await self._reserve(4, 1)
+        # one block more for the xattrs a default ACL of the parent may hand down
+        await self._reserve(5 if parent.xattr_block else 4, 1)
         inode = await self._new_inode(parent, mode, ctx, rdev)
+        await self._inherit_acls(parent, inode)
         await self._dir_add(parent, name, inode)
         if stat.S_ISDIR(mode):
             parent.nlink += 1

@@ -5,9 +5,12 @@ state, the synchronous mode and the mount's dax= mode are read and set through x
 daxfs serves itself (daxfs/daxattr.py, docs/format.md).
 """
 import errno
+import stat
 
+from . import acl
 from . import daxattr
 from . import format as fmt
+from .cred import ROOT, Ctx
 from .errors import CorruptError, FsError
 from .inode import Inode
 
@@ -63,7 +66,8 @@ class Xattrs:
         inode = await self.iget(ino)
         return sorted(await self._xattrs(inode))
 
-    async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
+    async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0,
+                       ctx: Ctx = ROOT) -> None:
         async with self.lock:
             self._writable()
             inode = await self.iget(ino)
@@ -97,17 +101,67 @@ class Xattrs:
                 raise FsError(errno.ENODATA, "no such attribute")
             new = dict(xa)
             new[name] = bytes(value)
-            if fmt.xattrs_size(new) > fmt.XATTR_SPACE:
-                raise FsError(errno.ENOSPC, "no space left for extended attributes")
-            if not inode.xattr_block:
-                await self._reserve(1)
-                [(blk, _)] = self.balloc.alloc(1)
-                inode.xattr_block = blk
-            inode.xattrs = new
-            self.dirty_xattrs.add(inode)
+            mode = inode.mode
+            if name in acl.NAMES:
+                try:
+                    ents = acl.parse(value)
+                except acl.AclError as e:
+                    raise FsError(errno.EINVAL, f"invalid ACL: {e}") from None
+                if name == acl.DEFAULT and not inode.is_dir:
+                    raise FsError(errno.EACCES, "default ACLs are for directories")
+                if name == acl.ACCESS:
+                    # posix_acl_update_mode: the ACL sets the permission bits, and one that
+                    # says no more than they do is not kept
+                    mode = (mode & ~0o777) | acl.mode_bits(ents)
+                    if acl.is_minimal(ents):
+                        del new[name]
+                    if mode & stat.S_ISGID and ctx.uid != 0 and inode.gid != ctx.gid \
+                            and inode.gid not in ctx.groups:
+                        mode &= ~stat.S_ISGID
+            await self._store_xattrs(inode, new)
+            inode.mode = mode
             self._touch(inode)
             self._fc_ineligible(inode)
             await self._maybe_commit()
+
+    async def _store_xattrs(self, inode: Inode, new: dict) -> None:
+        """Make new the inode's xattrs (lock held), allocating or freeing its block."""
+        if fmt.xattrs_size(new) > fmt.XATTR_SPACE:
+            raise FsError(errno.ENOSPC, "no space left for extended attributes")
+        if new and not inode.xattr_block:
+            await self._reserve(1)
+            [(blk, _)] = self.balloc.alloc(1)
+            inode.xattr_block = blk
+        inode.xattrs = new
+        if not new and inode.xattr_block:
+            self.balloc.free_run(inode.xattr_block, 1)
+            inode.xattr_block = 0
+            self.dirty_xattrs.discard(inode)
+        elif new:
+            self.dirty_xattrs.add(inode)
+
+    async def _acl_after_chmod(self, inode: Inode) -> None:
+        """chmod rewrites the access ACL's owner, mask (else group) and other entries
+        (posix_acl_chmod), so the ACL and the mode never disagree. Lock held."""
+        if not inode.xattr_block:
+            return
+        xa = await self._xattrs(inode)
+        if acl.ACCESS in xa:
+            xa[acl.ACCESS] = acl.pack(acl.chmod(acl.parse(xa[acl.ACCESS]), inode.mode))
+            self.dirty_xattrs.add(inode)
+
+    async def _inherit_acls(self, parent: Inode, inode: Inode) -> None:
+        """posix_acl_create: what is made in a directory with a default ACL takes it (a
+        directory as its own default too), masked by the mode it was created with. Lock
+        held; the inode is new."""
+        if not parent.xattr_block or inode.is_lnk:
+            return
+        default = (await self._xattrs(parent)).get(acl.DEFAULT)
+        if default is None:
+            return
+        inode.mode, new = acl.inherit(default, inode.mode)
+        if new:
+            await self._store_xattrs(inode, new)
 
     async def removexattr(self, ino: int, name: bytes) -> None:
         async with self.lock:

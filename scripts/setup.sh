@@ -7,7 +7,7 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 
 need=""
-for pkg in fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv fio attr e2fsprogs; do
+for pkg in fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv fio attr acl e2fsprogs; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need="$need $pkg"
 done
 # fuse3 needs /etc/fuse.conf's user_allow_other only for non-root users; nothing to do here.
