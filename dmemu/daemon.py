@@ -432,6 +432,13 @@ class Server:
             settings.set_profile(str(req["profile"]))
         return {"profile": settings.profile, "params": settings.params}
 
+    async def op_printk(self, conn, req, payload):
+        """A line for the kernel log from a client that plays a kernel part (a filesystem's
+        errors, as ext4's go to dmesg). One printable line: the ring is read by people."""
+        line = "".join(c if c.isprintable() else " " for c in str(req["line"]))
+        self.kernel.printk(line)
+        return {}
+
     async def op_dmesg(self, conn, req, payload):
         lines = [f"[{t:12.6f}] {text}" for t, text in self.kernel.log_ring]
         if req.get("clear"):

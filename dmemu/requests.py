@@ -138,6 +138,7 @@ SCHEMA: dict[str, dict[str, _Field]] = {
     "dm_param": {"param": Str(64), "value": Bool()},
     "profile": {"profile": Str(32)},
     "dmesg": {"clear": Bool()},
+    "printk": {"line": Str(1024, required=True)},
 }
 
 # Operations that may carry a payload, and what it must be.
