@@ -303,7 +303,7 @@ class Server:
         return {"device": spec_json(await self.kernel.disable(_str(req, "device")))}
 
     async def op_enable(self, conn, req, payload):
-        return {"device": spec_json(self.kernel.enable(_str(req, "device")))}
+        return {"device": spec_json(await self.kernel.enable(_str(req, "device")))}
 
     async def op_power_fail(self, conn, req, payload):
         lost = await self.kernel.power_fail(req.get("devices") or [],

@@ -604,12 +604,16 @@ class Kernel(LeaseManager):
             log.info("%s removed", spec.blockdev)
         return spec
 
-    def enable(self, ident: str) -> BaseSpec:
+    async def enable(self, ident: str) -> BaseSpec:
         spec = self.find_spec(ident)
         if not spec.enabled:
             spec.enabled = True
-            self.devices[spec.blockdev] = BaseDevice(spec, self._image_base(spec), create=True)
+            dev = self.devices[spec.blockdev] = BaseDevice(spec, self._image_base(spec), create=True)
             self._save()
+            if not self.settings.linux:
+                # Linux leaves the tables over a removed device failing until they are
+                # loaded again (lvchange --refresh, vgchange -an/-ay); here they follow it.
+                await self.dm.reattach(dev)
         return spec
 
     async def power_fail(self, idents: list[str], tear: bool, seed: int | None) -> dict:
