@@ -192,6 +192,8 @@ async def serve(source: str, mountpoint: str, mo: MountOptions, *, ready=None) -
             await pyfuse3.main()
             # main() returns once the kernel ended the session (umount) or terminate()
             unmounted = not _terminated
+            if hasattr(dev, "unmounted"):
+                await dev.unmounted()
             nursery.cancel_scope.cancel()
 
 

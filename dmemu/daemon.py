@@ -249,7 +249,8 @@ class Server:
                 "profile": k.settings.profile,
                 "connections": len(self.connections),
                 "opens": [{"device": h.device.name, "pid": h.conn.pid, "prog": h.conn.prog,
-                           "exclusive": h.exclusive, "read_only": h.read_only}
+                           "exclusive": h.exclusive, "read_only": h.read_only,
+                           "mounted": h.exclusive and not h.unmounted}
                           for h in k.handles.values() if not h.dead]}
 
     async def op_shutdown(self, conn, req, payload):
@@ -327,6 +328,12 @@ class Server:
                      "exclusive" if h.exclusive else "read-only" if h.read_only else "shared",
                      conn.pid, conn.prog, str(req["log"])[:4096])
         return self.kernel.info(h)
+
+    async def op_unmounted(self, conn, req, payload):
+        """The filesystem on this handle was unmounted; it closes once its last commit is
+        written. Until then the device is open but no longer mounted."""
+        self.kernel.handle(conn, _int(req, "handle")).unmounted = True
+        return {}
 
     async def op_close(self, conn, req, payload):
         h = self.kernel.handles.get(_int(req, "handle"))

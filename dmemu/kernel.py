@@ -75,6 +75,9 @@ class Handle:
         self.read_only = read_only
         self.leases: list[Lease] = []
         self.dead: str | None = None      # why every further I/O fails, once the device is gone
+        # The filesystem holding it was unmounted and is writing its last commit: still
+        # open, no longer a mount (as sysfs stops showing the mount at umount).
+        self.unmounted = False
 
     def describe(self) -> str:
         return f"pid {self.conn.pid} ({self.conn.prog})"
