@@ -78,30 +78,36 @@ class FileIO:
                 await self._release_if_unused(h.inode)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
+        """Reads take no lock, so a read never waits for a commit or another file's write."""
         inode = self.handle(fh).inode
         if inode.is_dir:
             raise FsError(errno.EISDIR, "is a directory")
-        epoch = self.balloc.reuse_epoch
-        data = await self._read_data(inode, off, size)
-        if self.balloc.reuse_epoch != epoch:
-            # reads run without the lock: while this one waited on the device, blocks it
-            # mapped may have been freed and handed to another file; read again, locked
+        for _ in range(3):
+            epoch = self.balloc.reuse_epoch
+            data = await self._read_data(inode, off, size)
+            if self.balloc.reuse_epoch == epoch:
+                break
+            # while this read waited on the device, blocks it mapped may have been freed
+            # and become reusable: read again (without the lock, unless that keeps happening)
+        else:
             async with self.lock:
                 data = await self._read_data(inode, off, size)
         if self.relatime and (self.strictatime or inode.atime_ns <= inode.mtime_ns
                               or inode.atime_ns <= inode.ctime_ns
                               or time.time_ns() - inode.atime_ns > RELATIME_NS):
-            await self._touch_atime(inode)
+            self._touch_atime(inode)
         return data
 
-    async def _touch_atime(self, inode: Inode) -> None:
+    def _touch_atime(self, inode: Inode) -> None:
         """relatime, as Linux's default: update atime on the first read after a change or
-        once a day. The kernel caches attributes, so tell it the atime changed."""
-        async with self.lock:
-            if not inode.mode:
-                return
-            inode.atime_ns = time.time_ns()
-            self._dirty_times(inode)
+        once a day. The kernel caches attributes, so tell it the atime changed. Done without
+        waiting: when the lock is held (a commit, a write) or the filesystem is frozen, the
+        update is left to a later read, as relatime allows; with no await between the check
+        and the change, nothing else runs in between."""
+        if self.lock.busy or not inode.mode or self.read_only:
+            return
+        inode.atime_ns = time.time_ns()
+        self._dirty_times(inode)
         if self.on_invalidate is not None:
             self.on_invalidate(inode.ino)
 

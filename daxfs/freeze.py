@@ -32,6 +32,11 @@ class GateLock:
     async def __aexit__(self, *exc):
         self._lock.release()
 
+    @property
+    def busy(self) -> bool:
+        """Held, or closed by a freeze: a change made now without it would race."""
+        return self._lock.locked() or self._open is not None
+
     def close_gate(self) -> None:
         if self._open is None:
             self._open = trio.Event()

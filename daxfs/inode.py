@@ -15,6 +15,10 @@ from .errors import CorruptError
 _NONE = ()
 
 
+FILE_TYPES = (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO,
+              stat.S_IFSOCK)
+
+
 class Inode:
     __slots__ = ("ino", "mode", "uid", "gid", "nlink", "size", "atime_ns", "mtime_ns",
                  "ctime_ns", "crtime_ns", "flags", "generation", "rdev", "extent_block",
@@ -104,6 +108,10 @@ class Inode:
         i.crtime_ns = b_s * 10**9 + b_n
         if i.mode == 0:
             raise CorruptError(f"inode {ino}: marked in use but its slot is free")
+        if stat.S_IFMT(i.mode) not in FILE_TYPES:
+            # The kernel would refuse such attributes itself (EIO, and nothing in our log):
+            # name the damage here instead, as ext4 does for an inode of unknown type.
+            raise CorruptError(f"inode {ino}: mode {i.mode:#o} has no valid file type")
         if n <= fmt.INLINE_EXTENTS:
             if i.extent_block:
                 raise CorruptError(f"inode {ino}: extent chain with only {n} extents")

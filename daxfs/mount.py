@@ -17,6 +17,8 @@ import trio
 
 from .dax import DaxPolicy, check_mount, parse_dax_option
 from .fs import Filesystem
+from .kmsg import KernelLog
+from .logfile import device_name
 from .operations import Operations
 from .source import open_source
 
@@ -28,6 +30,17 @@ OWN_FLAGS = {"defaults", "auto", "noauto", "user", "users", "nouser", "nofail", 
              "dax", "remount", "rw", "relatime", "strictatime", "lazytime", "nolazytime",
              "diratime", "nodiratime"}
 OWN_PREFIXES = ("dax=", "x-", "comment=", "commit=", "subtype=", "fsname=")
+
+# What libfuse 3 itself accepts (lib/mount.c fuse_mount_opts and the kernel flags it maps,
+# lib/fuse_lowlevel.c fuse_ll_opts). Anything else makes fuse_session_new() fail without
+# naming the option, and only after the filesystem has been opened and its mount counted:
+# so an option outside this list is refused by name before anything is opened.
+FUSE_FLAGS = {"allow_other", "allow_root", "auto_unmount", "blkdev", "default_permissions",
+              "ro", "rw", "suid", "nosuid", "dev", "nodev", "exec", "noexec", "async", "sync",
+              "dirsync", "atime", "noatime", "diratime", "nodiratime", "relatime", "norelatime",
+              "strictatime", "nostrictatime", "lazytime", "nolazytime", "debug", "-d", "--debug"}
+FUSE_PREFIXES = ("max_read=", "blksize=", "context=", "fscontext=", "defcontext=", "rootcontext=",
+                 "user=")
 
 
 @dataclass
@@ -77,10 +90,18 @@ def parse_options(opts: list[str], source: str) -> MountOptions:
                 mo.commit_interval = float(o[7:])
             except ValueError:
                 raise ValueError(f"bad commit interval '{o}'") from None
+            if not 0 < mo.commit_interval < 1e6:
+                raise ValueError(f"bad commit interval '{o}': use a number of seconds above 0")
             continue
         if o in OWN_FLAGS or o.startswith(OWN_PREFIXES) or o == "ro":
             continue
+        if o not in FUSE_FLAGS and not (o.startswith(FUSE_PREFIXES) and o.split("=", 1)[1]):
+            raise ValueError(f"unknown mount option '{o}'")
         mo.fuse.append(o)
+    try:
+        parse_dax_option(mo.dax)
+    except OSError as e:
+        raise ValueError(e.strerror) from None
     if mo.read_only:
         mo.fuse.append("ro")
     # daxfs leaves permission checks to the kernel (mode bits, sticky directories,
@@ -157,6 +178,11 @@ async def serve(source: str, mountpoint: str, mo: MountOptions, *, ready=None) -
         stack.callback(close_fuse)
         log.info("%s mounted on %s (%s)", source, mountpoint, ",".join(mo.fuse))
         async with trio.open_nursery() as nursery:
+            if getattr(dev, "client", None) is not None:      # a dmemu device: dmesg
+                kmsg = KernelLog(device_name(source))
+                logging.getLogger("daxfs").addHandler(kmsg)
+                stack.callback(logging.getLogger("daxfs").removeHandler, kmsg)
+                nursery.start_soon(kmsg.run, dev.client)
             nursery.start_soon(ops.run_invalidator)
             if not mo.read_only:
                 nursery.start_soon(Committer(fs, mo.commit_interval).run)
@@ -166,6 +192,8 @@ async def serve(source: str, mountpoint: str, mo: MountOptions, *, ready=None) -
             await pyfuse3.main()
             # main() returns once the kernel ended the session (umount) or terminate()
             unmounted = not _terminated
+            if hasattr(dev, "unmounted"):
+                await dev.unmounted()
             nursery.cancel_scope.cancel()
 
 

@@ -27,6 +27,7 @@ from .dm.leases import LeaseManager
 from .media import Media
 from .hardware import (BaseDevice, BaseSpec, Registry, clear_badblocks, merge_badblocks,
                        new_uuid)
+from .names import check_user_name
 from .paths import StatePaths
 from .profile import Settings
 from .units import human
@@ -74,6 +75,9 @@ class Handle:
         self.read_only = read_only
         self.leases: list[Lease] = []
         self.dead: str | None = None      # why every further I/O fails, once the device is gone
+        # The filesystem holding it was unmounted and is writing its last commit: still
+        # open, no longer a mount (as sysfs stops showing the mount at umount).
+        self.unmounted = False
 
     def describe(self) -> str:
         return f"pid {self.conn.pid} ({self.conn.prog})"
@@ -94,12 +98,18 @@ class Kernel(LeaseManager):
         self.devices: dict[str, BaseDevice] = {}
         self.handles: dict[int, Handle] = {}
         self._next_handle = 1
+        self.boot_lost: dict[str, int] = {}     # bytes each device lost when this boot rolled back
         self.settings = Settings(paths.settings)
         self.dm = DeviceMapper(self, self)
         self.dm.params = self.settings.params
         for spec in self.specs:
             if spec.enabled:
-                self.devices[spec.blockdev] = BaseDevice(spec, self._image_base(spec), create=True)
+                try:
+                    self.devices[spec.blockdev] = BaseDevice(spec, self._image_base(spec), create=True)
+                except OSError as e:
+                    # As a namespace whose media fails to probe: absent, the others serve on.
+                    log.error("%s: its media cannot be opened (%s); the device stays absent until "
+                              "the image files in %s are mended", spec.blockdev, e, self.paths.images)
 
     def _image_base(self, spec: BaseSpec) -> str:
         return str(self.paths.images / spec.uuid)
@@ -129,6 +139,7 @@ class Kernel(LeaseManager):
         if not clean:
             for dev in self.devices.values():
                 lost = dev.media.power_fail()
+                self.boot_lost[dev.name] = lost     # clients reattaching must know
                 if lost:
                     log.info("%s: %d bytes not durable at the last crash were lost", dev.name, lost)
         else:
@@ -145,17 +156,20 @@ class Kernel(LeaseManager):
 
     def find_spec(self, ident: str, *, kind: str | None = None) -> BaseSpec:
         key = ident[5:] if ident.startswith("/dev/") else ident
-        for spec in self.specs:
-            if kind and spec.kind != kind:
-                continue
-            if key in (spec.blockdev, spec.dev) or (spec.name and key == spec.name):
-                return spec
+        # Kernel names first: a label can never shadow a device's own name.
+        for label in (False, True):
+            for spec in self.specs:
+                if kind and spec.kind != kind:
+                    continue
+                if (spec.name and key == spec.name) if label else key in (spec.blockdev, spec.dev):
+                    return spec
         what = {"pmem": "namespace", "disk": "disk"}.get(kind or "", "device")
         raise no_device(f"{ident}: no such {what}")
 
     def find_base(self, name: str) -> BaseSpec | None:
-        return next((s for s in self.specs if name in (s.blockdev, s.dev) or
-                     (s.name and name == s.name)), None)
+        # Kernel names first: a label can never shadow a device's own name.
+        return (next((s for s in self.specs if name in (s.blockdev, s.dev)), None)
+                or next((s for s in self.specs if s.name and name == s.name), None))
 
     def lookup(self, ident: str):
         """Any device users may name: /dev/pmem0, namespace0.0, disk0, /dev/mapper/x, dm-3."""
@@ -234,8 +248,14 @@ class Kernel(LeaseManager):
             up = -(-size // align) * align
             raise invalid(f"size {human(size)} is not a multiple of the alignment {human(align)}: "
                           f"use --size {human(up)} or a smaller --align")
-        if name and any(s.name == name for s in self.specs):
-            raise DmemuError(errno.EEXIST, f"a namespace named '{name}' already exists")
+        if name:
+            check_user_name(name, "namespace name")
+            if "/" in name or not name.isprintable() or len(name) > 63:
+                raise invalid(f"invalid namespace name '{name}': up to 63 printable characters, no '/'")
+            if any(s.name == name for s in self.specs):
+                raise DmemuError(errno.EEXIST, f"a namespace named '{name}' already exists")
+            if self.find_base(name) or self.dm.find(name):
+                raise DmemuError(errno.EEXIST, f"a device named '{name}' already exists")
         used = {s.minor for s in self.specs if s.kind == "pmem"}
         idx = next(i for i in range(len(used) + 1) if i not in used)
         spec = BaseSpec(kind="pmem", blockdev=f"pmem{idx}", dev=f"namespace0.{idx}", size=size,
@@ -252,10 +272,11 @@ class Kernel(LeaseManager):
         if name is None:
             taken = {s.blockdev for s in self.specs}
             name = next(f"disk{i}" for i in range(len(taken) + 1) if f"disk{i}" not in taken)
+        check_user_name(name, "disk name")
         if not DISK_NAME.match(name) or name.startswith(RESERVED_PREFIXES):
             raise invalid(f"invalid disk name '{name}': use letters, digits and _.+- "
                           f"(not starting with pmem, namespace, dm-, mapper or region)")
-        if any(name in (s.blockdev, s.name, s.dev) for s in self.specs):
+        if any(name in (s.blockdev, s.name, s.dev) for s in self.specs) or self.dm.find(name):
             raise DmemuError(errno.EEXIST, f"a device named '{name}' already exists")
         spec = BaseSpec(kind="disk", blockdev=name, size=size, minor=idx, uuid=new_uuid(),
                         model="disk", mode="raw")
@@ -586,12 +607,16 @@ class Kernel(LeaseManager):
             log.info("%s removed", spec.blockdev)
         return spec
 
-    def enable(self, ident: str) -> BaseSpec:
+    async def enable(self, ident: str) -> BaseSpec:
         spec = self.find_spec(ident)
         if not spec.enabled:
             spec.enabled = True
-            self.devices[spec.blockdev] = BaseDevice(spec, self._image_base(spec), create=True)
+            dev = self.devices[spec.blockdev] = BaseDevice(spec, self._image_base(spec), create=True)
             self._save()
+            if not self.settings.linux:
+                # Linux leaves the tables over a removed device failing until they are
+                # loaded again (lvchange --refresh, vgchange -an/-ay); here they follow it.
+                await self.dm.reattach(dev)
         return spec
 
     async def power_fail(self, idents: list[str], tear: bool, seed: int | None) -> dict:

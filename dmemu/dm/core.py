@@ -17,6 +17,7 @@ import trio
 
 from ..blockdev import SECTOR_SIZE
 from ..errors import DmemuError, busy, invalid, no_device
+from ..names import check_user_name
 from .cow import Origins
 from .errors import DMError
 from .leases import LeaseManager
@@ -377,6 +378,37 @@ class DeviceMapper:
             return (lease.write or not writes_only) and any(lease.reaches(b, s, e) for b, s, e in ranges)
         return await self.leases.revoke(hit, why)
 
+    async def reattach(self, dev) -> list[str]:
+        """``dev`` came back after a removal (ndctl enable-namespace): every device whose
+        live table still holds the removed one loads the same table again, so it maps the
+        device as it is now (the devices stacked above see it through them). One that
+        cannot is left as it was, failing its I/O, and said so in the log."""
+        done = []
+        for md in list(self.devices.values()):
+            if md.live is None or md.removed:
+                continue
+            if not any(d is not dev and getattr(d, "removed", False) and d.name == dev.name
+                       for d in md.live.devices()):
+                continue
+            try:
+                await self.load(md.name, "\n".join(self.table_lines(md)))
+                await self.resume(md.name)
+            except DmemuError as e:
+                log.error("%s: not reattached to %s: %s", md.name, dev.name, e.message)
+                continue
+            log.info("%s: reattached to %s", md.name, dev.name)
+            done.append(md.name)
+        return done
+
+    def queue_work(self, fn, *args) -> bool:
+        """Run a target's background work (a merge) as the kernel's workqueues do, in the
+        daemon's background nursery; False while there is none (before it serves)."""
+        nursery = getattr(self.kernel, "_background", None)
+        if nursery is None:
+            return False
+        nursery.start_soon(fn, *args)
+        return True
+
     def table_event(self, md: MappedDevice) -> None:
         md.event_nr += 1
         md.event.set()
@@ -399,12 +431,18 @@ class DeviceMapper:
             raise invalid(f"invalid device {what} '{name}': up to {DM_NAME_LEN - 1} characters, no '/'")
         if not re.match(r"^[\x21-\x7e]+$", name):
             raise invalid(f"invalid device {what} '{name}': use printable characters, no spaces")
+        check_user_name(name, f"device {what}")
 
     def create(self, name: str, uuid: str = "", read_only: bool = False) -> MappedDevice:
         self._check_name(name)
         if uuid and len(uuid) >= DM_UUID_LEN:
             raise invalid(f"uuid is longer than {DM_UUID_LEN - 1} characters")
-        if name in self.devices or self.kernel.find_base(name):
+        if uuid:
+            # Lookups match uuids too: one that reads as a device name would shadow it.
+            check_user_name(uuid, "device uuid")
+            if self.find(uuid) or self.kernel.find_base(uuid):
+                raise DmemuError(errno.EBUSY, f"uuid {uuid} is already the name of a device")
+        if self.find(name) or self.kernel.find_base(name):
             raise DmemuError(errno.EBUSY, f"device {name} already exists")
         if uuid and any(md.uuid == uuid for md in self.devices.values()):
             raise DmemuError(errno.EBUSY, f"a device with uuid {uuid} already exists")
@@ -682,10 +720,13 @@ class DeviceMapper:
                 raise invalid(f"{md.name} already has uuid {md.uuid}: a uuid can be set only once")
             if any(x.uuid == uuid for x in self.devices.values()):
                 raise DmemuError(errno.EBUSY, f"a device with uuid {uuid} already exists")
+            check_user_name(uuid, "device uuid")
+            if self.find(uuid) or self.kernel.find_base(uuid):
+                raise DmemuError(errno.EBUSY, f"uuid {uuid} is already the name of a device")
             md.uuid = uuid
             return md
         self._check_name(new, "name")
-        if new in self.devices or self.kernel.find_base(new):
+        if self.find(new) or self.kernel.find_base(new):
             raise DmemuError(errno.EBUSY, f"device {new} already exists")
         del self.devices[md.name]
         md.name = new

@@ -258,3 +258,34 @@ async def test_fsck_replays_journal_with_y():
     fs = await Filesystem.mount(dev)
     assert await fs.listdir(R) == [b"d"]
     await fs.unmount()
+
+
+async def test_an_inode_without_a_file_type_is_named_in_the_log(caplog):
+    """Such an inode once gave the application EIO (the kernel refused its attributes) with
+    nothing logged; it is damage, refused by the filesystem with its number and mode."""
+    import logging
+    import os as _os
+    import pyfuse3
+    from daxfs import format as _fmt
+    from daxfs.fs import Filesystem
+    from daxfs.operations import Operations
+    dev = await make_dev()
+    fs = await Filesystem.mount(dev)
+    fh, f = await fs.create(fs.sb.root_ino, b"a", 0o644, _os.O_RDWR)
+    await fs.release(fh)
+    ino, sb = f.ino, fs.sb
+    await fs.unmount()
+    # Clear the type bits and keep the checksum valid: damage that passes the checksum.
+    idx, off = _fmt.inode_location(ino)
+    blk = sb.itable_start + idx
+    buf = bytearray(await dev.read(blk * 8, 4096))
+    raw = bytearray(buf[off:off + _fmt.INODE_SIZE])
+    raw[_fmt.INODE_FIXED_OFF:_fmt.INODE_FIXED_OFF + 4] = (0o644).to_bytes(4, "little")
+    buf[off:off + _fmt.INODE_SIZE] = _fmt.seal_inode(raw, ino, sb.uuid)
+    await dev.write(blk * 8, bytes(buf))
+    fs = await Filesystem.mount(dev)
+    ops = Operations(fs)
+    with caplog.at_level(logging.ERROR):
+        with pytest.raises(pyfuse3.FUSEError):
+            await ops.getattr(ino)
+    assert f"inode {ino}: mode 0o644 has no valid file type" in caplog.text
