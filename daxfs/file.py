@@ -10,10 +10,9 @@ import errno
 import os
 import time
 
-import trio
-
 from . import format as fmt
 from .errors import FsError
+from .freeze import FastLock
 from .inode import Inode
 
 BS = fmt.BLOCK_SIZE
@@ -200,10 +199,10 @@ class FileIO:
         return len(data)
 
     @staticmethod
-    def _inode_lock(inode: Inode) -> trio.Lock:
+    def _inode_lock(inode: Inode) -> FastLock:
         """Serialises what changes one file's data and size (writes, truncation)."""
         if inode.ilock is None:
-            inode.ilock = trio.Lock()
+            inode.ilock = FastLock()
         return inode.ilock
 
     async def _fit_to_space(self, inode: Inode, off: int, length: int) -> int:
