@@ -149,6 +149,7 @@ class Xattrs:
         if acl.ACCESS in xa:
             xa[acl.ACCESS] = acl.pack(acl.chmod(acl.parse(xa[acl.ACCESS]), inode.mode))
             self.dirty_xattrs.add(inode)
+            self._fc_ineligible(inode)      # a fast-commit record carries no xattrs
 
     async def _inherit_acls(self, parent: Inode, inode: Inode, ctx: Ctx = ROOT) -> None:
         """posix_acl_create: what is made in a directory with a default ACL takes it (a
