@@ -33,13 +33,18 @@ fi
 mkfs.daxfs -f /dev/pmem0 >/dev/null
 mkfs.daxfs -f /dev/pmem1 >/dev/null
 cp "$here/local.config" "$FSTESTS/local.config"
+
+# however ./check ends (a signal, a timeout), unmount its file systems, which ends their
+# daemons, then stop the private dmemud, which refuses until they have let go
+cleanup() {
+    for d in /mnt/fst-test /mnt/fst-scratch; do
+        if mountpoint -q "$d"; then umount "$d" || umount -l "$d" || true; fi
+    done
+    for i in $(seq 30); do dmemud stop >/dev/null 2>&1 && break; sleep 1; done
+}
+trap cleanup EXIT
+trap 'exit 143' TERM INT HUP
 cd "$FSTESTS"
 rc=0
 ./check "$@" || rc=$?
-# the daemons of the last mounts, then the private dmemud
-for d in /mnt/fst-test /mnt/fst-scratch; do
-    if mountpoint -q "$d"; then umount "$d" || true; fi
-done
-# the daemons release their devices as they exit; dmemud refuses to stop until then
-for i in $(seq 30); do dmemud stop >/dev/null 2>&1 && break; sleep 1; done
 exit $rc
