@@ -43,8 +43,12 @@ cleanup() {
     for i in $(seq 30); do dmemud stop >/dev/null 2>&1 && break; sleep 1; done
 }
 trap cleanup EXIT
-trap 'exit 143' TERM INT HUP
 cd "$FSTESTS"
 rc=0
-./check "$@" || rc=$?
+# in the background, so that a signal to this script is acted on at once (a shell waiting
+# for a foreground child defers its traps until the child ends)
+./check "$@" &
+check=$!
+trap 'kill -TERM $check 2>/dev/null; wait $check; exit 143' TERM INT HUP
+wait $check || rc=$?
 exit $rc
