@@ -136,8 +136,13 @@ class Client:
     async def _run_hook(self, dev, obj) -> None:
         try:
             await dev.freeze_hook(obj["event"])
-        except Exception:
+        except Exception as e:
             log.exception("%s handler failed", obj["event"])
+            # A freeze that did not happen must not pass for one: the suspend then fails
+            # cleanly instead of snapshotting a filesystem that is still changing.
+            await self._send({"ack": obj["eid"], "error": {"errno": getattr(e, "errno", None) or 5,
+                                                           "message": str(e)[:200]}})
+            return
         await self._send({"ack": obj["eid"]})
 
     async def _send(self, obj: dict, payload: bytes = b"") -> None:

@@ -67,6 +67,10 @@ class Connection:
         if not done.is_set():
             log.warning("pid %d (%s) did not acknowledge %s within %ss", self.pid, self.prog, kind, timeout)
             return False
+        if slot is not None and isinstance(slot[1], dict) and slot[1].get("error"):
+            log.warning("pid %d (%s) could not carry out %s: %s", self.pid, self.prog, kind,
+                        slot[1]["error"])
+            return False
         return slot is not None
 
     def _ack(self, obj: dict) -> None:

@@ -610,7 +610,7 @@ class DeviceMapper:
             raise DmemuError(errno.ETIMEDOUT,
                              f"suspend of {md.name} failed: could not freeze the filesystem on it: "
                              + ", ".join(h.describe() for h in failed)
-                             + " did not answer; nothing was changed")
+                             + " did not freeze in time; nothing was changed")
         return frozen
 
     async def resume(self, name: str) -> MappedDevice:
