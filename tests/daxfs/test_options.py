@@ -66,8 +66,10 @@ def test_a_damaged_journal_header_sends_the_user_to_fsck_not_mkfs(tmp_path):
     with open(img, "wb") as f:
         f.truncate(16 << 20)
     subprocess.run([str(TOOLS / "mkfs.daxfs"), str(img)], check=True, capture_output=True)
+    from daxfs import format as fmt
     with open(img, "r+b") as f:
-        f.seek(4096)            # block 1: the journal header
+        sb = fmt.Superblock.unpack(f.read(4096))
+        f.seek(sb.journal_start * 4096)         # the journal header
         f.write(bytes(8))
     mnt = tmp_path / "mnt"
     mnt.mkdir()
