@@ -130,7 +130,8 @@ def build_parser(prog: str) -> ArgumentParser:
 
     d = sub.add_parser("destroy-namespace", help="destroy a namespace (refused while in use)")
     d.add_argument("namespace")
-    d.add_argument("-f", "--force", action="store_true", help="accepted for ndctl compatibility")
+    d.add_argument("-f", "--force", action="store_true",
+                   help="destroy an enabled namespace (ndctl asks for it)")
 
     for name, text in (("disable-namespace", "hot-remove a namespace: its users get errors"),
                        ("remove", "same as disable-namespace (dmemu)"),
@@ -196,6 +197,14 @@ async def _main(args) -> int:
                                  persistence=args.persistence)
             print(dump(namespace_json(r["namespace"])))
         elif cmd == "destroy-namespace":
+            if not args.force:
+                # ndctl's namespace_prep_reconfig: an active namespace needs --force.
+                devs = (await k.call("list", kind="pmem"))["devices"]
+                d = next((d for d in devs if args.namespace.removeprefix("/dev/") in
+                          (d["dev"], d["blockdev"], d["name"])), None)
+                if d is not None and d["enabled"]:
+                    from ..errors import busy
+                    raise busy(f"{d['dev']} is active, specify --force for re-configuration")
             await k.call("destroy", device=args.namespace, kind="pmem")
             print("destroyed 1 namespace")
         elif cmd in ("disable-namespace", "remove"):

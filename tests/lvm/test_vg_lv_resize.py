@@ -277,3 +277,12 @@ def test_quiet_silences_success_and_qq_answers_no(pmem):
             "  THIS MAY DESTROY YOUR DATA (filesystem etc.)\n"
             "  Logical volume vg0/a NOT reduced.\n")
     assert ok("lvs", "-q", "--noheadings", "-o", "lv_name,lv_size") == "  a 8.00m\n"
+
+
+def test_pvs_all_lists_devices_without_a_pv(pmem):
+    ok("pvcreate", "/dev/disk0")
+    assert ok("pvs", "-a") == ("  PV         VG Fmt  Attr PSize  PFree \n"
+                               "  /dev/disk0    lvm2 ---  64.00m 64.00m\n"
+                               "  /dev/pmem0         ---      0      0 \n")
+    assert ok("pvs") == ("  PV         VG Fmt  Attr PSize  PFree \n"
+                         "  /dev/disk0    lvm2 ---  64.00m 64.00m\n")
