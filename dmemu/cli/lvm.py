@@ -198,7 +198,9 @@ SAME_AS = {"lvreduce": "lvextend", "lvresize": "lvextend"}
 
 
 async def _run(cmd, args) -> None:
-    async with client.connect(prog=cmd) as k:
+    # A poller never starts dmemud: it has nothing to poll in a kernel that was not running
+    # (and one left behind must not bring a daemon back into a state directory that went).
+    async with client.connect(prog=cmd, autostart=cmd != "lvpoll") as k:
         await getattr(commands, SAME_AS.get(cmd, cmd))(k, args)
 
 
