@@ -14,7 +14,7 @@ import errno
 from . import format as fmt
 from .errors import FsError
 
-BITS_PER_BLOCK = fmt.BLOCK_SIZE * 8
+BITS_PER_BLOCK = fmt.BITMAP_BITS      # bits in one on-device bitmap block
 GOAL_WINDOW = 4096          # blocks searched after an allocation goal before the cursor
 
 
@@ -163,7 +163,8 @@ class BlockAllocator:
                 wrapped = True
                 pos = self.data_start
                 continue
-            n = min(want - got, busy.run_length(b, self.total))
+            # the scan stops at the blocks still wanted: never to the end of the device
+            n = busy.run_length(b, min(self.total, b + want - got))
             runs.append((b, n))
             busy.set_run(b, n, True)
             got += n

@@ -15,6 +15,7 @@ def _write(path: str, data: bytes, fsync: bool = True) -> None:
     with open(path, "wb") as f:
         f.write(data)
         if fsync:
+            f.flush()           # out of Python's buffer, or fsync runs before the write
             os.fsync(f.fileno())
 
 
@@ -60,6 +61,7 @@ def create_unlink(mnt: str, oracle) -> None:
     with open(os.path.join(mnt, "c5"), "r+b") as f:
         f.seek(100)
         f.write(b"overwritten in place")
+        f.flush()
         os.fsync(f.fileno())
     oracle.durable("c5", mnt)
 
@@ -91,6 +93,7 @@ def random_mix(mnt: str, oracle, seed: int = 7) -> None:
             else:
                 f.truncate(rng.randrange(128 << 10, 512 << 10))
             if rng.random() < 0.4:
+                f.flush()
                 os.fsync(f.fileno())
                 synced = True
             else:
@@ -136,6 +139,7 @@ def snapshot_during_writes(mnt: str, oracle) -> None:
         oracle.changing(f"s{i}")
         with open(os.path.join(mnt, f"s{i}"), "r+b") as f:
             f.write(b"after the snapshot" * 100)
+            f.flush()
             os.fsync(f.fileno())
         oracle.durable(f"s{i}", mnt)
         _write(os.path.join(mnt, f"n{i}"), os.urandom(9000))
@@ -143,6 +147,38 @@ def snapshot_during_writes(mnt: str, oracle) -> None:
         oracle.durable(f"n{i}", mnt)
 
 
+def fsync_append(mnt: str, oracle) -> None:
+    """The fast-commit path: files that exist on the device (made durable with their
+    directory first) are appended to, overwritten, sparsely extended and truncated, each
+    change followed by fsync or fdatasync alone, which writes one fast-commit record."""
+    names = [f"a{i}" for i in range(3)]
+    for n in names:
+        _write(os.path.join(mnt, n), n.encode() * 500)
+    _fsync_dir(mnt)
+    for n in names:
+        oracle.durable(n, mnt)
+    for step in range(12):
+        n = names[step % 3]
+        oracle.changing(n)
+        with open(os.path.join(mnt, n), "r+b") as f:
+            if step % 4 == 3:
+                f.truncate(700 * step)
+            elif step % 4 == 2:
+                f.seek(0, os.SEEK_END)
+                f.seek(f.tell() + 3 * 4096)          # a hole, then data: a new extent
+                f.write(b"s%d" % step * 300)
+            else:
+                f.seek(0, os.SEEK_END)
+                f.write(bytes([65 + step]) * (2500 * (step + 1)))
+                f.seek(10)
+                f.write(b"overwritten %d" % step)
+            f.flush()                               # out of Python's buffer first
+            (os.fdatasync if step % 2 else os.fsync)(f.fileno())
+        oracle.durable(n, mnt)
+
+
+WORKLOADS["fsync-append"] = fsync_append
 WORKLOADS["random-mix"] = random_mix
 WORKLOADS["snapshot-during-writes"] = snapshot_during_writes
-DAX_WORKLOADS = {"dax-msync": dax_msync, "fsync-files": fsync_files}
+DAX_WORKLOADS = {"dax-msync": dax_msync, "fsync-files": fsync_files,
+                 "fsync-append": fsync_append}

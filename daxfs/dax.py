@@ -64,6 +64,7 @@ class DaxIO:
 
     def __init__(self, dev):
         self.dev = dev
+        # (window, write) -> mappings of that window, the one from its start first
         self._maps: dict[tuple[int, bool], list] = {}
         # A deliberately broken mode for testing the crash checker: stores are left in the
         # CPU caches, never flushed (what the 2015 thread warned fsync must not allow).
@@ -73,21 +74,55 @@ class DaxIO:
         self._maps.clear()
 
     async def _mapping(self, pgoff: int, write: bool):
+        """The mapping that covers pgoff: one per window, found by the window's number. A
+        window is mapped from its start, so one mapping serves every page of it; only when
+        the device answers with less (a media error, a snapshot origin mapping writes a
+        chunk run at a time) does the window hold more than one, each from a page asked for."""
         key = (pgoff // WINDOW, write)
         lst = self._maps.get(key)
         if lst:
+            m = lst[0]
+            if m.valid and m.pgoff <= pgoff < m.pgoff + m.nr_pages:
+                return m
             for m in lst:
-                if m.pgoff <= pgoff < m.pgoff + m.nr_pages and m.valid:
+                if m.valid and m.pgoff <= pgoff < m.pgoff + m.nr_pages:
                     return m
             lst[:] = [m for m in lst if m.valid]
-        end = (key[0] + 1) * WINDOW
+        else:
+            lst = self._maps.setdefault(key, [])
         total = self.dev.nr_sectors // PAGE_SECTORS
-        m = await self.dev.direct_access(pgoff, min(end, total) - pgoff, write=write)
-        self._maps.setdefault(key, []).append(m)
+        start = key[0] * WINDOW
+        end = min(start + WINDOW, total)
+        if not lst:
+            try:
+                m = await self.dev.direct_access(start, end - start, write=write)
+            except OSError as e:
+                if e.errno != errno.EIO:
+                    raise
+                m = None                # a media error at the window's start
+            if m is not None:
+                lst.insert(0, m)
+                if m.pgoff <= pgoff < m.pgoff + m.nr_pages:
+                    return m
+        m = await self.dev.direct_access(pgoff, end - pgoff, write=write)
+        lst.append(m)
         return m
 
     async def read(self, sector: int, nbytes: int) -> bytes:
-        out, pos = [], 0
+        """Loads: a range inside one mapping is one copy; one that crosses windows is
+        copied piece by piece into one buffer (no join of pieces afterwards)."""
+        byte = sector * SECTOR_SIZE
+        pgoff, inpage = divmod(byte, PAGE_SIZE)
+        m = await self._mapping(pgoff, False)
+        off = (pgoff - m.pgoff) * PAGE_SIZE + inpage
+        if off + nbytes <= m.length:
+            try:
+                return m.read(off, nbytes)
+            except RevokedError:
+                pass
+        out = bytearray(nbytes)
+        view = memoryview(out)
+        pos = 0
         while pos < nbytes:
             byte = sector * SECTOR_SIZE + pos
             pgoff, inpage = divmod(byte, PAGE_SIZE)
@@ -95,11 +130,11 @@ class DaxIO:
             off = (pgoff - m.pgoff) * PAGE_SIZE + inpage
             n = min(nbytes - pos, m.length - off)
             try:
-                out.append(m.read(off, n))
+                m.readinto(off, view[pos:pos + n])
             except RevokedError:     # taken back between lookup and use: map again
                 continue
             pos += n
-        return b"".join(out) if len(out) != 1 else out[0]
+        return bytes(out)
 
     async def write(self, sector: int, data) -> None:
         """Store and flush: durable when this returns, in adr mode too."""
@@ -123,7 +158,8 @@ class DaxIO:
             n = min(len(data) - pos, m.length - off)
             try:
                 m.write(off, data[pos:pos + n])
-                if not self.skip_flush:
+                # eADR: the CPU caches are in the persistence domain, nothing to flush
+                if not self.skip_flush and m.media.model != "eadr":
                     m.flush(off, n)
             except RevokedError:
                 continue

@@ -14,6 +14,7 @@ from .errors import CorruptError
 
 BS = fmt.BLOCK_SIZE
 HDR = fmt.DIRENT_HDR
+START = fmt.DIR_START                    # records follow the block's header
 ROOM = fmt.dirent_size(fmt.NAME_MAX)     # a block with this much slack takes any name
 _pack = fmt.DIRENT_FMT.pack_into
 _unpack = fmt.DIRENT_FMT.unpack_from
@@ -28,14 +29,15 @@ def dtype(mode: int) -> int:
 
 
 def empty_block() -> bytearray:
-    b = bytearray(BS)
-    _pack(b, 0, 0, 0, BS, 0, 0)
+    b = fmt.header("directory")
+    _pack(b, START, 0, 0, BS - START, 0, 0)
     return b
 
 
 def parse_block(buf, where: str):
-    """Yield (offset, ino, hash, rec_len, ftype, name) for every record, validating it."""
-    off = 0
+    """Yield (offset, ino, hash, rec_len, ftype, name) for every record, validating it
+    (the block's header is verified by whoever read it)."""
+    off = START
     while off < BS:
         if off + HDR > BS:
             raise CorruptError(f"{where}: record header at {off} crosses the block end")
@@ -58,7 +60,7 @@ class Directory:
         self.index: dict[bytes, int] = {}
         self.dirty: set[int] = set()        # block indices changed since the last commit
         self._slack = [0] * len(blocks)     # free bytes per block (maybe not contiguous)
-        self._last = [0] * len(blocks)      # offset of the last record of each block
+        self._last = [START] * len(blocks)  # offset of the last record of each block
         self.roomy: set[int] = set()        # blocks that may fit a maximal record
         for bi, buf in enumerate(blocks):
             slack = 0
@@ -111,7 +113,7 @@ class Directory:
         buf = self.blocks[bi]
         off = self._last[bi]                # try the tail first: appends are the usual case
         if not self._try_at(bi, off, name, ino, ftype, need):
-            off = 0
+            off = START
             while off < BS:
                 rec_len = _unpack(buf, off)[2]
                 if self._try_at(bi, off, name, ino, ftype, need):
@@ -143,8 +145,8 @@ class Directory:
     def grow(self) -> int:
         self.blocks.append(empty_block())
         bi = len(self.blocks) - 1
-        self._slack.append(BS)
-        self._last.append(0)
+        self._slack.append(BS - START)
+        self._last.append(START)
         self.roomy.add(bi)
         self.dirty.add(bi)
         return bi
@@ -154,11 +156,11 @@ class Directory:
         bi, off = divmod(pos, BS)
         buf = self.blocks[bi]
         _, _, rec_len, _, nlen = _unpack(buf, off)
-        if off == 0:
-            _pack(buf, 0, 0, 0, rec_len, 0, 0)
-            buf[HDR:HDR + nlen] = bytes(nlen)
+        if off == START:
+            _pack(buf, START, 0, 0, rec_len, 0, 0)
+            buf[START + HDR:START + HDR + nlen] = bytes(nlen)
         else:                                   # merge into the previous record
-            prev = 0
+            prev = START
             while True:
                 plen = _unpack(buf, prev)[2]
                 if prev + plen == off:
@@ -194,7 +196,7 @@ class Directory:
             # a snapshot: the caller may await between entries while records change
             buf = bytes(self.blocks[bi])
             base = bi * BS
-            off = 0
+            off = START
             while off < BS:
                 ino, _, rec_len, _, nlen = _unpack(buf, off)
                 pos = base + off

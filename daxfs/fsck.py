@@ -15,6 +15,7 @@ import logging
 import stat
 import struct
 
+from . import acl
 from . import format as fmt
 from .alloc import Bitmap
 from .directory import dtype, parse_block
@@ -22,6 +23,7 @@ from .format import DIRENT_FMT
 from .errors import CorruptError
 from .inode import Inode
 from .journal import Journal, header_block, read_blocks, write_blocks
+from . import fastcommit
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ class Checker:
         self.overlay: dict[int, bytes] = {}
         self.writes: dict[int, bytes] = {}   # repaired blocks to write back
         self.patches: list = []              # directory record changes to make
+        self.journal: Journal | None = None
 
     # -- reporting -----------------------------------------------------------------------
     def problem(self, msg: str, fixable: bool = False) -> bool:
@@ -68,23 +71,27 @@ class Checker:
             self.out("device too small to hold a daxfs")
             return EXIT_OPERATIONAL
         raw = await read_blocks(self.dev, 0)
-        if raw[:8] != fmt.SB_MAGIC:
+        if raw[:8] != fmt.SB_MAGIC and (await read_blocks(self.dev, 1))[:8] != fmt.SB_MAGIC:
             self.out("no daxfs superblock found (bad magic); is this the right device?")
             return EXIT_OPERATIONAL
+        from .fs import read_superblock
         try:
-            self.sb = fmt.Superblock.unpack(raw)
-            if self.sb.total_blocks > total:
-                raise CorruptError(f"superblock: {self.sb.total_blocks} blocks but the device "
-                                   f"has {total}")
+            self.sb, why = await read_superblock(self.dev)
+        except fmt.VersionError as e:
+            self.out(str(e).replace("mount it with", "check it with"))
+            return EXIT_OPERATIONAL
         except CorruptError as e:
             self.problem(f"{e}; cannot check further")
             return EXIT_UNCORRECTED
+        if why and self.problem(f"{why}; restoring the primary from it", fixable=True):
+            await write_blocks(self.dev, 0, self.sb.pack(0), fua=True)
         await self.check_journal()
         try:
             self.sb = fmt.Superblock.unpack(await self.read(0))
         except CorruptError as e:
             self.problem(f"{e} (after journal replay); cannot check further")
             return EXIT_UNCORRECTED
+        await self.check_fast_commits()
         await self.load()
         self.check_inodes()
         self.check_extents()
@@ -110,14 +117,29 @@ class Checker:
         await self.dev.flush()
 
     # -- passes --------------------------------------------------------------------------
+    async def _check_backups(self) -> None:
+        sb = self.sb
+        for blk in sb.backup_blocks:
+            try:
+                b = fmt.Superblock.unpack(await read_blocks(self.dev, blk), blk)
+                same = (b.uuid, b.total_blocks, b.total_inodes, b.data_start) == \
+                    (sb.uuid, sb.total_blocks, sb.total_inodes, sb.data_start)
+                why = None if same else "does not match the primary"
+            except CorruptError as e:
+                why = str(e)
+            if why and self.problem(f"backup superblock at block {blk}: {why}", fixable=True):
+                self.writes[blk] = sb.pack(blk)
+
     async def check_journal(self) -> None:
         sb = self.sb
-        j = Journal(self.dev, sb.journal_start, sb.journal_blocks)
+        await self._check_backups()
+        j = Journal(self.dev, sb.journal_start, sb.journal_blocks, sb.uuid)
         try:
             images = await j.scan()
+            self.journal = j
         except CorruptError as e:
             if self.problem(f"{e}: journal header unreadable", fixable=True):
-                self.writes[sb.journal_start] = header_block(1, 1)
+                self.writes[sb.journal_start] = header_block(1, 1, sb.journal_start, sb.uuid)
             return
         if not images:
             return
@@ -132,15 +154,45 @@ class Checker:
             for home, img in self.overlay.items():
                 await write_blocks(self.dev, home, img)
             await self.dev.flush()
-            await write_blocks(self.dev, sb.journal_start, header_block(j.seq, 1), fua=True)
+            await write_blocks(self.dev, sb.journal_start,
+                               header_block(j.seq, 1, sb.journal_start, sb.uuid), fua=True)
             self.overlay.clear()
+
+    async def check_fast_commits(self) -> None:
+        """Fast-commit records after the journal are replayed as mount does (in memory with
+        -n; with -y through one journal transaction, so an interrupted fsck replays again).
+        A record whose content contradicts the filesystem is reported and not applied."""
+        sb = self.sb
+        if self.journal is None:
+            return                  # without the journal's sequence no record can be trusted
+        lsn = self.journal.seq
+        entries = await fastcommit.scan(self.read, sb, lsn)
+        if not entries:
+            return
+        try:
+            images = await fastcommit.replay_images(self.read, sb, entries, lsn)
+        except PARSE_ERRORS as e:
+            self.problem(f"{e}; the fast-commit records are not applied")
+            return
+        self.out(f"fast-commit area holds {len(entries)} inode record(s) to replay"
+                 + ("; replaying" if self.repair else " (replayed in memory only, -n)"))
+        if self.repair:
+            j = self.journal
+            await j.reset()
+            await j.commit(images)
+            for home, img in sorted(images.items()):
+                await write_blocks(self.dev, home, img)
+            await j.reset()
+        else:
+            self.overlay.update(images)
+        self.sb = fmt.Superblock.unpack(images[0])
 
     async def load(self) -> None:
         sb = self.sb
-        self.bbm = Bitmap(bytearray(await self.read(sb.bbitmap_start, sb.bbitmap_blocks)),
-                          sb.total_blocks)
-        self.ibm = Bitmap(bytearray(await self.read(sb.ibitmap_start, sb.ibitmap_blocks)),
-                          sb.total_inodes)
+        self.bbm = Bitmap(await self._read_bitmap(sb.bbitmap_start, sb.bbitmap_blocks,
+                                                  "block bitmap"), sb.total_blocks)
+        self.ibm = Bitmap(await self._read_bitmap(sb.ibitmap_start, sb.ibitmap_blocks,
+                                                  "inode bitmap"), sb.total_inodes)
         # inode-table blocks holding inodes in use, read as needed (the whole table of a
         # large device would not fit in memory)
         self.itable: dict[int, bytearray] = {}
@@ -150,12 +202,12 @@ class Checker:
         for ino in _set_bits(self.ibm.data, sb.total_inodes):
             if ino == 0:
                 continue
-            blk, slot = divmod(ino, fmt.INODES_PER_BLOCK)
+            blk, off = fmt.inode_location(ino)
             if blk not in self.itable:
                 self.itable[blk] = bytearray(await self.read(sb.itable_start + blk))
-            raw = self.itable[blk][slot * fmt.INODE_SIZE:(slot + 1) * fmt.INODE_SIZE]
+            raw = self.itable[blk][off:off + fmt.INODE_SIZE]
             try:
-                inode = Inode.unpack(ino, raw)
+                inode = Inode.unpack(ino, raw, sb.uuid)
                 n = inode.nextents_on_disk(raw)
                 if n > fmt.INLINE_EXTENTS:
                     await inode.load_chain(n, sb, self.read)
@@ -173,6 +225,20 @@ class Checker:
             if inode.is_dir:
                 await self._load_dir(inode)
 
+    async def _read_bitmap(self, start: int, n: int, kind: str) -> bytearray:
+        """A bitmap's payloads; a block that fails verification counts as all free and is
+        reported (check_bitmaps rebuilds it from what the inodes hold)."""
+        out = bytearray()
+        for i in range(n):
+            buf = await self.read(start + i)
+            try:
+                fmt.verify(buf, kind, start + i, self.sb.uuid)
+                out += buf[fmt.HDR_SIZE:]
+            except CorruptError as e:
+                self.problem(str(e), fixable=True)
+                out += bytes(fmt.PAYLOAD)
+        return out
+
     async def _load_dir(self, inode: Inode) -> None:
         entries = []
         nblocks = inode.size // BS
@@ -180,12 +246,13 @@ class Checker:
             self.problem(f"directory {inode.ino}: size {inode.size} not a multiple of 4096")
         for bi in range(nblocks):
             pblk, _ = inode.map(bi)
-            if not pblk or not self.sb.data_start <= pblk < self.sb.total_blocks:
+            if not pblk or not self.sb.data_start <= pblk < self.sb.total_blocks - 1:
                 self.problem(f"directory {inode.ino}: block {bi} unmapped")
                 self.bad_dirs.add(inode.ino)
                 continue
             buf = await self.read(pblk)
             try:
+                fmt.verify(buf, "directory", pblk, self.sb.uuid)
                 for off, child, h, rec_len, ftype, name in parse_block(buf, f"directory {inode.ino} block {bi}"):
                     if child:
                         entries.append([name, child, ftype, pblk, off, h])
@@ -194,7 +261,7 @@ class Checker:
                 # lost and the inodes they named are freed as unattached
                 if self.problem(f"{e}; emptying the block", fixable=True):
                     from .directory import empty_block
-                    self.writes[pblk] = bytes(empty_block())
+                    self.writes[pblk] = fmt.seal(empty_block(), pblk, self.sb.uuid)
                     entries = [en for en in entries if en[3] != pblk]
                 else:
                     self.bad_dirs.add(inode.ino)
@@ -216,6 +283,7 @@ class Checker:
         self.owner: dict[int, int] = {}
         self.used = Bitmap(bytearray(len(self.bbm.data)), sb.total_blocks)
         self.used.set_run(0, sb.data_start, True)
+        self.used.set_run(sb.total_blocks - 1, 1, True)       # the second backup superblock
         nb = len(self.bbm.data) * 8
         if nb > sb.total_blocks:
             self.used.set_run(sb.total_blocks, nb - sb.total_blocks, True)
@@ -230,7 +298,7 @@ class Checker:
                 if ln < 1 or lblk < prev_end or lblk + ln > fmt.MAX_FILE_BLOCKS:
                     self.problem(f"inode {ino}: extent ({lblk}, {ln}, {pblk}) out of order")
                 prev_end = lblk + ln
-            if any(pblk < sb.data_start or pblk + ln > sb.total_blocks for pblk, ln in runs):
+            if any(pblk < sb.data_start or pblk + ln > sb.total_blocks - 1 for pblk, ln in runs):
                 if self.problem(f"inode {ino}: blocks outside the data area; clearing it",
                                 fixable=True):
                     self._drop_bad_inode(ino)
@@ -368,7 +436,8 @@ class Checker:
             if inode.ino not in self.inodes:
                 continue
             try:
-                fmt.unpack_xattrs(await self.read(inode.xattr_block))
+                xattrs = fmt.unpack_xattrs(await self.read(inode.xattr_block),
+                                           inode.xattr_block, self.sb.uuid)
             except PARSE_ERRORS as e:
                 if self.problem(f"inode {inode.ino}: {e}; dropping its xattrs", fixable=True):
                     b = inode.xattr_block
@@ -376,6 +445,44 @@ class Checker:
                         self.used.data[b >> 3] &= ~(1 << (b & 7)) & 0xFF
                     inode.xattr_block = 0
                     self._write_inode(inode)
+                continue
+            self.check_acls(inode, xattrs)
+
+    def check_acls(self, inode: Inode, xattrs: dict) -> None:
+        """POSIX ACL xattrs parse and are valid (posix_acl_valid), a default ACL sits only
+        on a directory, and an access ACL agrees with the mode's permission bits (the
+        filesystem keeps them in step). A bad ACL is dropped (the mode alone then rules);
+        a mode that disagrees takes the ACL's bits, as the last setfacl meant."""
+        changed = False
+        for name in acl.NAMES:
+            value = xattrs.get(name)
+            if value is None:
+                continue
+            try:
+                ents = acl.parse(value)
+                if name == acl.DEFAULT and not stat.S_ISDIR(inode.mode):
+                    raise acl.AclError("default ACL on a non-directory")
+            except acl.AclError as e:
+                if self.problem(f"inode {inode.ino}: {name.decode()}: {e}; dropping it",
+                                fixable=True):
+                    del xattrs[name]
+                    changed = True
+                continue
+            bits = acl.mode_bits(ents)
+            if name == acl.ACCESS and inode.mode & 0o777 != bits:
+                if self.problem(f"inode {inode.ino}: mode {inode.mode & 0o777:o} disagrees with "
+                                f"its access ACL ({bits:o})", fixable=True):
+                    inode.mode = (inode.mode & ~0o777) | bits
+                    self._write_inode(inode)
+        if changed:
+            b = inode.xattr_block
+            if xattrs:
+                self.writes[b] = fmt.seal(fmt.pack_xattrs(xattrs), b, self.sb.uuid)
+            else:
+                if self.owner.get(b) == inode.ino:
+                    self.used.data[b >> 3] &= ~(1 << (b & 7)) & 0xFF
+                inode.xattr_block = 0
+                self._write_inode(inode)
 
     def check_bitmaps(self) -> None:
         """The bitmaps say exactly which blocks and inodes are in use."""
@@ -389,7 +496,9 @@ class Checker:
                                  fixable=True):
             self.bbm.data[:] = used.data
             for i in range(sb.bbitmap_blocks):
-                self.writes[sb.bbitmap_start + i] = bytes(used.data[i * BS:(i + 1) * BS])
+                blk = sb.bbitmap_start + i
+                self.writes[blk] = fmt.seal(fmt.pack_bitmap_block(used.data, i, "block bitmap"),
+                                            blk, sb.uuid)
         iused = bytearray(len(self.ibm.data))
         for ino in list(self.inodes) + [0]:
             iused[ino >> 3] |= 1 << (ino & 7)
@@ -400,7 +509,9 @@ class Checker:
                                  fixable=True):
             self.ibm.data[:] = iused
             for i in range(sb.ibitmap_blocks):
-                self.writes[sb.ibitmap_start + i] = bytes(iused[i * BS:(i + 1) * BS])
+                blk = sb.ibitmap_start + i
+                self.writes[blk] = fmt.seal(fmt.pack_bitmap_block(iused, i, "inode bitmap"),
+                                            blk, sb.uuid)
 
     def check_counts(self) -> None:
         sb = self.sb
@@ -437,13 +548,13 @@ class Checker:
         self._write_slot(ino, bytes(fmt.INODE_SIZE))
 
     def _write_inode(self, inode: Inode) -> None:
-        self._write_slot(inode.ino, inode.pack())
+        self._write_slot(inode.ino, inode.pack(self.sb.uuid))
 
     def _write_slot(self, ino: int, raw: bytes) -> None:
         sb = self.sb
-        blk, slot = divmod(ino, fmt.INODES_PER_BLOCK)
+        blk, off = fmt.inode_location(ino)
         buf = self.itable[blk]          # loaded: only inodes that were read get rewritten
-        buf[slot * fmt.INODE_SIZE:(slot + 1) * fmt.INODE_SIZE] = raw
+        buf[off:off + fmt.INODE_SIZE] = raw
         self.writes[sb.itable_start + blk] = bytes(buf)
 
     def _clear_entry(self, pblk: int, off: int) -> None:
@@ -461,7 +572,7 @@ class Checker:
             new_ino = f.get("ino", ino)
             DIRENT_FMT.pack_into(buf, off, new_ino, f.get("hash", h), rec_len,
                                  f.get("ftype", ftype), nlen if new_ino else 0)
-            self.writes[pblk] = bytes(buf)
+            self.writes[pblk] = fmt.seal(buf, pblk, self.sb.uuid)
 
 
 def _set_bits(data, nbits: int):

@@ -7,13 +7,16 @@ inodes into the running transaction and encodes them at commit.
 """
 import bisect
 import stat
-import struct
 
 from . import format as fmt
 from .errors import CorruptError
 
 
 _NONE = ()
+
+
+FILE_TYPES = (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO,
+              stat.S_IFSOCK)
 
 
 class Inode:
@@ -24,6 +27,8 @@ class Inode:
                  "ext_lblk", "ext_len", "ext_pblk",
                  "chain", "extents_dirty",  # device blocks of the extent chain, in order
                  "dirty",                   # changed since the last commit
+                 # fast commits: changed since durable / beyond timestamps / not expressible
+                 "fc_dirty", "fc_meta", "fc_ineligible",
                  "xattrs", "dir",           # decoded lazily
                  "s_dax", "sync_mode")      # in-core: DAX now (S_DAX), synchronous writes
 
@@ -40,6 +45,7 @@ class Inode:
         self.chain: list[int] = _NONE
         self.extents_dirty = False
         self.dirty = False
+        self.fc_dirty = self.fc_meta = self.fc_ineligible = False
         self.xattrs = None
         self.dir = None
         self.s_dax = None       # decided when the inode comes into use, kept while open
@@ -55,7 +61,7 @@ class Inode:
                     or len(self.chain) * fmt.EXTENTS_PER_BLOCK > n:
                 raise CorruptError(f"inode {self.ino}: bad extent chain block {nxt}")
             self.chain.append(nxt)
-            exts, nxt = fmt.unpack_extent_block(await read(nxt))
+            exts, nxt = fmt.unpack_extent_block(await read(nxt), nxt, sb.uuid, self.ino)
             for lblk, ln, pblk in exts:
                 self.ext_lblk.append(lblk)
                 self.ext_len.append(ln)
@@ -65,38 +71,51 @@ class Inode:
                                f"extents, inode says {n}")
 
     # -- encoding ------------------------------------------------------------------------
-    def pack(self) -> bytes:
+    def pack(self, uuid: bytes = bytes(16)) -> bytes:
         buf = bytearray(fmt.INODE_SIZE)
         n = len(self.ext_lblk)
+        split = fmt.split_time
+        (a_s, a_n), (m_s, m_n), (c_s, c_n), (b_s, b_n) = (
+            split(self.atime_ns), split(self.mtime_ns), split(self.ctime_ns),
+            split(self.crtime_ns))
         fmt.INODE_FMT.pack_into(
-            buf, 0, self.mode, self.uid, self.gid, self.nlink, self.size, self.atime_ns,
-            self.mtime_ns, self.ctime_ns, self.crtime_ns, self.flags, self.generation,
+            buf, fmt.INODE_FIXED_OFF, self.mode, self.uid, self.gid, self.nlink, self.size,
+            a_s, m_s, c_s, b_s, a_n, m_n, c_n, b_n, self.flags, self.generation,
             self.rdev, n, 0, self.chain[0] if self.chain else 0, self.xattr_block,
             self.orphan_next, self.parent)
         if n <= fmt.INLINE_EXTENTS:
-            off = fmt.INODE_FMT.size
+            off = fmt.INODE_EXTENTS_OFF
             for i in range(n):
                 fmt.EXTENT_FMT.pack_into(buf, off, self.ext_lblk[i], self.ext_len[i],
                                          self.ext_pblk[i])
                 off += fmt.EXTENT_FMT.size
-        struct.pack_into("<I", buf, fmt.INODE_SIZE - 4, fmt.crc(buf[:fmt.INODE_SIZE - 4]))
-        return bytes(buf)
+        return fmt.seal_inode(buf, self.ino, uuid)
 
     @classmethod
-    def unpack(cls, ino: int, buf) -> "Inode":
+    def unpack(cls, ino: int, buf, uuid: bytes | None = None) -> "Inode":
         """Decode a used inode slot; the extent chain (if any) is read by the caller."""
-        if struct.unpack_from("<I", buf, fmt.INODE_SIZE - 4)[0] != fmt.crc(buf[:fmt.INODE_SIZE - 4]):
-            raise CorruptError(f"inode {ino}: checksum mismatch")
-        i = cls(ino)
-        (i.mode, i.uid, i.gid, i.nlink, i.size, i.atime_ns, i.mtime_ns, i.ctime_ns,
-         i.crtime_ns, i.flags, i.generation, i.rdev, n, _pad, i.extent_block, i.xattr_block,
-         i.orphan_next, i.parent) = fmt.INODE_FMT.unpack_from(buf, 0)
-        if i.mode == 0:
+        if not fmt.verify_inode(buf, ino, uuid):
             raise CorruptError(f"inode {ino}: marked in use but its slot is empty")
+        i = cls(ino)
+        (i.mode, i.uid, i.gid, i.nlink, i.size, a_s, m_s, c_s, b_s, a_n, m_n, c_n, b_n,
+         i.flags, i.generation, i.rdev, n, _pad, i.extent_block, i.xattr_block,
+         i.orphan_next, i.parent) = fmt.INODE_FMT.unpack_from(buf, fmt.INODE_FIXED_OFF)
+        if max(a_n, m_n, c_n, b_n) >= 10**9:
+            raise CorruptError(f"inode {ino}: nanoseconds out of range")
+        i.atime_ns = a_s * 10**9 + a_n
+        i.mtime_ns = m_s * 10**9 + m_n
+        i.ctime_ns = c_s * 10**9 + c_n
+        i.crtime_ns = b_s * 10**9 + b_n
+        if i.mode == 0:
+            raise CorruptError(f"inode {ino}: marked in use but its slot is free")
+        if stat.S_IFMT(i.mode) not in FILE_TYPES:
+            # The kernel would refuse such attributes itself (EIO, and nothing in our log):
+            # name the damage here instead, as ext4 does for an inode of unknown type.
+            raise CorruptError(f"inode {ino}: mode {i.mode:#o} has no valid file type")
         if n <= fmt.INLINE_EXTENTS:
             if i.extent_block:
                 raise CorruptError(f"inode {ino}: extent chain with only {n} extents")
-            off = fmt.INODE_FMT.size
+            off = fmt.INODE_EXTENTS_OFF
             if n:
                 i.ext_lblk, i.ext_len, i.ext_pblk = [], [], []
             for _ in range(n):
@@ -112,7 +131,7 @@ class Inode:
     @staticmethod
     def nextents_on_disk(buf) -> int:
         """The extent count of an encoded inode (its extents may be in the chain)."""
-        return fmt.INODE_FMT.unpack_from(buf, 0)[12]
+        return fmt.INODE_FMT.unpack_from(buf, fmt.INODE_FIXED_OFF)[16]
 
     # -- file type helpers ---------------------------------------------------------------
     @property

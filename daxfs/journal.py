@@ -36,8 +36,9 @@ def blocks_needed(nimages: int) -> int:
 
 
 class Journal:
-    def __init__(self, dev, start: int, nblocks: int):
+    def __init__(self, dev, start: int, nblocks: int, uuid: bytes):
         self.dev = dev
+        self.uuid = uuid
         self.start = start
         self.nblocks = nblocks
         self.seq = 1            # sequence number of the next transaction
@@ -61,9 +62,8 @@ class Journal:
         replay, oldest first, and leave seq/head just after the last good transaction."""
         read = read or (lambda b, n=1: read_blocks(self.dev, b, n))
         hdr = await read(self.start)
-        if bytes(hdr[:8]) != fmt.JOURNAL_MAGIC:
-            raise CorruptError("journal: bad header magic")
-        _, seq, off = fmt.unpack_struct_block(fmt.JOURNAL_HDR_FMT, hdr, "journal header")
+        seq, off = fmt.unpack_fields("journal header", fmt.JOURNAL_HDR_FMT, hdr, self.start,
+                                     self.uuid)
         if not 1 <= off < self.nblocks:
             raise CorruptError(f"journal: header start offset {off} out of range")
         images: list[tuple[int, bytes]] = []
@@ -82,40 +82,50 @@ class Journal:
             log.info("journal: %d transaction(s) to replay, %d block image(s)", ntx, len(images))
         return images
 
+    def _verified(self, blk: bytes, kind: str, where: int):
+        try:
+            return fmt.verify(blk, kind, where, self.uuid)
+        except CorruptError:
+            return None
+
     async def _read_transaction(self, read, seq: int, off: int):
+        """A transaction's blocks are trusted only when every one verifies and the commit's
+        crc covers them all: anything else is the end of the log (a torn or stale tail)."""
         pos = off
         crc = 0
         homes_images = []
         while pos < self.nblocks:
-            blk = bytes(await read(self.start + pos))
-            magic = blk[:4]
-            if magic == fmt.JCOMMIT_MAGIC:
-                try:
-                    _, nblocks, cseq, ccrc = fmt.unpack_struct_block(fmt.JCOMMIT_FMT, blk,
-                                                                     "journal commit")
-                except CorruptError:
+            where = self.start + pos
+            blk = bytes(await read(where))
+            kind = fmt.block_type(blk)
+            if kind == "journal commit":
+                if self._verified(blk, kind, where) != seq:
                     return None
+                nblocks, ccrc, cseq = fmt.JCOMMIT_FMT.unpack_from(blk, fmt.HDR_SIZE)
                 if cseq != seq or nblocks != pos - off or ccrc != crc or not homes_images:
                     return None
                 return homes_images, pos + 1 - off
-            if magic != fmt.JDESC_MAGIC:
+            if kind != "journal descriptor" or self._verified(blk, kind, where) != seq:
                 return None
-            _, count, dseq = fmt.JDESC_FMT.unpack_from(blk, 0)
+            count, _pad, dseq = fmt.JDESC_FMT.unpack_from(blk, fmt.HDR_SIZE)
             if dseq != seq or not 0 < count <= fmt.JDESC_MAX or pos + 1 + count >= self.nblocks:
                 return None
-            crc = fmt.zlib.crc32(blk, crc)
-            homes = [int.from_bytes(blk[fmt.JDESC_FMT.size + 8 * i:fmt.JDESC_FMT.size + 8 * i + 8],
-                                    "little") for i in range(count)]
+            crc = fmt.crc32c(blk, crc)
+            h0 = fmt.JDESC_HOMES
+            homes = [int.from_bytes(blk[h0 + 8 * i:h0 + 8 * i + 8], "little")
+                     for i in range(count)]
             data = bytes(await read(self.start + pos + 1, count))
-            crc = fmt.zlib.crc32(data, crc)
+            crc = fmt.crc32c(data, crc)
             for i, home in enumerate(homes):
-                homes_images.append((home, data[i * fmt.BLOCK_SIZE:(i + 1) * fmt.BLOCK_SIZE]))
+                img = data[i * fmt.BLOCK_SIZE:(i + 1) * fmt.BLOCK_SIZE]
+                homes_images.append((home, img))
             pos += 1 + count
         return None
 
     # -- running -------------------------------------------------------------------------
     async def commit(self, images: dict[int, bytes]) -> None:
-        """Write one transaction; durable (with everything written before) on return."""
+        """Write one transaction of sealed images; durable (with everything written before)
+        on return."""
         if not images:
             return
         need = blocks_needed(len(images))
@@ -125,21 +135,25 @@ class Journal:
             raise RuntimeError("journal: caller must reset the journal first")
         homes = sorted(images)
         buf = bytearray()
+        h0 = fmt.JDESC_HOMES
+        pos = self.head
         for i in range(0, len(homes), fmt.JDESC_MAX):
             part = homes[i:i + fmt.JDESC_MAX]
-            desc = bytearray(fmt.BLOCK_SIZE)
-            fmt.JDESC_FMT.pack_into(desc, 0, fmt.JDESC_MAGIC, len(part), self.seq)
+            desc = fmt.pack_fields("journal descriptor", fmt.JDESC_FMT, len(part), 0, self.seq)
             for k, h in enumerate(part):
-                desc[fmt.JDESC_FMT.size + 8 * k:fmt.JDESC_FMT.size + 8 * k + 8] = h.to_bytes(8, "little")
-            buf += desc
+                desc[h0 + 8 * k:h0 + 8 * k + 8] = h.to_bytes(8, "little")
+            buf += fmt.seal(desc, self.start + pos, self.uuid, self.seq)
+            pos += 1
             for h in part:
                 buf += images[h]
-        crc = fmt.zlib.crc32(buf) & 0xFFFFFFFF
+                pos += 1
+        crc = fmt.crc32c(bytes(buf))
         await write_blocks(self.dev, self.start + self.head, buf)
-        commit = fmt.pack_struct_block(fmt.JCOMMIT_FMT, fmt.JCOMMIT_MAGIC,
-                                       len(buf) // fmt.BLOCK_SIZE, self.seq, crc)
-        await write_blocks(self.dev, self.start + self.head + len(buf) // fmt.BLOCK_SIZE,
-                           commit, preflush=not self.skip_preflush, fua=True)
+        commit = fmt.pack_fields("journal commit", fmt.JCOMMIT_FMT,
+                                 len(buf) // fmt.BLOCK_SIZE, crc, self.seq)
+        await write_blocks(self.dev, self.start + pos,
+                           fmt.seal(commit, self.start + pos, self.uuid, self.seq),
+                           preflush=not self.skip_preflush, fua=True)
         self.head += need
         self.seq += 1
         self.commits += 1
@@ -147,9 +161,11 @@ class Journal:
     async def reset(self) -> None:
         """Make every checkpoint durable, then start the journal over after them."""
         await self.dev.flush()
-        await write_blocks(self.dev, self.start, header_block(self.seq, 1), fua=True)
+        await write_blocks(self.dev, self.start,
+                           header_block(self.seq, 1, self.start, self.uuid), fua=True)
         self.head = 1
 
 
-def header_block(seq: int, off: int) -> bytes:
-    return fmt.pack_struct_block(fmt.JOURNAL_HDR_FMT, fmt.JOURNAL_MAGIC, seq, off)
+def header_block(seq: int, off: int, blkno: int, uuid: bytes) -> bytes:
+    return fmt.seal(fmt.pack_fields("journal header", fmt.JOURNAL_HDR_FMT, seq, off), blkno,
+                    uuid)

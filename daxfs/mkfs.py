@@ -51,22 +51,25 @@ async def mkfs(dev, *, label: str = "", fs_uuid: bytes | None = None,
     if geo.data_start + 16 > total_blocks:
         raise FsError(errno.ENOSPC, "device too small for the metadata")
     now = time.time_ns()
+    fs_uuid = fs_uuid or uuidlib.uuid4().bytes
     sb = fmt.Superblock(
-        uuid=fs_uuid or uuidlib.uuid4().bytes, label=label, total_blocks=total_blocks,
-        free_blocks=total_blocks - geo.data_start, total_inodes=geo.total_inodes,
+        uuid=fs_uuid, label=label, total_blocks=total_blocks,
+        free_blocks=total_blocks - geo.data_start - 1, total_inodes=geo.total_inodes,
         free_inodes=geo.total_inodes - 2, journal_start=geo.journal_start,
-        journal_blocks=geo.journal_blocks, bbitmap_start=geo.bbitmap_start,
+        journal_blocks=geo.journal_blocks, fc_start=geo.fc_start, fc_blocks=geo.fc_blocks,
+        bbitmap_start=geo.bbitmap_start,
         bbitmap_blocks=geo.bbitmap_blocks, ibitmap_start=geo.ibitmap_start,
         ibitmap_blocks=geo.ibitmap_blocks, itable_start=geo.itable_start,
         itable_blocks=geo.itable_blocks, data_start=geo.data_start, mkfs_time_ns=now)
     sb.validate()
 
-    # Block bitmap: everything before the data area is in use; so are the bits past the
-    # end of the device in the last bitmap block, so the allocator never hands them out.
-    bbm = bytearray(geo.bbitmap_blocks * fmt.BLOCK_SIZE)
+    # Block bitmap: everything before the data area is in use, and so is the last block
+    # (the second backup superblock); so are the bits past the end of the device in the
+    # last bitmap block, so the allocator never hands them out.
+    bbm = bytearray(geo.bbitmap_blocks * fmt.PAYLOAD)
     _set_bits(bbm, 0, geo.data_start)
-    _set_bits(bbm, total_blocks, len(bbm) * 8 - total_blocks)
-    ibm = bytearray(geo.ibitmap_blocks * fmt.BLOCK_SIZE)
+    _set_bits(bbm, total_blocks - 1, len(bbm) * 8 - total_blocks + 1)
+    ibm = bytearray(geo.ibitmap_blocks * fmt.PAYLOAD)
     _set_bits(ibm, 0, 2)                        # inode 0 never exists; 1 is the root
     _set_bits(ibm, geo.total_inodes, len(ibm) * 8 - geo.total_inodes)
 
@@ -78,18 +81,34 @@ async def mkfs(dev, *, label: str = "", fs_uuid: bytes | None = None,
     root.parent = fmt.ROOT_INO
     root.generation = 1
     itable0 = bytearray(fmt.BLOCK_SIZE)
-    itable0[fmt.INODE_SIZE:2 * fmt.INODE_SIZE] = root.pack()
+    _, off = fmt.inode_location(fmt.ROOT_INO)
+    itable0[off:off + fmt.INODE_SIZE] = root.pack(fs_uuid)
+
+    def bitmap(data, start, n, kind):
+        return b"".join(fmt.seal(fmt.pack_bitmap_block(data, i, kind), start + i, fs_uuid)
+                        for i in range(n))
 
     # first invalidate any old superblock, so a crash mid-mkfs leaves no half-old filesystem
     await write_blocks(dev, 0, bytes(fmt.BLOCK_SIZE))
-    await write_blocks(dev, geo.journal_start, header_block(1, 1))
-    # a stale first descriptor from an older filesystem must not look like a transaction
+    await write_blocks(dev, geo.journal_start,
+                       header_block(1, 1, geo.journal_start, fs_uuid))
+    # Stale journal and fast-commit blocks of an older filesystem carry its uuid and fail
+    # verification; the first descriptor and record are zeroed all the same.
     await write_blocks(dev, geo.journal_start + 1, bytes(fmt.BLOCK_SIZE))
-    await write_blocks(dev, geo.bbitmap_start, bbm)
-    await write_blocks(dev, geo.ibitmap_start, ibm)
+    await write_blocks(dev, geo.fc_start, bytes(fmt.BLOCK_SIZE))
+    await write_blocks(dev, geo.bbitmap_start,
+                       bitmap(bbm, geo.bbitmap_start, geo.bbitmap_blocks, "block bitmap"))
+    await write_blocks(dev, geo.ibitmap_start,
+                       bitmap(ibm, geo.ibitmap_start, geo.ibitmap_blocks, "inode bitmap"))
+    # the inode table: the root's block; other slots of a reused device may hold inodes of
+    # an older filesystem, which carry its uuid and are never trusted (a slot is read only
+    # when the inode bitmap says it is in use, and written whole when allocated)
     await write_blocks(dev, geo.itable_start, itable0)
+    # the backups, then the primary last, so an interrupted mkfs leaves no valid-looking
+    # filesystem at block 0
+    for b in sb.backup_blocks:
+        await write_blocks(dev, b, sb.pack(b))
     await dev.flush()
-    # the superblock last, so an interrupted mkfs leaves no valid-looking filesystem
     await write_blocks(dev, 0, sb.pack(), fua=True)
     await dev.flush()
     log.info("made daxfs: %d blocks, %d inodes, journal %d blocks", total_blocks,

@@ -5,7 +5,9 @@ is closed first, then the filesystem commits, flushes and marks itself clean, th
 device is released. Background work (the periodic commit, kernel cache invalidations)
 runs in a nursery that ends with the mount.
 """
+import ctypes
 import logging
+import os
 import signal
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -23,8 +25,20 @@ log = logging.getLogger(__name__)
 # Options daxfs consumes itself: libfuse refuses unknown options, and these mean nothing to
 # FUSE (fstab/mount(8) words) or are ours (dax modes, commit interval).
 OWN_FLAGS = {"defaults", "auto", "noauto", "user", "users", "nouser", "nofail", "_netdev",
-             "dax", "remount", "rw", "relatime", "strictatime", "lazytime", "nolazytime"}
+             "dax", "remount", "rw", "relatime", "strictatime", "lazytime", "nolazytime",
+             "diratime", "nodiratime"}
 OWN_PREFIXES = ("dax=", "x-", "comment=", "commit=", "subtype=", "fsname=")
+
+# What libfuse 3 itself accepts (lib/mount.c fuse_mount_opts and the kernel flags it maps,
+# lib/fuse_lowlevel.c fuse_ll_opts). Anything else makes fuse_session_new() fail without
+# naming the option, and only after the filesystem has been opened and its mount counted:
+# so an option outside this list is refused by name before anything is opened.
+FUSE_FLAGS = {"allow_other", "allow_root", "auto_unmount", "blkdev", "default_permissions",
+              "ro", "rw", "suid", "nosuid", "dev", "nodev", "exec", "noexec", "async", "sync",
+              "dirsync", "atime", "noatime", "diratime", "nodiratime", "relatime", "norelatime",
+              "strictatime", "nostrictatime", "lazytime", "nolazytime", "debug", "-d", "--debug"}
+FUSE_PREFIXES = ("max_read=", "blksize=", "context=", "fscontext=", "defcontext=", "rootcontext=",
+                 "user=")
 
 
 @dataclass
@@ -34,6 +48,7 @@ class MountOptions:
     dax: str | None = None                      # taken out for the DAX mount logic
     commit_interval: float = 5.0
     noatime: bool = False
+    strictatime: bool = False                   # atime on every read, not relatime's
     skip_flush: bool = False                    # x-crashcheck-skip-flush: broken on purpose
     skip_dax_flush: bool = False                # x-crashcheck-skip-dax-flush: likewise
     writeback: bool = False                     # FUSE writeback cache (-o writeback)
@@ -65,16 +80,26 @@ def parse_options(opts: list[str], source: str) -> MountOptions:
         elif o == "noatime":
             mo.noatime = True
         elif o in ("atime", "relatime"):
-            mo.noatime = False
+            mo.noatime = mo.strictatime = False
+        elif o == "strictatime":
+            mo.noatime, mo.strictatime = False, True
         elif o.startswith("commit="):
             try:
                 mo.commit_interval = float(o[7:])
             except ValueError:
                 raise ValueError(f"bad commit interval '{o}'") from None
+            if not 0 < mo.commit_interval < 1e6:
+                raise ValueError(f"bad commit interval '{o}': use a number of seconds above 0")
             continue
         if o in OWN_FLAGS or o.startswith(OWN_PREFIXES) or o == "ro":
             continue
+        if o not in FUSE_FLAGS and not (o.startswith(FUSE_PREFIXES) and o.split("=", 1)[1]):
+            raise ValueError(f"unknown mount option '{o}'")
         mo.fuse.append(o)
+    try:
+        parse_dax_option(mo.dax)
+    except OSError as e:
+        raise ValueError(e.strerror) from None
     if mo.read_only:
         mo.fuse.append("ro")
     # daxfs leaves permission checks to the kernel (mode bits, sticky directories,
@@ -86,21 +111,30 @@ def parse_options(opts: list[str], source: str) -> MountOptions:
 
 
 class Committer:
-    """Commits the running transaction every `interval` seconds, so changes that nobody
-    fsyncs become durable within that time (ext4's commit=5 default)."""
+    """The background commit: the running transaction (and every fast-commit record before
+    it) goes to the journal and home every `interval` seconds, so changes that nobody
+    fsyncs become durable within that time (ext4's commit=5 default), and at once when the
+    fast-commit area fills up, so fsync never has to do it. Whatever goes wrong in a commit
+    turns the filesystem read-only (transaction.py) and is logged; the daemon keeps serving."""
 
     def __init__(self, fs: Filesystem, interval: float):
         self.fs = fs
         self.interval = interval
+        self._wake = trio.Event()
+        fs.fc.kick = self.kick
+
+    def kick(self) -> None:
+        self._wake.set()
 
     async def run(self) -> None:
         while True:
-            await trio.sleep(self.interval)
+            with trio.move_on_after(self.interval):
+                await self._wake.wait()
+            self._wake = trio.Event()
             try:
                 await self.fs.commit()
-            except OSError as e:
-                log.error("periodic commit failed: %s", e)
-
+            except Exception as e:          # commit() already turned the fs read-only
+                log.error("background commit failed: %s", e)
 
 async def serve(source: str, mountpoint: str, mo: MountOptions, *, ready=None) -> None:
     """Mount and serve until unmounted (umount/fusermount3 -u) or SIGTERM/SIGINT."""
@@ -116,13 +150,15 @@ async def serve(source: str, mountpoint: str, mo: MountOptions, *, ready=None) -
             log.warning("x-crashcheck-skip-flush: commits will not flush what they reference; "
                         "this filesystem is NOT crash-safe (a test of the crash checker)")
             fs.journal.skip_preflush = True
+            fs.fc.skip_preflush = True
         if mo.skip_dax_flush and fs.daxio is not None:
             log.warning("x-crashcheck-skip-dax-flush: DAX stores are never flushed; this "
                         "filesystem is NOT crash-safe (a test of the crash checker)")
             fs.daxio.skip_flush = True
-        _follow_device(dev, fs)
+        _follow_device(dev, fs, mountpoint)
         if mo.noatime:
             fs.relatime = False
+        fs.strictatime = mo.strictatime and not mo.read_only
         stack.push_async_callback(fs.unmount)
         ops = Operations(fs)
         if mo.writeback:
@@ -155,12 +191,37 @@ async def serve(source: str, mountpoint: str, mo: MountOptions, *, ready=None) -
 _terminated = False
 
 
-def _follow_device(dev, fs: Filesystem) -> None:
+def _write_back_page_cache(mountpoint: str) -> None:
+    """syncfs(2) on our own mount: the kernel writes back the dirty pages of mmap writers and
+    of the writeback cache, which arrive here as ordinary writes. Runs in a thread while the
+    trio loop keeps serving those writes."""
+    fd = os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _libc.syncfs(fd) != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, f"syncfs {mountpoint}: {os.strerror(e)}")
+    finally:
+        os.close(fd)
+
+
+# os.syncfs arrived only in Python 3.12
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _follow_device(dev, fs: Filesystem, mountpoint: str) -> None:
     """Answer dmemud's events for the device under the mount: freeze and thaw around a
     suspend (a snapshot being taken), and the device going away (removal, power failure)."""
     if hasattr(dev, "freeze_hook"):
         async def freeze_hook(kind: str) -> None:
             if kind == "freeze":
+                # freeze_super syncs the filesystem before freezing it: what the kernel
+                # still caches for us (mmap stores, writeback-cache writes) belongs in the
+                # frozen image, so it must reach us while the gate is still open.
+                if not fs.read_only and not fs.dead:
+                    try:
+                        await trio.to_thread.run_sync(_write_back_page_cache, mountpoint)
+                    except OSError as e:
+                        log.error("writing back the page cache before a freeze failed: %s", e)
                 await fs.freeze()
             else:
                 fs.thaw()

@@ -25,6 +25,9 @@ ATTR_TIMEOUT = 60.0
 # Read-only counters of the daemon (requests per kind, commits) on the root directory, for
 # tests and benchmarks that count requests per operation; not listed by listxattr.
 STATS_XATTR = b"trusted.daxfs.stats"
+# readdir offsets 1 and 2 are "after `.`" and "after `..`"; the directory's own cookies
+# (record position + 1) are handed to the kernel shifted by this much
+DOT_COOKIES = 2
 
 
 # What the kernel may still ask once the device is gone, so that unmounting works.
@@ -66,14 +69,20 @@ def _ctx(ctx) -> Ctx:
 class Operations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
-    enable_acl = False
+    # POSIX ACLs: the kernel checks permissions against them and caches them; we store
+    # them and keep them in step with the mode (daxfs/acl.py)
+    enable_acl = True
 
     def __init__(self, fs: Filesystem):
         super().__init__()
         self.fs = fs
         self.requests: dict[str, int] = {}
         self.write_bytes = 0
-        self._inval_send, self._inval_recv = trio.open_memory_channel(1000)
+        # inodes whose kernel-cached attributes are stale, once each, in order: a set
+        # cannot overflow, so no invalidation is ever dropped, and a thousand changes to
+        # one inode before the invalidator runs cost one invalidation
+        self._inval_pending: dict[int, None] = {}
+        self._inval_wake = trio.Event()
         fs.on_invalidate = self.invalidate
 
     # -- helpers -------------------------------------------------------------------------
@@ -103,18 +112,21 @@ class Operations(pyfuse3.Operations):
 
     def invalidate(self, ino: int) -> None:
         """Ask the kernel to drop what it caches about ino (called outside handlers' way)."""
-        try:
-            self._inval_send.send_nowait(ino)
-        except trio.WouldBlock:
-            log.warning("invalidation queue full; inode %d may show stale attributes", ino)
+        self._inval_pending[ino] = None
+        self._inval_wake.set()
 
     async def run_invalidator(self) -> None:
-        async for ino in self._inval_recv:
-            try:
-                await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino, True)
-            except OSError as e:        # ENOENT: the kernel does not know it: nothing to do
-                if e.errno != errno.ENOENT:
-                    log.warning("invalidate inode %d: %s", ino, e)
+        """Send the pending invalidations, a batch per wake-up. They go out from a worker
+        thread: invalidate_inode blocks until the kernel has taken it, and the kernel may
+        need a reply from this process first."""
+        while True:
+            await self._inval_wake.wait()
+            # no checkpoint between the wait and the swap, so no wake-up is lost
+            self._inval_wake = trio.Event()
+            batch = list(self._inval_pending)
+            self._inval_pending.clear()
+            await trio.to_thread.run_sync(_invalidate_batch, batch)
+
 
     # -- namespace -----------------------------------------------------------------------
     @_handler
@@ -189,7 +201,9 @@ class Operations(pyfuse3.Operations):
         drops the kernel's cached pages at open instead (keep_cache off), so what it reads
         comes from the pmem as it is now, not from an older copy."""
         dax = self.fs.effective_dax(self.fs.handle(fh).inode)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=not dax)
+        # strictatime: reads the page cache answers never reach us, so the cache is
+        # dropped at open as for DAX files, and each open's reads update atime
+        return pyfuse3.FileInfo(fh=fh, keep_cache=not (dax or self.fs.strictatime))
 
     @_handler
     async def open(self, inode, flags, ctx):
@@ -229,9 +243,21 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def readdir(self, fh, start_id, token):
-        ino = self.fs.handle(fh).inode.ino
-        async for name, inode, nxt in self.fs.readdir(ino, start_id):
-            if not pyfuse3.readdir_reply(token, name, self.attrs(inode), nxt):
+        """`.` and `..` first, as every Linux filesystem lists them (tools and fstests'
+        generic/401 rely on it). The directory's own cookies are shifted by DOT_COOKIES so
+        that offsets 1 (after `.`) and 2 (after `..`) are ours and a listing resumes at any
+        offset the kernel was handed. The kernel takes no lookup reference for `.` and
+        `..` in readdirplus (fuse_direntplus_link skips them), so they are not remembered."""
+        d = self.fs.handle(fh).inode
+        if start_id < 1:
+            if not pyfuse3.readdir_reply(token, b".", self.attrs(d), 1):
+                return
+        if start_id < 2:
+            parent = await self.fs.getattr(d.parent or d.ino)
+            if not pyfuse3.readdir_reply(token, b"..", self.attrs(parent), 2):
+                return
+        async for name, inode, nxt in self.fs.readdir(d.ino, max(0, start_id - DOT_COOKIES)):
+            if not pyfuse3.readdir_reply(token, name, self.attrs(inode), nxt + DOT_COOKIES):
                 break
             self.fs.remember(inode.ino)
 
@@ -278,7 +304,12 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def setxattr(self, inode, name, value, ctx):
-        await self.fs.setxattr(inode, name, value)
+        c = _ctx(ctx)
+        try:
+            c.groups = tuple(pyfuse3.get_sup_groups(ctx.pid))
+        except Exception:           # the process may be gone already
+            pass
+        await self.fs.setxattr(inode, name, value, ctx=c)
 
     @_handler
     async def listxattr(self, inode, ctx):
@@ -287,3 +318,12 @@ class Operations(pyfuse3.Operations):
     @_handler
     async def removexattr(self, inode, name, ctx):
         await self.fs.removexattr(inode, name)
+
+
+def _invalidate_batch(inos: list[int]) -> None:
+    for ino in inos:
+        try:
+            pyfuse3.invalidate_inode(ino, True)
+        except OSError as e:        # ENOENT: the kernel does not know it: nothing to do
+            if e.errno != errno.ENOENT:
+                log.warning("invalidate inode %d: %s", ino, e)

@@ -71,6 +71,10 @@ class Client:
         self._devices: dict[int, "Device"] = {}
         self._media: dict[str, Media] = {}
         self.closed = False
+        self.lost = False               # the daemon went away under us (not our aclose)
+        self.autostart = True
+        self._reattach_lock = trio.Lock()
+        self._last_reattach = -1e9
 
     async def _reader(self) -> None:
         reader = protocol.FrameReader(self.stream)
@@ -94,9 +98,16 @@ class Client:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
+            if not self.closed:
+                self.lost = True
             self.closed = True
             for dev in self._devices.values():
-                dev._kill("dmemud connection lost")
+                # Handles and leases die with the connection; the next I/O tries to open
+                # the device again on a restarted dmemud (reattach).
+                if not dev.dead:
+                    dev._kill(f"dmemud connection lost (dmemud in {self.paths.root} stopped or "
+                              f"crashed); waiting for it to come back")
+                    dev.lost = True
             for slot in self._waiting.values():
                 slot[0].set()
             self._waiting.clear()
@@ -179,11 +190,86 @@ class Client:
         self.closed = True
         await self.stream.aclose()
 
+    # -- a restarted dmemud ----------------------------------------------------------------
+
+    REATTACH_INTERVAL = 1.0     # seconds between attempts while dmemud stays away
+
+    async def reattach(self) -> None:
+        """After dmemud went away: connect to it again (starting it, as any client would)
+        and open every device this client had open, as it was opened.
+
+        A restarted dmemud is a reboot after a crash, so a device comes back only if it is
+        the same device (the same size on the same media) and nothing not yet durable was
+        lost when dmemud came up (the daemon reports what its boot rolled back): a
+        filesystem's cached state then still matches the media. Otherwise the device stays
+        dead, with a reason that says how to recover.
+        """
+        async with self._reattach_lock:
+            if not self.lost or trio.current_time() - self._last_reattach < self.REATTACH_INTERVAL:
+                return
+            self._last_reattach = trio.current_time()
+            try:
+                if self.autostart:
+                    await trio.to_thread.run_sync(ensure_daemon, self.paths)
+                sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    await sock.connect(str(self.paths.socket))
+                except OSError:
+                    sock.close()
+                    raise
+            except (OSError, DmemuError) as e:
+                log.warning("dmemud in %s is not back yet: %s", self.paths.root, e)
+                return
+            self.stream = trio.SocketStream(sock)
+            self._waiting = {}
+            self.closed = self.lost = False
+            self._nursery.start_soon(self._reader)
+            try:
+                hello = await self.call("hello", prog=os.path.basename(sys.argv[0] or "python"),
+                                        pid=os.getpid())
+                lost_at_boot = hello.get("boot_lost") or {}
+                for dev in [d for d in self._devices.values() if d.lost]:
+                    await self._reopen(dev, lost_at_boot)
+            except DmemuError as e:
+                log.warning("reattaching to dmemud failed: %s", e)
+
+    async def _reopen(self, dev: "Device", lost_at_boot: dict) -> None:
+        try:
+            info = await self.call("open", device=dev.name, exclusive=dev.exclusive,
+                                   read_only=dev.read_only)
+        except DmemuError as e:
+            if e.errno == errno.ENOTCONN:
+                raise
+            # Not there (yet): a mapped device comes back when it is activated again.
+            dev.dead = (f"dmemud restarted and {dev.name} cannot be opened again ({e.message}); "
+                        f"activate it again (vgchange -ay), or unmount and mount again")
+            log.warning("%s", dev.dead)
+            return
+        lost = {b: n for b, n in lost_at_boot.items() if b in info["flush_set"] and n}
+        backings = {n: info["backings"][n] for n in info["flush_set"]}
+        if lost or info["nr_sectors"] != dev.nr_sectors or backings != dev._backings:
+            with trio.CancelScope(shield=True):
+                await self.call("close", handle=info["handle"])
+            why = (", ".join(f"{n} bytes not yet durable on {b}" for b, n in lost.items()) + " were lost "
+                   "when dmemud restarted after a crash" if lost else "it is no longer the same device")
+            dev.lost = False
+            dev.dead = f"not reattached: {why}; unmount, check it with fsck, and mount again"
+            log.error("%s: %s", dev.name, dev.dead)
+            return
+        self._devices.pop(dev.handle, None)
+        dev.handle = info["handle"]
+        self._devices[dev.handle] = dev
+        dev.lost = False
+        dev.dead = None
+        log.warning("%s: reattached to dmemud after it restarted", dev.name)
+
 
 @asynccontextmanager
 async def connect(root=None, *, autostart: bool = True, prog: str | None = None):
     """A connection to the dmemud of ``root`` (DMEMU_ROOT), starting it if absent."""
     paths = StatePaths(root)
+    # Before its socket is trusted: a daemon there hands out file names this process opens.
+    paths.check()
     if autostart:
         await trio.to_thread.run_sync(ensure_daemon, paths)
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -193,6 +279,7 @@ async def connect(root=None, *, autostart: bool = True, prog: str | None = None)
         sock.close()
         raise DmemuError(errno.ECONNREFUSED, f"dmemud is not running in {paths.root} ({e.strerror})")
     client = Client(trio.SocketStream(sock), paths)
+    client.autostart = autostart
     try:
         async with trio.open_nursery() as nursery:
             client._nursery = nursery
@@ -241,6 +328,8 @@ class Device:
         self.exclusive = info["exclusive"]
         self.bio_based = info.get("bio_based", False)
         self._flush_set = [client.media(n, info["backings"][n]) for n in info["flush_set"]]
+        self._backings = {n: info["backings"][n] for n in info["flush_set"]}
+        self.lost = False               # dead because dmemud went away: may be reattached
         self._starts: list[int] = []
         self._leases: list[Lease] = []
         self.dead: str | None = None
@@ -253,6 +342,7 @@ class Device:
         self.dax = info["dax"]
         self.bio_based = info.get("bio_based", False)
         self._flush_set = [self.client.media(n, info["backings"][n]) for n in info["flush_set"]]
+        self._backings = {n: info["backings"][n] for n in info["flush_set"]}
         self._revoke([[0, 1 << 62]])
 
     # -- leases ----------------------------------------------------------------------------
@@ -309,7 +399,13 @@ class Device:
             raise OSError(errno.EIO, f"{self.name}: access beyond end of device "
                                      f"(sector {sector}, {nbytes} bytes, size {self.nr_sectors} sectors)")
 
+    async def _revive(self) -> None:
+        """Before I/O on a device whose dmemud went away: try to reattach."""
+        if self.lost:
+            await self.client.reattach()
+
     async def lease(self, sector: int, write: bool) -> Lease:
+        await self._revive()
         while True:
             lease = self._lease_at(sector, write)
             if lease is not None:
@@ -326,6 +422,8 @@ class Device:
 
     async def read(self, sector: int, nbytes: int) -> bytes:
         # The common case, one mapped segment, is a single copy out of the mapping.
+        if self.dead:
+            await self._revive()
         self._check(sector, nbytes)
         lease = self._lease_at(sector, False)
         if lease is not None:
@@ -339,6 +437,8 @@ class Device:
 
     async def readinto(self, sector: int, buf: memoryview) -> None:
         nbytes = len(buf)
+        if self.dead:
+            await self._revive()
         self._check(sector, nbytes)
         pos = 0
         while pos < nbytes:
@@ -362,6 +462,8 @@ class Device:
         if self.read_only:
             raise OSError(errno.EROFS, f"{self.name}: opened read-only")
         nbytes = len(data)
+        if self.dead:
+            await self._revive()
         self._check(sector, nbytes)
         if preflush:
             await self.flush()
@@ -399,6 +501,8 @@ class Device:
 
     async def flush(self) -> None:
         if self.dead:
+            await self._revive()
+        if self.dead:
             raise OSError(errno.EIO, f"{self.name}: {self.dead}")
         if self.bio_based:
             await self._bio("flush", 0)
@@ -427,6 +531,8 @@ class Device:
         if write and self.read_only:
             raise OSError(errno.EROFS, f"{self.name}: opened read-only")
         sector = pgoff * PAGE_SECTORS
+        if self.dead:
+            await self._revive()
         self._check(sector, nr_pages * PAGE_SIZE, bio=False)
         lease = await self.lease(sector, write)
         seg = lease.segment(sector)
@@ -441,6 +547,7 @@ class Device:
     async def close(self) -> None:
         self.client._devices.pop(self.handle, None)
         self._kill("closed")
+        self.lost = False
         if not self.client.closed:
             try:
                 await self.client.call("close", handle=self.handle)

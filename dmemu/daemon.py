@@ -15,7 +15,7 @@ import time
 
 import trio
 
-from . import protocol
+from . import protocol, requests
 from .errors import DmemuError, busy, invalid
 from .kernel import Kernel
 from .paths import StatePaths
@@ -93,8 +93,17 @@ class Connection:
                 while True:
                     try:
                         frame = await reader.read()
-                    except (trio.BrokenResourceError, trio.ClosedResourceError, ValueError):
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
                         frame = None
+                    except protocol.FrameError as e:
+                        await self._refuse_frame(str(e))
+                        frame = None
+                    if frame is not None and "ack" in frame[0]:
+                        try:
+                            requests.check_ack(frame[0])
+                        except DmemuError as e:
+                            await self._refuse_frame(e.message)
+                            frame = None
                     if frame is None:
                         nursery.cancel_scope.cancel()
                         break
@@ -108,13 +117,21 @@ class Connection:
             with trio.CancelScope(shield=True):
                 await self.stream.aclose()
 
-    async def _request(self, obj: dict, payload: bytes) -> None:
-        rid = obj.get("id")
-        op = obj.get("op", "")
-        handler = getattr(self.server, "op_" + op, None)
+    async def _refuse_frame(self, why: str) -> None:
+        """Answer a frame that cannot be trusted; the caller then closes the connection."""
+        log.warning("pid %d (%s): bad frame: %s; connection closed", self.pid, self.prog, why)
         try:
-            if handler is None:
-                raise invalid(f"unknown operation '{op}'")
+            await self.send({"id": None, "error": {"errno": errno.EPROTO,
+                                                   "message": f"dmemud: bad frame: {why}; connection closed"}})
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    async def _request(self, obj: dict, payload: bytes) -> None:
+        rid = requests.request_id(obj)
+        op = obj.get("op") if isinstance(obj.get("op"), str) else "?"
+        try:
+            op = requests.check_request(obj, payload)
+            handler = getattr(self.server, "op_" + op)
             result = await handler(self, obj, payload)
             if isinstance(result, tuple):
                 result, data = result
@@ -124,9 +141,9 @@ class Connection:
         except DmemuError as e:
             reply, data = {"id": rid, "error": e.to_wire()}, b""
         except Exception:
-            log.exception("operation %s failed", op)
+            log.exception("operation %s failed", op[:64])
             reply, data = {"id": rid, "error": {"errno": errno.EIO,
-                                                "message": f"dmemud: internal error in {op}; see {self.server.paths.log}"}}, b""
+                                                "message": f"dmemud: internal error in {op[:64]}; see {self.server.paths.log}"}}, b""
         if op in DEVICE_CHANGING_OPS:
             self.server.devices_changed()     # before the reply: its sender may look at once
         try:
@@ -137,13 +154,16 @@ class Connection:
             self.server.stop.set()
 
 
+# The request has passed requests.check_request: a field is absent, null, or of its kind.
+
 def _int(obj: dict, key: str, default=None) -> int | None:
-    v = obj.get(key, default)
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise invalid(f"{key} must be an integer")
-    return v
+    v = obj.get(key)
+    return default if v is None else v
+
+
+def _str(obj: dict, key: str) -> str:
+    v = obj.get(key)
+    return "" if v is None else v
 
 
 class Server:
@@ -179,7 +199,7 @@ class Server:
         log.info("dmemud %d listening on %s", os.getpid(), path)
         try:
             async with trio.open_nursery() as nursery:
-                self.kernel.dm._nursery = nursery
+                await nursery.start(self.kernel.serve_background)
                 nursery.start_soon(self._accept, listener, nursery)
                 task_status.started()
                 await self.stop.wait()
@@ -208,6 +228,9 @@ class Server:
         self.connections.add(conn)
         try:
             await conn.serve()
+        except Exception:
+            # A bug in serving one connection ends that connection, never the daemon.
+            log.exception("connection of pid %d (%s) failed; closed", conn.pid, conn.prog)
         finally:
             self.connections.discard(conn)
 
@@ -217,11 +240,13 @@ class Server:
 
     async def op_hello(self, conn, req, payload):
         conn.prog = str(req.get("prog", "?"))[:64]
-        return {"version": VERSION, "pid": os.getpid(), "root": str(self.paths.root)}
+        return {"version": VERSION, "pid": os.getpid(), "root": str(self.paths.root),
+                "boot_lost": self.kernel.boot_lost}
 
     async def op_status(self, conn, req, payload):
         k = self.kernel
         return {"pid": os.getpid(), "root": str(self.paths.root), "uptime": time.time() - self.started,
+                "profile": k.settings.profile,
                 "connections": len(self.connections),
                 "opens": [{"device": h.device.name, "pid": h.conn.pid, "prog": h.conn.prog,
                            "exclusive": h.exclusive, "read_only": h.read_only}
@@ -262,7 +287,7 @@ class Server:
         return {"devices": [spec_json(s) for s in self.kernel.specs if not kind or s.kind == kind]}
 
     async def op_destroy(self, conn, req, payload):
-        spec = self.kernel.destroy(str(req.get("device", "")), req.get("kind") or "pmem")
+        spec = self.kernel.destroy(_str(req, "device"), req.get("kind") or "pmem")
         return {"device": spec_json(spec)}
 
     async def op_create_disk(self, conn, req, payload):
@@ -271,28 +296,28 @@ class Server:
         return {"disk": spec_json(spec)}
 
     async def op_inject_error(self, conn, req, payload):
-        spec = await self.kernel.inject_error(str(req.get("device", "")), _int(req, "sector", 0),
+        spec = await self.kernel.inject_error(_str(req, "device"), _int(req, "sector", 0),
                                               _int(req, "count", 1))
         return {"device": spec_json(spec)}
 
     async def op_clear_error(self, conn, req, payload):
-        spec = await self.kernel.clear_error(str(req.get("device", "")), _int(req, "sector"),
+        spec = await self.kernel.clear_error(_str(req, "device"), _int(req, "sector"),
                                              _int(req, "count"))
         return {"device": spec_json(spec)}
 
     async def op_disable(self, conn, req, payload):
-        return {"device": spec_json(await self.kernel.disable(str(req.get("device", ""))))}
+        return {"device": spec_json(await self.kernel.disable(_str(req, "device")))}
 
     async def op_enable(self, conn, req, payload):
-        return {"device": spec_json(self.kernel.enable(str(req.get("device", ""))))}
+        return {"device": spec_json(self.kernel.enable(_str(req, "device")))}
 
     async def op_power_fail(self, conn, req, payload):
-        lost = await self.kernel.power_fail([str(d) for d in req.get("devices", [])],
+        lost = await self.kernel.power_fail(req.get("devices") or [],
                                             bool(req.get("tear")), _int(req, "seed"))
         return {"lost": lost}
 
     async def op_trace(self, conn, req, payload):
-        dev = str(req.get("device", ""))
+        dev = _str(req, "device")
         if req.get("action") == "start":
             return await self.kernel.trace_start(dev)
         if req.get("action") == "stop":
@@ -300,7 +325,7 @@ class Server:
         raise invalid("trace action must be start or stop")
 
     async def op_open(self, conn, req, payload):
-        h = self.kernel.open(conn, str(req.get("device", "")), bool(req.get("exclusive")),
+        h = self.kernel.open(conn, _str(req, "device"), bool(req.get("exclusive")),
                              bool(req.get("read_only")))
         conn.handles.add(h.id)
         if req.get("log"):
@@ -322,7 +347,7 @@ class Server:
 
     async def op_bio(self, conn, req, payload):
         h = self.kernel.handle(conn, _int(req, "handle"))
-        data, changed = await self.kernel.bio(h, str(req.get("bio", "")), _int(req, "sector", 0), payload,
+        data, changed = await self.kernel.bio(h, _str(req, "bio"), _int(req, "sector", 0), payload,
                                         _int(req, "nbytes", 0) or 0, bool(req.get("fua")),
                                         bool(req.get("preflush")))
         if changed:
@@ -337,11 +362,11 @@ class Server:
 
     async def op_dm_create(self, conn, req, payload):
         dm = self.kernel.dm
-        md = dm.create(str(req.get("name", "")), str(req.get("uuid") or ""), bool(req.get("read_only")))
+        md = dm.create(_str(req, "name"), str(req.get("uuid") or ""), bool(req.get("read_only")))
         table = req.get("table")
         if table is not None:
             try:
-                dm.load(md.name, table)
+                await dm.load(md.name, table)
                 await dm.resume(md.name)
             except BaseException:
                 # dmsetup create is all or nothing: no half-made device is left behind.
@@ -350,34 +375,34 @@ class Server:
         return self._dm_reply(md)
 
     async def op_dm_load(self, conn, req, payload):
-        return self._dm_reply(self.kernel.dm.load(str(req.get("name", "")), str(req.get("table", ""))))
+        return self._dm_reply(await self.kernel.dm.load(_str(req, "name"), _str(req, "table")))
 
     async def op_dm_clear(self, conn, req, payload):
-        return self._dm_reply(self.kernel.dm.clear(str(req.get("name", ""))))
+        return self._dm_reply(await self.kernel.dm.clear(_str(req, "name")))
 
     async def op_dm_suspend(self, conn, req, payload):
-        md = await self.kernel.dm.suspend(str(req.get("name", "")), noflush=bool(req.get("noflush")),
+        md = await self.kernel.dm.suspend(_str(req, "name"), noflush=bool(req.get("noflush")),
                                           nolockfs=bool(req.get("nolockfs")))
         return self._dm_reply(md)
 
     async def op_dm_resume(self, conn, req, payload):
-        return self._dm_reply(await self.kernel.dm.resume(str(req.get("name", ""))))
+        return self._dm_reply(await self.kernel.dm.resume(_str(req, "name")))
 
     async def op_dm_remove(self, conn, req, payload):
-        await self.kernel.dm.remove(str(req.get("name", "")), force=bool(req.get("force")))
+        await self.kernel.dm.remove(_str(req, "name"), force=bool(req.get("force")))
         return {}
 
     async def op_dm_rename(self, conn, req, payload):
-        md = self.kernel.dm.rename(str(req.get("name", "")), req.get("new"), req.get("uuid"))
+        md = self.kernel.dm.rename(_str(req, "name"), req.get("new"), req.get("uuid"))
         return self._dm_reply(md)
 
     async def op_dm_message(self, conn, req, payload):
-        return {"reply": self.kernel.dm.message(str(req.get("name", "")), _int(req, "sector", 0),
-                                                [str(w) for w in req.get("words", [])])}
+        return {"reply": self.kernel.dm.message(_str(req, "name"), _int(req, "sector", 0),
+                                                req.get("words") or [])}
 
     async def op_dm_wait(self, conn, req, payload):
         dm = self.kernel.dm
-        md = dm.get(str(req.get("name", "")))
+        md = dm.get(_str(req, "name"))
         nr = _int(req, "event_nr", md.event_nr)
         return {"event_nr": await dm.wait_event(md, nr)}
 
@@ -403,9 +428,21 @@ class Server:
         if name is not None:
             if name not in params:
                 raise invalid(f"unknown parameter '{name}': known are {', '.join(params)}")
-            if "value" in req:
-                params[name] = bool(req["value"])
+            if req.get("value") is not None:
+                self.kernel.settings.set_param(name, bool(req["value"]))
         return {"params": params}
+
+    async def op_profile(self, conn, req, payload):
+        settings = self.kernel.settings
+        if req.get("profile") is not None:
+            settings.set_profile(str(req["profile"]))
+        return {"profile": settings.profile, "params": settings.params}
+
+    async def op_dmesg(self, conn, req, payload):
+        lines = [f"[{t:12.6f}] {text}" for t, text in self.kernel.log_ring]
+        if req.get("clear"):
+            self.kernel.log_ring.clear()
+        return {"lines": lines}
 
 
 def spec_json(spec) -> dict:

@@ -4,15 +4,17 @@ Namespaces and disks are hardware: they survive a restart of dmemud (a reboot), 
 media errors. The registry is one JSON file replaced atomically, so a crash in the middle of
 a create or destroy leaves either the old or the new list, never half of one.
 """
+import errno
 import json
 import logging
 import os
+import re
 import uuid as uuidlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .blockdev import SECTOR_SIZE
-from .errors import io_error
+from .errors import DmemuError, io_error
 from .media import Media
 
 log = logging.getLogger(__name__)
@@ -175,23 +177,89 @@ def clear_badblocks(spec: BaseSpec, sector: int, count: int) -> bool:
     return changed
 
 
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_BLOCKDEV = re.compile(r"^[A-Za-z][A-Za-z0-9_.+-]{0,63}$")
+_FIELDS = {f.name: f for f in fields(BaseSpec)}
+MAX_DEVICE_SIZE = 1 << 50       # a petabyte of emulated media is beyond any host here
+
+
+def spec_from_json(d) -> BaseSpec:
+    """A registry entry checked field by field: the uuid names the image files, so it must
+    be a plain uuid (never a path), and every number must be in range."""
+    if not isinstance(d, dict):
+        raise ValueError("not an object")
+    unknown = set(d) - set(_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown fields {sorted(unknown)}")
+
+    def want(key, kind, ok=lambda v: True, why=""):
+        v = d.get(key)
+        if isinstance(v, bool) != (kind is bool) or not isinstance(v, kind) or not ok(v):
+            raise ValueError(f"{key} {v!r} is invalid{': ' + why if why else ''}")
+        return v
+
+    kind = want("kind", str, lambda v: v in ("pmem", "disk"))
+    want("blockdev", str, _BLOCKDEV.match)
+    want("uuid", str, _UUID.match, "not a uuid")
+    want("size", int, lambda v: 0 < v <= MAX_DEVICE_SIZE and v % SECTOR_SIZE == 0)
+    want("minor", int, lambda v: 0 <= v < 1 << 20)
+    want("model", str, lambda v: v in (("eadr", "adr") if kind == "pmem" else ("disk",)))
+    if kind == "pmem":
+        want("dev", str, re.compile(r"^namespace\d+\.\d+$").match)
+    for key, k in (("name", str), ("mode", str), ("align", int), ("enabled", bool), ("badblocks", list)):
+        if key in d:
+            want(key, k)
+    if d.get("mode", "fsdax") not in MODES:
+        raise ValueError(f"mode {d['mode']!r} is invalid")
+    for run in d.get("badblocks", []):
+        if (not isinstance(run, list) or len(run) != 2 or
+                not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in run)
+                or run[0] + run[1] > d["size"] // SECTOR_SIZE):
+            raise ValueError(f"badblocks entry {run!r} is invalid")
+    return BaseSpec(**d)
+
+
 class Registry:
     """hardware.json: the list of base devices, written by replace-and-fsync."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        self.rejected: list = []
 
     def load(self) -> list[BaseSpec]:
+        """The devices; an entry that does not validate is left out with an error in the
+        log (and kept in the file, for a person to mend), as the kernel skips a namespace
+        whose label does not validate."""
+        self.rejected = []
         if not self.path.exists():
             return []
-        with open(self.path) as f:
-            data = json.load(f)
-        return [BaseSpec(**d) for d in data.get("devices", [])]
+        try:
+            with open(self.path, "rb") as f:
+                data = json.loads(f.read(16 << 20).decode())
+            entries = data["devices"]
+            if not isinstance(entries, list):
+                raise TypeError("devices is not a list")
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
+            raise DmemuError(errno.EINVAL, f"{self.path} cannot be read ({e}); mend it or move it "
+                                           f"aside (the devices it listed are then forgotten)") from None
+        specs = []
+        for i, d in enumerate(entries):
+            try:
+                spec = spec_from_json(d)
+                if any(spec.blockdev == x.blockdev or spec.uuid == x.uuid or
+                       (spec.kind, spec.minor) == (x.kind, x.minor) for x in specs):
+                    raise ValueError(f"{spec.blockdev} duplicates an earlier device")
+            except ValueError as e:
+                log.error("%s: device %d left out: %s", self.path, i, e)
+                self.rejected.append(d)
+                continue
+            specs.append(spec)
+        return specs
 
     def save(self, specs: list[BaseSpec]) -> None:
         tmp = self.path.with_suffix(".tmp")
         with open(tmp, "w") as f:
-            json.dump({"version": 1, "devices": [asdict(s) for s in specs]}, f, indent=1)
+            json.dump({"version": 1, "devices": [asdict(s) for s in specs] + self.rejected}, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)

@@ -8,12 +8,14 @@ lease it hands out, so when the mapping underneath changes (media errors, remova
 failure, and later table swaps and copy-on-write) it can ask each holder to drop it and wait
 for the acknowledgement before the change takes effect.
 """
+import collections
 import errno
 import logging
 import os
 import random
 import re
 import shutil
+import time
 
 import trio
 
@@ -21,10 +23,13 @@ from .blockdev import SECTOR_SIZE
 from .errors import DmemuError, busy, invalid, no_device
 from .dm.core import DeviceMapper, MappedDevice
 from .dm.errors import DMError
+from .dm.leases import LeaseManager
 from .media import Media
 from .hardware import (MODES, BaseDevice, BaseSpec, Registry, clear_badblocks, device_name,
                        merge_badblocks, new_uuid)
+from .names import check_user_name
 from .paths import StatePaths
+from .profile import Settings
 from .units import human
 
 log = logging.getLogger(__name__)
@@ -75,24 +80,53 @@ class Handle:
         return f"pid {self.conn.pid} ({self.conn.prog})"
 
 
-class Kernel:
+# The kernel log ring (__LOG_BUF_LEN is a power of two of bytes; lines suffice here).
+LOG_RING_LINES = 4096
+
+
+class Kernel(LeaseManager):
     def __init__(self, paths: StatePaths):
         self.paths = paths
+        self.booted = time.monotonic()
+        self.log_ring: collections.deque = collections.deque(maxlen=LOG_RING_LINES)
+        self._background = None
         self.registry = Registry(paths.registry)
         self.specs: list[BaseSpec] = self.registry.load()
         self.devices: dict[str, BaseDevice] = {}
         self.handles: dict[int, Handle] = {}
         self._next_handle = 1
-        self.dm = DeviceMapper(self)
+        self.boot_lost: dict[str, int] = {}     # bytes each device lost when this boot rolled back
+        self.settings = Settings(paths.settings)
+        self.dm = DeviceMapper(self, self)
+        self.dm.params = self.settings.params
         for spec in self.specs:
             if spec.enabled:
-                self.devices[spec.blockdev] = BaseDevice(spec, self._image_base(spec), create=True)
+                try:
+                    self.devices[spec.blockdev] = BaseDevice(spec, self._image_base(spec), create=True)
+                except OSError as e:
+                    # As a namespace whose media fails to probe: absent, the others serve on.
+                    log.error("%s: its media cannot be opened (%s); the device stays absent until "
+                              "the image files in %s are mended", spec.blockdev, e, self.paths.images)
 
     def _image_base(self, spec: BaseSpec) -> str:
         return str(self.paths.images / spec.uuid)
 
     def _save(self) -> None:
         self.registry.save(self.specs)
+
+    # -- the kernel log (dmesg) ---------------------------------------------------------
+
+    def printk(self, line: str) -> None:
+        """One line of the kernel log, stamped with the seconds since boot as dmesg shows."""
+        self.log_ring.append((time.monotonic() - self.booted, line))
+        log.warning("%s", line)
+
+    async def serve_background(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Work started from synchronous code (revocations found mid-copy) runs here."""
+        async with trio.open_nursery() as nursery:
+            self._background = nursery
+            task_status.started()
+            await trio.sleep_forever()
 
     # -- boot and shutdown ---------------------------------------------------------------
 
@@ -102,6 +136,7 @@ class Kernel:
         if not clean:
             for dev in self.devices.values():
                 lost = dev.media.power_fail()
+                self.boot_lost[dev.name] = lost     # clients reattaching must know
                 if lost:
                     log.info("%s: %d bytes not durable at the last crash were lost", dev.name, lost)
         else:
@@ -118,17 +153,20 @@ class Kernel:
 
     def find_spec(self, ident: str, *, kind: str | None = None) -> BaseSpec:
         key = ident[5:] if ident.startswith("/dev/") else ident
-        for spec in self.specs:
-            if kind and spec.kind != kind:
-                continue
-            if key in (spec.blockdev, spec.dev) or (spec.name and key == spec.name):
-                return spec
+        # Kernel names first: a label can never shadow a device's own name.
+        for label in (False, True):
+            for spec in self.specs:
+                if kind and spec.kind != kind:
+                    continue
+                if (spec.name and key == spec.name) if label else key in (spec.blockdev, spec.dev):
+                    return spec
         what = {"pmem": "namespace", "disk": "disk"}.get(kind or "", "device")
         raise no_device(f"{ident}: no such {what}")
 
     def find_base(self, name: str) -> BaseSpec | None:
-        return next((s for s in self.specs if name in (s.blockdev, s.dev) or
-                     (s.name and name == s.name)), None)
+        # Kernel names first: a label can never shadow a device's own name.
+        return (next((s for s in self.specs if name in (s.blockdev, s.dev)), None)
+                or next((s for s in self.specs if s.name and name == s.name), None))
 
     def lookup(self, ident: str):
         """Any device users may name: /dev/pmem0, namespace0.0, disk0, /dev/mapper/x, dm-3."""
@@ -206,8 +244,14 @@ class Kernel:
             up = -(-size // align) * align
             raise invalid(f"size {human(size)} is not a multiple of the alignment {human(align)}: "
                           f"use --size {human(up)} or a smaller --align")
-        if name and any(s.name == name for s in self.specs):
-            raise DmemuError(errno.EEXIST, f"a namespace named '{name}' already exists")
+        if name:
+            check_user_name(name, "namespace name")
+            if "/" in name or not name.isprintable() or len(name) > 63:
+                raise invalid(f"invalid namespace name '{name}': up to 63 printable characters, no '/'")
+            if any(s.name == name for s in self.specs):
+                raise DmemuError(errno.EEXIST, f"a namespace named '{name}' already exists")
+            if self.find_base(name) or self.dm.find(name):
+                raise DmemuError(errno.EEXIST, f"a device named '{name}' already exists")
         used = {s.minor for s in self.specs if s.kind == "pmem"}
         idx = next(i for i in range(len(used) + 1) if i not in used)
         spec = BaseSpec(kind="pmem", blockdev=device_name(mode, idx), dev=f"namespace0.{idx}", size=size,
@@ -228,6 +272,10 @@ class Kernel:
         enabled namespace needs force, one in use is refused whatever."""
         spec = self.find_spec(ident, kind="pmem")
         self._check_mode(mode)
+        if name is not None and name != spec.name:
+            check_user_name(name, "namespace name")
+            if any(s.name == name for s in self.specs):
+                raise DmemuError(errno.EEXIST, f"a namespace named '{name}' already exists")
         if spec.enabled and not force:
             raise busy(f"{spec.dev} is active, specify --force for re-configuration")
         dev = self.devices.get(spec.blockdev)
@@ -257,10 +305,11 @@ class Kernel:
         if name is None:
             taken = {s.blockdev for s in self.specs}
             name = next(f"disk{i}" for i in range(len(taken) + 1) if f"disk{i}" not in taken)
+        check_user_name(name, "disk name")
         if not DISK_NAME.match(name) or name.startswith(RESERVED_PREFIXES):
             raise invalid(f"invalid disk name '{name}': use letters, digits and _.+- "
                           f"(not starting with pmem, namespace, dm-, mapper or region)")
-        if any(name in (s.blockdev, s.name, s.dev) for s in self.specs):
+        if any(name in (s.blockdev, s.name, s.dev) for s in self.specs) or self.dm.find(name):
             raise DmemuError(errno.EEXIST, f"a device named '{name}' already exists")
         spec = BaseSpec(kind="disk", blockdev=name, size=size, minor=idx, uuid=new_uuid(),
                         model="disk", mode="raw")
@@ -475,6 +524,40 @@ class Kernel:
                 nursery.start_soon(one, h, leases)
         return failed
 
+    # -- the lease manager device-mapper sees (dmemu.dm.leases) ------------------------------
+
+    def revoke_soon(self, predicate, why: str) -> None:
+        if self._background is not None:
+            self._background.start_soon(self.revoke, predicate, why)
+
+    async def freeze(self, handles: list) -> tuple[list, list]:
+        frozen, failed = [], []
+
+        async def one(h):
+            if await h.conn.event("freeze", timeout=revoke_timeout(), handle=h.id):
+                frozen.append(h)
+            else:
+                failed.append(h)
+        async with trio.open_nursery() as n:
+            for h in handles:
+                n.start_soon(one, h)
+        return frozen, failed
+
+    async def thaw(self, handles: list) -> None:
+        async with trio.open_nursery() as n:
+            for h in handles:
+                if not h.dead:
+                    n.start_soon(lambda h=h: h.conn.event("thaw", timeout=revoke_timeout(), handle=h.id))
+
+    async def tell_users(self, dev, info: dict) -> None:
+        async with trio.open_nursery() as n:
+            for h in self.users(dev):
+                n.start_soon(lambda h=h: h.conn.event("table", timeout=revoke_timeout(),
+                                                      handle=h.id, **info))
+
+    async def kill(self, handles: list, reason: str) -> None:
+        await self.kill_handles(handles, reason)
+
     async def kill_handles(self, handles: list[Handle], reason: str) -> list:
         """The device under these handles is gone: every later I/O through them fails."""
         failed = []
@@ -572,12 +655,14 @@ class Kernel:
     async def power_fail(self, idents: list[str], tear: bool, seed: int | None) -> dict:
         """Power is cut: users lose their devices, volatile data is lost, devices come back."""
         devs = [self.lookup(i) for i in idents] if idents else list(self.devices.values())
+        # What stood on the failed media was memory: mapped devices go, as at a reboot, and
+        # so does everything stacked on them (a snapshot over the origin's -real device).
+        doomed = self.dm.standing_on(devs)
         hit = {h.id: h for d in devs for h in self.users_through(d)}
+        hit.update({h.id: h for md in doomed for h in self.users(md)})
         await self.kill_handles(list(hit.values()), "power failure")
-        # What stood on the failed media was memory: mapped devices go, as at a reboot.
-        for md in list(self.dm.devices.values()):
-            if any(b in devs for b in self.dm.base_devices(md)):
-                await self.dm.discard(md)
+        for md in doomed:
+            await self.dm.discard(md)
         rng = random.Random(seed)
         lost = {}
         for dev in devs:

@@ -20,10 +20,12 @@ The invariant everything rests on: where a block is not marked dirty (disk) or a
 equal in both files (adr), view and media agree. Writers store data before marking dirty and
 flushers clear the mark before copying, so a write racing a flush is never forgotten.
 """
+import errno
 import mmap
 import os
 import random
 import re
+import stat
 
 from .blockdev import PAGE_SIZE, SECTOR_SIZE
 
@@ -36,9 +38,12 @@ MODELS = ("eadr", "adr", "disk")
 
 
 def _map(path: str, size: int, create: bool) -> tuple[int, mmap.mmap]:
-    flags = os.O_RDWR | (os.O_CREAT if create else 0)
+    # Never through a symbolic link: an image is a plain file in the state directory.
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_CREAT if create else 0)
     fd = os.open(path, flags, 0o600)
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, f"{path}: not a regular file")
         if create and os.fstat(fd).st_size < size:
             os.ftruncate(fd, size)
         return fd, mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)

@@ -20,6 +20,17 @@ MAX_JSON = 16 << 20
 MAX_PAYLOAD = 64 << 20
 
 
+class FrameError(ValueError):
+    """A frame that cannot be trusted: its reader answers once and closes the connection,
+    since after a lie about a length or a body that is not an object nothing that follows
+    on the stream can be framed with confidence."""
+
+
+def _no_constant(name: str):
+    # NaN and Infinity are not JSON (RFC 8259), though Python's parser accepts them.
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def encode(obj: dict, payload: bytes = b"") -> bytes:
     body = json.dumps(obj, separators=(",", ":")).encode()
     return HEADER.pack(len(body), len(payload)) + body + bytes(payload)
@@ -46,11 +57,23 @@ class FrameReader:
             return None
         jlen, plen = HEADER.unpack_from(self.buf)
         if jlen > MAX_JSON or plen > MAX_PAYLOAD:
-            raise ValueError(f"frame too large ({jlen} + {plen} bytes)")
+            raise FrameError(f"frame too large ({jlen} + {plen} bytes; at most {MAX_JSON} + {MAX_PAYLOAD})")
         total = HEADER.size + jlen + plen
         if not await self._fill(total):
             return None
-        obj = json.loads(self.buf[HEADER.size:HEADER.size + jlen])
-        payload = bytes(self.buf[HEADER.size + jlen:total])
+        body = bytes(self.buf[HEADER.size:HEADER.size + jlen])
+        del self.buf[:HEADER.size + jlen]
+        try:
+            obj = json.loads(body.decode(), parse_constant=_no_constant)
+        except UnicodeDecodeError:
+            raise FrameError("not UTF-8") from None
+        except RecursionError:
+            raise FrameError("JSON nested too deeply") from None
+        except ValueError as e:
+            raise FrameError(f"not JSON ({e})") from None
+        if not isinstance(obj, dict):
+            raise FrameError(f"a JSON {type(obj).__name__} where an object belongs")
+        total -= HEADER.size + jlen
+        payload = bytes(self.buf[:total])
         del self.buf[:total]
         return obj, payload

@@ -108,7 +108,33 @@ METRICS = [
     Metric("unlink", "unlink", "ops/s"),
     Metric("list_dir", "list directory", "entries/s"),
     Metric("peak_rss", "daemon peak RSS", "MiB", higher_is_better=False),
+    # FUSE requests the daemon served per operation (daxfs counts them and serves the
+    # counts as the root's trusted.daxfs.stats; peers do not): a request costs ~100 µs of
+    # a Python daemon, so an extra one per write cannot come back unnoticed
+    Metric("reqs_write_fsync", "FUSE requests per 4 KiB write+fsync", "req",
+           higher_is_better=False),
+    Metric("getxattr_write_fsync", "  of which GETXATTR", "req", higher_is_better=False),
+    Metric("reqs_create", "FUSE requests per create", "req", higher_is_better=False),
 ]
+
+STATS_XATTR = "trusted.daxfs.stats"
+
+
+def fuse_requests(path: Path) -> dict | None:
+    """The daemon's requests served so far, by kind, where it tells (daxfs); else None."""
+    try:
+        return json.loads(os.getxattr(path, STATS_XATTR))["requests"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def per_op(before: dict | None, after: dict | None, n: int, kind: str | None = None):
+    """Requests (of one kind, or all but the two stats reads) per operation."""
+    if before is None or after is None or not n:
+        return None
+    if kind is not None:
+        return (after.get(kind, 0) - before.get(kind, 0) - (kind == "getxattr")) / n
+    return (sum(after.values()) - sum(before.values()) - 1) / n
 
 
 # -- subjects -----------------------------------------------------------------------------
@@ -340,8 +366,13 @@ def io_workloads(path: Path, sizes: Sizes) -> dict:
               "--end_fsync=1")
     r["rand_write_fsync"] = _rate(job, "write", "IOPS")
     os.unlink(path / "data")
+    before = fuse_requests(path)
     job = fio(path, "fsynceach", "sync", "--rw=write", "--bs=4k",
               f"--size={sizes.fsync_file_mib}M", cap, "--fsync=1")
+    after = fuse_requests(path)
+    n = job["write"]["total_ios"]
+    r["reqs_write_fsync"] = per_op(before, after, n)
+    r["getxattr_write_fsync"] = per_op(before, after, n, "getxattr")
     r["write_fsync_each"] = _rate(job, "write", "IOPS")
     r["write_fsync_write_p99"] = job["write"]["clat_ns"]["percentile"]["99.000000"] / 1000
     r["write_fsync_p99"] = job["sync"]["lat_ns"]["percentile"]["99.000000"] / 1000
@@ -363,7 +394,9 @@ def metadata_workloads(path: Path, sizes: Sizes) -> dict:
     names = [d / f"f{i:06d}" for i in range(sizes.meta_files)]
     renamed = [d / f"r{i:06d}" for i in range(sizes.meta_files)]
     flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY
+    before = fuse_requests(path)
     r = {"create": _timed([lambda n=n: os.close(os.open(n, flags, 0o644)) for n in names])}
+    r["reqs_create"] = per_op(before, fuse_requests(path), len(names))
     for n in names:                      # warm: lookups done once before the timed pass
         os.stat(n)
     r["stat_warm"] = _timed([lambda n=n: os.stat(n) for n in names])
@@ -459,6 +492,8 @@ def ratios(median: dict, reference: str = REFERENCE) -> dict:
 def _fmt(value, unit: str) -> str:
     if value is None:
         return "—"
+    if unit == "req":
+        return f"{value:.2f}"
     if unit in ("MiB/s", "MiB", "µs") and value < 100:
         return f"{value:,.1f}"
     return f"{value:,.0f}"

@@ -6,6 +6,10 @@
 # mounted and compared; the mixed DAX/non-DAX snapshot refused with a clear message and
 # nothing half-made; then a clean teardown. Each command is printed before its output.
 set -eu
+if [ "$(id -u)" != 0 ] && ! { [ -r /dev/fuse ] && [ -w /dev/fuse ]; }; then
+    echo "demo: $(id -un) cannot open /dev/fuse ($(stat -c %A /dev/fuse 2>/dev/null)); mounts by users other than root need it crw-rw-rw- (chmod 666 /dev/fuse, as udev sets it on Debian), or run the demo as root" >&2
+    exit 1
+fi
 top=$(cd "$(dirname "$0")/.." && pwd)
 PATH="$top/tools:$PATH"
 DMEMU_ROOT=${DMEMU_ROOT:-$(mktemp -d /tmp/daxfs-demo.XXXXXX)}
@@ -17,6 +21,15 @@ run() {
     printf '\n$ %s\n' "$*"
     "$@"
 }
+# mount(8) mounts only for root; another user mounts with the daxfs command itself, which
+# goes through the setuid fusermount3 as every FUSE filesystem does, and unmounts with it.
+if [ "$(id -u)" = 0 ]; then
+    mount_daxfs() { run mount -t fuse.daxfs -o "$1" "$2" "$3"; }
+    umount_daxfs() { run umount "$1"; }
+else
+    mount_daxfs() { run daxfs "$2" "$3" -o "$1"; }
+    umount_daxfs() { run fusermount3 -u "$1"; }
+fi
 cleanup() {
     [ -n "$writer" ] && kill "$writer" 2>/dev/null
     for m in "$mnt/lv0" "$mnt/snap0"; do
@@ -44,7 +57,7 @@ echo
 echo "# 3. daxfs on it, mounted with DAX, and files written with ordinary tools"
 mkdir -p "$mnt/lv0" "$mnt/snap0"
 run mkfs.daxfs -L demo /dev/vg0/lv0
-run mount -t fuse.daxfs -o dax=always /dev/vg0/lv0 "$mnt/lv0"
+mount_daxfs dax=always /dev/vg0/lv0 "$mnt/lv0"
 run cp -a "$top/dmemu" "$top/docs" "$mnt/lv0/"
 run df -h "$mnt/lv0"
 run xfs_io -c "statx -r" "$mnt/lv0/docs/design.md"
@@ -64,7 +77,7 @@ run dmsetup ls --tree
 
 echo
 echo "# 5. The snapshot mounted read-only beside the origin, and compared"
-run mount -t fuse.daxfs -o ro,dax=always /dev/vg0/snap0 "$mnt/snap0"
+mount_daxfs ro,dax=always /dev/vg0/snap0 "$mnt/snap0"
 run diff -r "$mnt/lv0/dmemu" "$mnt/snap0/dmemu"
 echo "identical: the files copied before the snapshot"
 run ls -l "$mnt/lv0/busy" "$mnt/snap0/busy"
@@ -82,8 +95,8 @@ run dmsetup ls
 
 echo
 echo "# 7. Teardown"
-run umount "$mnt/snap0"
-run umount "$mnt/lv0"
+umount_daxfs "$mnt/snap0"
+umount_daxfs "$mnt/lv0"
 run lvremove -f vg0/snap0
 run lvremove -f vg0/lv0
 run vgremove vg0

@@ -7,7 +7,7 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 
 need=""
-for pkg in fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv fio attr e2fsprogs; do
+for pkg in fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv fio attr acl e2fsprogs; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need="$need $pkg"
 done
 # fuse3 needs /etc/fuse.conf's user_allow_other only for non-root users; nothing to do here.
@@ -21,7 +21,17 @@ if [ -n "$need" ]; then
     apt-get install -y -qq $need >/dev/null
 fi
 
-py=${PYTHON:-python3}
+# Debian's own python3 by default: every user can run it, so the tools work for non-root
+# users too (an interpreter under /root, as version managers install them, would not).
+if [ -n "${PYTHON:-}" ]; then py=$PYTHON
+elif [ -x /usr/bin/python3 ]; then py=/usr/bin/python3
+else py=python3
+fi
+home=$(dirname "$(command -v "$py")")
+if [ -f .venv/pyvenv.cfg ] && ! grep -qx "home = $home" .venv/pyvenv.cfg; then
+    echo "setup: .venv was made with another python; making it again with $py" >&2
+    rm -rf .venv
+fi
 if [ ! -x .venv/bin/python ]; then
     "$py" -m venv .venv
 fi

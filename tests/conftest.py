@@ -13,6 +13,11 @@ from pathlib import Path
 
 import pytest
 
+# The code under test, imported before pytest's importlib mode registers the test packages
+# tests/daxfs and tests/dmemu under the same names: otherwise ``daxfs.x`` resolves through
+# the editable install, i.e. the checkout that ran ``pip install -e``, not this one.
+import daxfs  # noqa: F401
+import dmemu  # noqa: F401
 from tests.helpers import stop_daemon
 
 

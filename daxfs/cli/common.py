@@ -20,14 +20,20 @@ def fail(prog: str, msg: str, hint: str = "", code: int = 1) -> int:
 
 
 def hint_for(e: OSError) -> str:
+    """What to do about a failure, unless the message already says it."""
     import errno
+    text = str(e)
+    if "enable it" in text or "install" in text:
+        return ""
     return {errno.EBUSY: "unmount it or stop the other user first",
             errno.ENOENT: "check the name",
             errno.EACCES: "run as root or fix the permissions",
-            errno.ENODEV: "use an image file or install dmemu",
+            errno.ENODEV: "check the name with 'dmemu lsblk'",
             errno.EROFS: "the device is read-only",
-            errno.EUCLEAN: ("make one with mkfs.daxfs" if "magic" in str(e)
-                            else "check it with fsck.daxfs")}.get(e.errno, "")
+            # Only a device with no daxfs superblock at all wants mkfs (which destroys what
+            # is there); damage inside a daxfs, its journal's header included, is fsck's.
+            errno.EUCLEAN: ("make one with mkfs.daxfs" if "not a daxfs filesystem" in str(e)
+                            else "repair it with fsck.daxfs -y")}.get(e.errno, "")
 
 
 __all__ = ["setup_logging", "fail", "hint_for", "FsError", "UsageError"]

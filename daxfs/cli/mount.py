@@ -70,8 +70,22 @@ def _describe(e: BaseException) -> str:
         return f"{e.strerror or e}" + ("; is FUSE available (/dev/fuse, fusermount3)?"
                                        if "fuse" in str(e).lower() else "")
     if isinstance(e, RuntimeError) and "fuse" in str(e).lower():
+        if os.geteuid() != 0 and not os.access("/dev/fuse", os.R_OK | os.W_OK):
+            # libfuse falls back to the setuid fusermount3 only when mount(2) is refused,
+            # not when /dev/fuse itself cannot be opened
+            return (f"this user cannot open /dev/fuse (mode {_mode('/dev/fuse')}); FUSE "
+                    "mounts by other users than root need it crw-rw-rw-, as udev makes it "
+                    "on Debian (chmod 666 /dev/fuse), or mount as root")
         return f"{e}; check the mount options and that MOUNTPOINT is not in use"
     return f"{type(e).__name__}: {e}"
+
+
+def _mode(path: str) -> str:
+    import stat
+    try:
+        return stat.filemode(os.stat(path).st_mode)
+    except OSError as e:
+        return e.strerror or "unknown"
 
 
 def _with_source(source: str, msg: str) -> str:

@@ -62,4 +62,6 @@ def main(argv=None) -> int:
     except UsageError as e:
         return fail(PROG, str(e))
     except (FsError, OSError) as e:
-        return fail(PROG, f"{args.source}: {e.strerror or e}", hint_for(e))
+        msg = str(e.strerror or e)
+        return fail(PROG, msg if msg.startswith(args.source) else f"{args.source}: {msg}",
+                    hint_for(e))

@@ -48,6 +48,11 @@ def main(argv=None) -> int:
         if args.stop:
             control.stop(paths, mountpoint)
             return 0
+        if args.mountpoint and not args.stop and not os.path.isdir(mountpoint):
+            # As mount(8): a mount point someone names must exist; guessing and creating
+            # directories (at the host's root, for a typo) is not ours to do.
+            raise DmemuError(2, f"{mountpoint}: mount point does not exist or is not a "
+                                "directory; create it first (mkdir -p)")
         control.check_free(paths, mountpoint)
         if not args.foreground:
             control.spawn(paths, mountpoint, args.verbose)

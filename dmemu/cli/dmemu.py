@@ -45,6 +45,12 @@ def build_parser(prog: str) -> ArgumentParser:
                     help="probability that a line stored but not yet flushed survived")
     ci.add_argument("--tear", action="store_true", help="surviving unflushed lines tear at 8 bytes")
     ci.add_argument("--seed", type=int)
+    pr = sub.add_parser("profile", help="show or choose how the stack behaves: 'fixed' (DAX "
+                        "snapshots, clear refusals; the default) or 'linux' (Linux 6.1 and LVM "
+                        "2.03.16, their texts and exit codes); kept across restarts")
+    pr.add_argument("profile", nargs="?", choices=("linux", "fixed"))
+    dm = sub.add_parser("dmesg", help="print the kernel log ring, as dmesg does")
+    dm.add_argument("-c", "--read-clear", action="store_true", help="clear the ring after printing")
     pa = sub.add_parser("param", help="show or set a kernel parameter, e.g. 'snapshot_dax off' "
                         "to refuse snapshots of DAX devices as Linux does")
     pa.add_argument("name", nargs="?")
@@ -107,6 +113,12 @@ async def _main(args) -> int:
                             unflushed=args.unflushed, tear=args.tear, seed=args.seed)
             print(f"{args.output}: media after fence {args.fence} of {len(records)}"
                   + (f", {n} unflushed lines survived" if args.unflushed else ""))
+        elif args.cmd == "profile":
+            r = await k.call("profile", profile=args.profile)
+            print(r["profile"])
+        elif args.cmd == "dmesg":
+            for line in (await k.call("dmesg", clear=args.read_clear))["lines"]:
+                print(line)
         elif args.cmd == "param":
             req = {}
             if args.name:

@@ -106,6 +106,7 @@ async def _status(paths: StatePaths) -> int:
         return 3     # as systemctl/LSB status: program is not running
     print(f"dmemud is running: pid {st['pid']}, state directory {st['root']}, "
           f"{st['connections'] - 1} other client(s), up {st['uptime']:.0f}s")
+    print(f"profile: {st['profile']}")
     for o in st["opens"]:
         mode = "exclusive" if o["exclusive"] else ("read-only" if o["read_only"] else "shared")
         print(f"  {o['device']}: {mode} open by pid {o['pid']} ({o['prog']})")

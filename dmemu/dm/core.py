@@ -17,8 +17,10 @@ import trio
 
 from ..blockdev import SECTOR_SIZE
 from ..errors import DmemuError, busy, invalid, no_device
+from ..names import check_user_name
 from .cow import Origins
 from .errors import DMError
+from .leases import LeaseManager
 from .region import Region, flat, lift
 from .table import format_table_line, parse_table
 from .target_args import construct_line
@@ -31,6 +33,15 @@ DM_NAME_LEN = 128        # DM_NAME_LEN includes the terminating NUL
 DM_UUID_LEN = 129
 # Everything a table may be built from must resolve before the ioctl gives up on a holder.
 FREEZE_TIMEOUT_ENV = "DMEMU_REVOKE_TIMEOUT"
+
+
+# enum dm_queue_mode: what dm_table_determine_type decides for a table.
+DM_TYPE_BIO_BASED = 1
+DM_TYPE_DAX_BIO_BASED = 3
+
+
+def table_type(table) -> int:
+    return DM_TYPE_DAX_BIO_BASED if table.dax_capable else DM_TYPE_BIO_BASED
 
 
 class Table:
@@ -81,12 +92,13 @@ class MappedDevice:
         self.read_only = read_only
         self.live: Table | None = None
         self.inactive: Table | None = None
-        self.suspended = False
+        self.type: int | None = None    # md->type, fixed by the first table load
+        self.suspended = False      # the ioctl state: what `dmsetup info` reports
         self.event_nr = 0
         self.event = trio.Event()      # set at the next table event (dm_wait, dmsetup wait)
         self.removed = False
-        self._resumed = trio.Event()
-        self._resumed.set()
+        self.lock = trio.Lock()     # load, suspend, resume, remove: one at a time
+        self._resumed: trio.Event | None = None    # set while new I/O is held
         self.inflight = 0
         self._drained = None
         self.frozen: list = []      # holders frozen by the suspend in force, thawed at resume
@@ -98,8 +110,18 @@ class MappedDevice:
 
     # -- resolution ------------------------------------------------------------------------
 
+    def block_io(self) -> None:
+        """DMF_BLOCK_IO_FOR_SUSPEND: new resolutions wait until unblock_io."""
+        if self._resumed is None:
+            self._resumed = trio.Event()
+
+    def unblock_io(self) -> None:
+        held, self._resumed = self._resumed, None
+        if held is not None:
+            held.set()
+
     async def region(self, sector: int, write: bool) -> Region:
-        while self.suspended:
+        while self._resumed is not None:
             await self._resumed.wait()
         if self.removed or self.live is None:
             raise DmemuError(errno.EIO, f"{self.name}: no table loaded")
@@ -225,13 +247,13 @@ class MappedDevice:
 
 
 class DeviceMapper:
-    def __init__(self, kernel):
+    def __init__(self, kernel, leases: LeaseManager):
         self.kernel = kernel
+        self.leases = leases
         self.devices: dict[str, MappedDevice] = {}
         self.origins = Origins(self)
         self.params = {"snapshot_dax": True}
         self.loading: MappedDevice | None = None
-        self._nursery = None
 
     # -- lookups ---------------------------------------------------------------------------
 
@@ -294,13 +316,49 @@ class DeviceMapper:
                         out.append(b)
         return out
 
+    def standing_on(self, bases) -> list[MappedDevice]:
+        """Every mapped device whose live or inactive table reaches one of ``bases``, directly
+        or through other mapped devices, holders before what they hold. Worked out before
+        anything is torn down: once a device below has gone, nothing leads up from it."""
+        bases = list(bases)
+        found: list[MappedDevice] = []
+
+        def reaches(md, seen) -> bool:
+            if md in found:
+                return True
+            if id(md) in seen:
+                return False
+            seen.add(id(md))
+            for t in (md.live, md.inactive):
+                for d in (t.devices() if t is not None else []):
+                    if d in bases or (isinstance(d, MappedDevice) and reaches(d, seen)):
+                        return True
+            return False
+        changed = True
+        while changed:
+            changed = False
+            for md in self.devices.values():
+                if md not in found and reaches(md, set()):
+                    found.append(md)
+                    changed = True
+        depth = {}
+
+        def level(md) -> int:
+            if id(md) not in depth:
+                depth[id(md)] = 0
+                below = [d for t in (md.live, md.inactive) if t is not None for d in t.devices()
+                         if isinstance(d, MappedDevice)]
+                depth[id(md)] = 1 + max((level(d) for d in below), default=0)
+            return depth[id(md)]
+        return sorted(found, key=level, reverse=True)
+
     def holders(self, dev) -> list[MappedDevice]:
         """Mapped devices whose live or inactive table uses ``dev``."""
         return [md for md in self.devices.values()
                 if any(t is not None and dev in t.devices() for t in (md.live, md.inactive))]
 
     def open_count(self, md) -> int:
-        return len(self.kernel.users(md)) + len(self.holders(md))
+        return len(self.leases.users(md)) + len(self.holders(md))
 
     # -- revocation helpers ----------------------------------------------------------------
 
@@ -323,12 +381,16 @@ class DeviceMapper:
 
         def hit(lease):
             return (lease.write or not writes_only) and any(lease.reaches(b, s, e) for b, s, e in ranges)
-        return await self.kernel.revoke(hit, why)
+        return await self.leases.revoke(hit, why)
 
-    def spawn_revoke(self, predicate, why: str) -> None:
-        """Revoke from synchronous code (an invalidation found mid-copy)."""
-        if self._nursery is not None:
-            self._nursery.start_soon(self.kernel.revoke, predicate, why)
+    def queue_work(self, fn, *args) -> bool:
+        """Run a target's background work (a merge) as the kernel's workqueues do, in the
+        daemon's background nursery; False while there is none (before it serves)."""
+        nursery = getattr(self.kernel, "_background", None)
+        if nursery is None:
+            return False
+        nursery.start_soon(fn, *args)
+        return True
 
     def table_event(self, md: MappedDevice) -> None:
         md.event_nr += 1
@@ -341,8 +403,9 @@ class DeviceMapper:
             await md.event.wait()
         return md.event_nr
 
-    def log_event(self, message: str) -> None:
-        log.warning("device-mapper: %s", message)
+    def kernel_log(self, subsystem: str, message: str) -> None:
+        """A DMERR/DMWARN line: 'device-mapper: <DM_MSG_PREFIX>: <message>' in the kernel log."""
+        self.kernel.printk(f"device-mapper: {subsystem}: {message}")
 
     # -- the ioctls ------------------------------------------------------------------------
 
@@ -351,12 +414,18 @@ class DeviceMapper:
             raise invalid(f"invalid device {what} '{name}': up to {DM_NAME_LEN - 1} characters, no '/'")
         if not re.match(r"^[\x21-\x7e]+$", name):
             raise invalid(f"invalid device {what} '{name}': use printable characters, no spaces")
+        check_user_name(name, f"device {what}")
 
     def create(self, name: str, uuid: str = "", read_only: bool = False) -> MappedDevice:
         self._check_name(name)
         if uuid and len(uuid) >= DM_UUID_LEN:
             raise invalid(f"uuid is longer than {DM_UUID_LEN - 1} characters")
-        if name in self.devices or self.kernel.find_base(name):
+        if uuid:
+            # Lookups match uuids too: one that reads as a device name would shadow it.
+            check_user_name(uuid, "device uuid")
+            if self.find(uuid) or self.kernel.find_base(uuid):
+                raise DmemuError(errno.EBUSY, f"uuid {uuid} is already the name of a device")
+        if self.find(name) or self.kernel.find_base(name):
             raise DmemuError(errno.EBUSY, f"device {name} already exists")
         if uuid and any(md.uuid == uuid for md in self.devices.values()):
             raise DmemuError(errno.EBUSY, f"a device with uuid {uuid} already exists")
@@ -376,10 +445,15 @@ class DeviceMapper:
         self.loading = md
         try:
             for line in lines:
-                args = construct_line(line)
                 try:
+                    args = construct_line(line)
                     targets.append(TARGETS[line.target_name](self, line, args))
                 except DMError as e:
+                    # dm_table_add_target's DMERR, then table_load's
+                    bare = e.message.removeprefix(f"line {line.lineno}: {line.text}: ")
+                    self.kernel_log("table", f"{md.devno}: {bare} "
+                                             f"(-{errno.errorcode.get(e.errno, 'EINVAL')})")
+                    self.kernel_log("ioctl", "error adding target to table")
                     msg = e.message
                     if not msg.startswith("line "):
                         msg = f"line {line.lineno}: {line.text}: {msg}"
@@ -392,31 +466,60 @@ class DeviceMapper:
             self.loading = None
         return Table(lines, targets)
 
-    def load(self, name: str, text: str) -> MappedDevice:
+    async def load(self, name: str, text: str) -> MappedDevice:
         md = self.get(name)
+        async with md.lock:
+            if md.removed:
+                raise no_device(f"{name}: no such device-mapper device")
+            self._load(md, text)
+        return md
+
+    def _load(self, md: MappedDevice, text: str) -> None:
         try:
             table = self.build_table(md, text)
         except DMError as e:
             raise DmemuError(e.errno, f"reload ioctl on {md.name} ({md.devno}) failed: {e.message}") from None
-        if not table.devices() and md.live is not None:
+        if not table.devices():
             # As dm_table_determine_type: a table with no devices (error, zero) keeps the
-            # DAX capability of the live one, so `remove --force` works under a DAX user.
-            table.inherited_dax = md.live.dax_capable
+            # DAX capability of the device, so `remove --force` works under a DAX user.
+            if self.linux:
+                table.inherited_dax = md.type == DM_TYPE_DAX_BIO_BASED
+            elif md.live is not None:
+                table.inherited_dax = md.live.dax_capable
         try:
-            self._check_dax_change(md, table)
+            if self.linux:
+                self._check_type(md, table)
+            else:
+                self._check_dax_change(md, table)
         except DmemuError:
             table.dtr()
             raise
+        if md.type is None:
+            md.type = table_type(table)     # dm_set_md_type at the initial table load
         if md.inactive is not None:
             md.inactive.dtr()
         md.inactive = table
-        return md
+
+    @property
+    def linux(self) -> bool:
+        return self.kernel.settings.linux
+
+    def _check_type(self, md: MappedDevice, table: Table) -> None:
+        """table_load: a device's type is fixed by its first table; only bio-based may
+        become DAX bio-based later (is_valid_type). Use does not matter, history does."""
+        new = table_type(table)
+        if md.type is None or md.type == new or (md.type, new) == (DM_TYPE_BIO_BASED,
+                                                                   DM_TYPE_DAX_BIO_BASED):
+            return
+        self.kernel_log("ioctl", f"can't change device type (old={md.type} vs new={new}) "
+                                 f"after initial table load.")
+        raise DmemuError(errno.EINVAL, f"reload ioctl on {md.name}  failed: Invalid argument")
 
     def _check_dax_change(self, md: MappedDevice, table: Table) -> None:
         """A device in use must not change between DAX-capable and not (design.md 3)."""
         if md.live is None or md.live.dax_capable == table.dax_capable:
             return
-        users = self.kernel.users(md)
+        users = self.leases.users(md)
         holders = [h for h in self.holders(md)]
         if not users and not holders:
             return
@@ -446,139 +549,152 @@ class DeviceMapper:
             return f"every target supports direct access and {devs} are DAX-capable"
         return "; ".join(dict.fromkeys(reasons))
 
-    def clear(self, name: str) -> MappedDevice:
+    async def clear(self, name: str) -> MappedDevice:
         md = self.get(name)
-        if md.inactive is not None:
-            md.inactive.dtr()
-            md.inactive = None
+        async with md.lock:
+            if md.inactive is not None:
+                md.inactive.dtr()
+                md.inactive = None
         return md
+
+    # Suspend and resume, in the order of __dm_suspend and do_resume/__dm_resume. Every ioctl
+    # that changes a device's state takes its lock (the kernel's suspend_lock), so a resume
+    # racing a suspend waits for it instead of interleaving with its freeze.
 
     async def suspend(self, name: str, *, noflush: bool = False, nolockfs: bool = False) -> MappedDevice:
         md = self.get(name)
-        if md.suspended:
-            return md
-        frozen = []
-        if not nolockfs:
-            frozen = await self._freeze(md)
+        async with md.lock:
+            await self._suspend(md, noflush=noflush, lockfs=not nolockfs)
+        return md
+
+    async def _suspend(self, md: MappedDevice, *, noflush: bool, lockfs: bool) -> None:
+        if md.suspended or md.removed:
+            return
+        # The ioctl state changes first: anyone asking from now on sees a suspended device.
         md.suspended = True
-        md._resumed = trio.Event()
-        await md.drain()
-        failed = await self.kernel.revoke(lambda lease: lease.through(md), f"{md.name} suspended")
-        if failed:
+        targets = md.live.targets if md.live is not None else []
+        for t in targets:
+            t.presuspend()
+        frozen = []
+        try:
+            # lock_fs: a noflush suspend (a device whose I/O must not wait, e.g. a mirror
+            # leg that failed) does not freeze the filesystem, as in __dm_suspend.
+            if lockfs and not noflush:
+                frozen = await self._freeze(md)
+            # Only now is new I/O held: the filesystem wrote its dirty data through the
+            # device while freezing.
+            md.block_io()
+            await md.drain()
+            failed = await self.leases.revoke(lambda lease: lease.through(md), f"{md.name} suspended")
+            if failed:
+                raise DmemuError(errno.ETIMEDOUT,
+                                 f"suspend of {md.name} failed: "
+                                 + ", ".join(f"pid {c.pid} ({c.prog})" for c in failed)
+                                 + " did not drop its mappings in time; nothing was changed")
+        except BaseException:
+            md.unblock_io()
             md.suspended = False
-            md._resumed.set()
-            await self._thaw(md, frozen)
-            raise DmemuError(errno.ETIMEDOUT,
-                             f"suspend of {md.name} failed: "
-                             + ", ".join(f"pid {c.pid} ({c.prog})" for c in failed)
-                             + " did not drop its mappings in time; nothing was changed")
+            for t in targets:
+                t.presuspend_undo()
+            with trio.CancelScope(shield=True):
+                await self.leases.thaw(frozen)
+            raise
         if not noflush and md.live is not None:
             md.flush()
-        if md.live is not None:
-            for t in md.live.targets:
-                t.postsuspend()
+        for t in targets:
+            t.postsuspend()
         md.frozen = frozen
         log.info("suspended %s", md.name)
-        return md
 
     async def _freeze(self, md: MappedDevice) -> list:
         """lock_fs: ask the filesystem on top (the exclusive holder) to freeze."""
-        holders = [h for h in self.kernel.users(md) if h.exclusive]
-        frozen, failed = [], []
-
-        async def one(h):
-            if await h.conn.event("freeze", timeout=self.kernel.revoke_timeout(), handle=h.id):
-                frozen.append(h)
-            else:
-                failed.append(h)
-        async with trio.open_nursery() as n:
-            for h in holders:
-                n.start_soon(one, h)
+        holders = [h for h in self.leases.users(md) if h.exclusive]
+        frozen, failed = await self.leases.freeze(holders)
         if failed:
-            await self._thaw(md, frozen)
+            await self.leases.thaw(frozen)
             raise DmemuError(errno.ETIMEDOUT,
                              f"suspend of {md.name} failed: could not freeze the filesystem on it: "
                              + ", ".join(h.describe() for h in failed)
                              + " did not answer; nothing was changed")
         return frozen
 
-    async def _thaw(self, md, handles) -> None:
-        async with trio.open_nursery() as n:
-            for h in handles:
-                if not h.dead:
-                    n.start_soon(lambda h=h: h.conn.event("thaw", timeout=self.kernel.revoke_timeout(),
-                                                          handle=h.id))
-
     async def resume(self, name: str) -> MappedDevice:
         md = self.get(name)
-        if md.inactive is not None:
-            if not md.suspended:
-                await self.suspend(name)
-            new, old = md.inactive, md.live
-            for t in new.targets:
-                await t.preresume()
-            md.live, md.inactive = new, None
-            if old is not None:
-                old.dtr()
-            for t in new.targets:
-                await t.resume()
-            await self._tell_users(md)
-        elif md.live is None and not md.suspended:
-            return md
-        was = md.suspended
-        md.suspended = False
-        md._resumed.set()
-        if was:
-            await self._thaw(md, md.frozen)
-            md.frozen = []
-        log.info("resumed %s", md.name)
+        async with md.lock:
+            await self._resume(md)
         return md
 
-    async def _tell_users(self, md: MappedDevice) -> None:
-        """The device's size, DAX capability or media changed with its table."""
-        info = self.kernel.device_info(md)
-        async with trio.open_nursery() as n:
-            for h in self.kernel.users(md):
-                n.start_soon(lambda h=h: h.conn.event("table", timeout=self.kernel.revoke_timeout(),
-                                                      handle=h.id, **info))
+    async def _resume(self, md: MappedDevice) -> None:
+        old = None
+        if md.inactive is not None:
+            # do_resume: a device is suspended (and its filesystem frozen) before a swap
+            await self._suspend(md, noflush=False, lockfs=True)
+            old, md.live, md.inactive = md.live, md.inactive, None
+        elif not md.suspended:
+            return
+        try:
+            if md.live is not None:
+                # dm_table_resume_targets: every preresume first; one refusing leaves the
+                # device suspended with its new table, as in the kernel.
+                for t in md.live.targets:
+                    await t.preresume()
+                for t in md.live.targets:
+                    await t.resume()
+        except DMError as e:
+            raise DmemuError(e.errno, f"resume ioctl on {md.name} ({md.devno}) failed: "
+                                      f"{e.message}; the device stays suspended") from None
+        finally:
+            # The old table goes only after the new one resumed: a snapshot being reloaded
+            # hands its exceptions over in resume, from the old table's target.
+            if old is not None:
+                old.dtr()
+                await self.leases.tell_users(md, self.kernel.device_info(md))
+        md.suspended = False
+        md.unblock_io()
+        frozen, md.frozen = md.frozen, []
+        await self.leases.thaw(frozen)
+        log.info("resumed %s", md.name)
 
     async def remove(self, name: str, *, force: bool = False) -> None:
         md = self.get(name)
-        users, holders = self.kernel.users(md), self.holders(md)
-        if users or holders:
-            if not force:
-                who = ", ".join([h.describe() for h in users] + [f"{h.name} ({h.devno})" for h in holders])
-                raise busy(f"remove ioctl on {md.name} ({md.devno}) failed: device is in use "
-                           f"(by {who}); unmount or remove those first, or use --force to "
-                           f"replace its table with the error target")
-            # --force: fail all I/O from now on; the device stays while it is open.
-            self.load(name, f"0 {max(md.nr_sectors, 1)} error")
-            await self.resume(name)
-            if self.kernel.users(md) or self.holders(md):
-                raise busy(f"{md.name} ({md.devno}): device is still open; its table now fails "
-                           f"all I/O and it will go when closed")
-        for t in (md.live, md.inactive):
-            if t is not None:
-                t.dtr()
-        md.removed = True
-        md.live = md.inactive = None
-        md._resumed.set()
-        md.event.set()
-        del self.devices[md.name]
+        async with md.lock:
+            if md.removed:
+                raise no_device(f"{name}: no such device-mapper device")
+            users, holders = self.leases.users(md), self.holders(md)
+            if users or holders:
+                if not force:
+                    who = ", ".join([h.describe() for h in users] + [f"{h.name} ({h.devno})" for h in holders])
+                    raise busy(f"remove ioctl on {md.name} ({md.devno}) failed: device is in use "
+                               f"(by {who}); unmount or remove those first, or use --force to "
+                               f"replace its table with the error target")
+                # --force: fail all I/O from now on; the device stays while it is open.
+                self._load(md, f"0 {max(md.nr_sectors, 1)} error")
+                await self._resume(md)
+                if self.leases.users(md) or self.holders(md):
+                    raise busy(f"{md.name} ({md.devno}): device is still open; its table now fails "
+                               f"all I/O and it will go when closed")
+            self._destroy(md)
         log.info("removed %s", md.name)
 
-    async def discard(self, md: MappedDevice) -> None:
-        """Tear a device down whatever uses it (a reboot, or the media under it failed)."""
-        await self.kernel.kill_handles(self.kernel.users(md), "device removed")
-        await self.kernel.revoke(lambda lease: lease.through(md), f"{md.name} removed")
+    def _destroy(self, md: MappedDevice) -> None:
         for t in (md.live, md.inactive):
             if t is not None:
                 t.dtr()
         md.removed = True
         md.live = md.inactive = None
         md.suspended = False
-        md._resumed.set()
-        self.devices.pop(md.name, None)
+        md.unblock_io()
+        md.event.set()          # a dm_wait on it returns: the device went
+        if self.devices.get(md.name) is md:
+            del self.devices[md.name]
+
+    async def discard(self, md: MappedDevice) -> None:
+        """Tear a device down whatever uses it (a reboot, or the media under it failed)."""
+        await self.leases.kill(self.leases.users(md), "device removed")
+        await self.leases.revoke(lambda lease: lease.through(md), f"{md.name} removed")
+        frozen, md.frozen = md.frozen, []
+        self._destroy(md)
+        await self.leases.thaw(frozen)
 
     def rename(self, name: str, new: str | None, uuid: str | None) -> MappedDevice:
         md = self.get(name)
@@ -587,10 +703,13 @@ class DeviceMapper:
                 raise invalid(f"{md.name} already has uuid {md.uuid}: a uuid can be set only once")
             if any(x.uuid == uuid for x in self.devices.values()):
                 raise DmemuError(errno.EBUSY, f"a device with uuid {uuid} already exists")
+            check_user_name(uuid, "device uuid")
+            if self.find(uuid) or self.kernel.find_base(uuid):
+                raise DmemuError(errno.EBUSY, f"uuid {uuid} is already the name of a device")
             md.uuid = uuid
             return md
         self._check_name(new, "name")
-        if new in self.devices or self.kernel.find_base(new):
+        if self.find(new) or self.kernel.find_base(new):
             raise DmemuError(errno.EBUSY, f"device {new} already exists")
         del self.devices[md.name]
         md.name = new

@@ -41,6 +41,10 @@ class Origins:
     def snapshots_of(self, dev) -> list:
         return list(self._snapshots.get(id(dev), []))
 
+    def sharing_cow(self, origin, cow) -> list:
+        """__find_snapshots_sharing_cow: the snapshots of ``origin`` on the COW device ``cow``."""
+        return [s for s in self.snapshots_of(origin) if s.cow is cow]
+
     def lock(self, dev) -> trio.Lock:
         return self._locks.setdefault(id(dev), trio.Lock())
 
@@ -63,7 +67,11 @@ class Origins:
             for snap in snaps:
                 if snap.copy_origin_chunk(sector):
                     copied = True
-            # A snapshot may have been invalidated by the copy (its store was full).
+            # A snapshot may have been invalidated by the copy (its store was full): its
+            # mappings go before this write may proceed, so nobody reads it afterwards.
+            for snap in snaps:
+                if not snap.valid:
+                    await snap.revoke_all("snapshot invalidated")
             snaps = self._active(dev)
             if copied:
                 lo, hi = self._chunk_span(snaps, sector, start, step)

@@ -59,6 +59,12 @@ def linear_table(vg: VG, lv: LV) -> str:
         if pv.devno is None:
             raise LvmError(f"Couldn't find device with uuid {pv.id}: cannot activate "
                            f"{vg.name}/{lv.name}.")
+        first = pv.pe_start + pe * vg.extent_size
+        length = s.extent_count * vg.extent_size
+        if first < pv.data_start or (pv.dev_sectors and first + length > pv.dev_sectors):
+            # The scan refuses such metadata; this is the last guard before a table maps it.
+            raise LvmError(f"Refusing to activate {vg.name}/{lv.name}: its sectors {first}-"
+                           f"{first + length - 1} on {pv.device} are not in the PV's data area.")
         lines.append(f"{s.start_extent * vg.extent_size} {s.extent_count * vg.extent_size} linear "
                      f"{pv.devno} {pv.pe_start + pe * vg.extent_size}")
     return "\n".join(lines)
@@ -71,10 +77,17 @@ class Kernel:
         self.k = k
         self.devs: dict[str, dict] = {}
         self.opens: list[dict] = []
+        self.profile = "fixed"
 
     async def refresh(self) -> None:
         self.devs = {d["name"]: d for d in (await self.k.call("dm_list"))["devices"]}
-        self.opens = (await self.k.call("status"))["opens"]
+        status = await self.k.call("status")
+        self.opens, self.profile = status["opens"], status.get("profile", "fixed")
+
+    @property
+    def linux(self) -> bool:
+        """dmemud behaves as Linux 6.1 does, so the commands speak as LVM 2.03.16 does."""
+        return self.profile == "linux"
 
     def active(self, name: str) -> bool:
         d = self.devs.get(name)
@@ -143,8 +156,8 @@ async def add_snapshot(tx: Transaction, vg: VG, origin: LV, cow: LV, chunk: int,
     cow_info = await tx.create(dm_name(vg.name, cow.name, "cow"), dm_uuid(vg, cow, "cow"),
                                cow_table(vg, cow))
     size = origin.extents * vg.extent_size
-    await tx.create(dm_name(vg.name, cow.name), dm_uuid(vg, cow),
-                    f"0 {size} snapshot {real_devno} {cow_info['devno']} P {chunk}")
+    return await tx.create(dm_name(vg.name, cow.name), dm_uuid(vg, cow),
+                           f"0 {size} snapshot {real_devno} {cow_info['devno']} P {chunk}")
 
 
 async def merge_table(tx: Transaction, vg: VG, origin: LV, cow: LV, real_devno: str) -> str:

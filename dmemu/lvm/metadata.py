@@ -45,6 +45,12 @@ def _unquote(tok: str) -> str:
     return re.sub(r"\\(.)", r"\1", tok[1:-1])
 
 
+# A VG's metadata nests five sections deep (vg / logical_volumes / lv / segment); lvm2's
+# config parser has no limit of its own, but a text nested thousands deep is damage, and
+# following it would exhaust the stack.
+MAX_DEPTH = 16
+
+
 def parse(text: str) -> dict:
     """Text metadata back into nested dicts; a malformed text raises LvmError."""
     tokens = [t for t in _TOKEN.findall(text) if t.strip() and not t.startswith("#")]
@@ -61,8 +67,10 @@ def parse(text: str) -> dict:
             except ValueError:
                 raise LvmError(f"Parse error in metadata near '{tok}'") from None
 
-    def section() -> dict:
+    def section(depth: int = 0) -> dict:
         nonlocal pos
+        if depth > MAX_DEPTH:
+            raise LvmError(f"Parse error in metadata: sections nested more than {MAX_DEPTH} deep")
         out = {}
         while pos < len(tokens) and tokens[pos] != "}":
             key = tokens[pos]
@@ -71,7 +79,7 @@ def parse(text: str) -> dict:
                 raise LvmError(f"Parse error in metadata: '{key}' has no value")
             if tokens[pos] == "{":
                 pos += 1
-                out[key] = section()
+                out[key] = section(depth + 1)
                 if pos >= len(tokens) or tokens[pos] != "}":
                     raise LvmError(f"Parse error in metadata: section '{key}' is not closed")
                 pos += 1

@@ -8,6 +8,7 @@ path with FUA: the new text first, then the MDA header pointing at it, on every 
 crash leaves each PV with either the old or the new copy.
 """
 import logging
+import sys
 from dataclasses import dataclass
 
 from .errors import LvmError
@@ -35,6 +36,20 @@ class Disk:
         return uuid_dashed(self.header.uuid) if self.header else ""
 
 
+def warn(msg: str) -> None:
+    """A warning as lvm2 prints it (log_warn): on stderr, indented, the command goes on."""
+    print(f"  {msg}", file=sys.stderr, flush=True)
+    log.debug("%s", msg)
+
+
+def data_start(d: Disk) -> int:
+    """The first sector extents may use on ``d``: past its label and every metadata area."""
+    end = LABEL_SCAN_SECTORS * SECTOR
+    for off, size in d.header.metadata_areas:
+        end = max(end, off + size)
+    return -(-end // SECTOR)
+
+
 def device_key(name: str) -> str:
     for prefix in ("/dev/mapper/", "/dev/"):
         if name.startswith(prefix):
@@ -60,6 +75,12 @@ class Store:
                 await self._read_pv(d)
             except OSError as e:      # a media error in the label area: not a usable PV
                 log.warning("%s: cannot read label: %s", d.name, e)
+        for d in self.disks.values():
+            if d.vg is not None:
+                why = self._check_data_areas(d.vg)
+                if why:
+                    self._bad_copy(d, why)
+                    d.vg = None
         best: dict[str, VG] = {}
         for d in self.disks.values():
             if d.vg is not None and (d.vg.name not in best or d.vg.seqno > best[d.vg.name].seqno):
@@ -69,7 +90,30 @@ class Store:
                 disk = self.disk_of_pv(pv.id)
                 if disk is not None:
                     pv.device, pv.devno, pv.dax = disk.name, disk.devno, disk.dax
+                    pv.data_start, pv.dev_sectors = data_start(disk), disk.size // SECTOR
             self.vgs[name] = vg
+
+    def _bad_copy(self, d: Disk, why: str) -> None:
+        """lvm2's words for a copy it skips; the reason on the next line, as -v would."""
+        warn(f"WARNING: bad metadata text on {d.name} in mda1")
+        warn(f"WARNING: {why}")
+        d.vg = None
+
+    def _check_data_areas(self, vg: VG) -> str:
+        """Why this copy would place extents over a PV's label or metadata area, or past the
+        end of its device (for the PVs found in this scan), or ''."""
+        for pv in vg.pvs.values():
+            disk = self.disk_of_pv(pv.id)
+            if disk is None:
+                continue
+            first, sectors = data_start(disk), disk.size // SECTOR
+            if pv.pe_start < first:
+                return (f"PV {disk.name}: data area at sector {pv.pe_start} overlaps its label "
+                        f"or metadata area (which end at sector {first})")
+            if pv.pe_start + pv.pe_count * vg.extent_size > sectors:
+                return (f"PV {disk.name}: {pv.pe_count} extents from sector {pv.pe_start} run past "
+                        f"the end of the device ({sectors} sectors)")
+        return ""
 
     async def _read_pv(self, d: Disk) -> None:
         dev = await self.k.open_device(d.name, read_only=True)
@@ -82,24 +126,36 @@ class Store:
                     break
             if d.header is None or not d.header.metadata_areas:
                 return
-            start, _ = d.header.metadata_areas[0]
+            start, size = d.header.metadata_areas[0]
+            if start % SECTOR or start < LABEL_SCAN_SECTORS * SECTOR or start + MDA_HEADER_SIZE > d.size:
+                warn(f"WARNING: bad metadata area location {start} in the label of {d.name}")
+                return
             d.mda = MdaHeader.unpack(await dev.read(start // SECTOR, MDA_HEADER_SIZE), start)
             if d.mda is None or not d.mda.locn.offset:
                 return
+            locn = d.mda.locn
+            if (d.mda.size < 2 * MDA_HEADER_SIZE or start + d.mda.size > d.size
+                    or not MDA_HEADER_SIZE <= locn.offset < d.mda.size
+                    or not 0 < locn.size <= d.mda.size - MDA_HEADER_SIZE):
+                warn(f"WARNING: bad metadata header on {d.name} in mda1")
+                d.mda = None
+                return
             text = b""
-            for off, n in text_pieces(d.mda, d.mda.locn):
+            for off, n in text_pieces(d.mda, locn):
                 first = off // SECTOR
                 data = await dev.read(first, (off - first * SECTOR) + n)
                 text += data[off - first * SECTOR:]
-            if calc_crc(text) != d.mda.locn.checksum:
-                log.warning("%s: metadata checksum mismatch", d.name)
+            if calc_crc(text) != locn.checksum:
+                warn(f"WARNING: invalid metadata text from {d.name} at {start + locn.offset}.")
                 return
             try:
                 d.vg = VG.from_tree(parse(text.rstrip(b"\0").decode()))
-            except (LvmError, KeyError, ValueError, TypeError, UnicodeDecodeError) as e:
-                # A copy that passes its checksum but does not parse: another PV of the
+            except UnicodeDecodeError:
+                self._bad_copy(d, "the text is not UTF-8")
+            except LvmError as e:
+                # A copy that passes its checksum but does not validate: another PV of the
                 # VG may still hold a good one, so skip this copy rather than fail the scan.
-                log.warning("%s: unusable metadata: %s", d.name, e)
+                self._bad_copy(d, e.message)
         finally:
             await dev.close()
 

@@ -77,6 +77,8 @@ class PV:
     # Found in this scan, not stored:
     devno: str | None = None
     dax: bool = False
+    data_start: int = 0         # first sector past the label and metadata areas
+    dev_sectors: int = 0        # the device's size as found
 
 
 @dataclass
@@ -323,33 +325,167 @@ class VG:
 
     @classmethod
     def from_tree(cls, tree: dict) -> "VG":
-        names = [k for k, v in tree.items() if isinstance(v, dict)]
-        if len(names) != 1:
-            raise LvmError("Metadata holds no volume group")
-        name = names[0]
-        d = tree[name]
-        vg = cls(name, d["id"], int(d["extent_size"]), int(d.get("seqno", 0)),
-                 status=list(d.get("status", [])))
-        for key, p in d.get("physical_volumes", {}).items():
-            vg.pvs[key] = PV(key, p["id"], p.get("device", ""), int(p.get("dev_size", 0)),
-                             int(p["pe_start"]), int(p["pe_count"]), list(p.get("status", [])))
-        for lname, l in d.get("logical_volumes", {}).items():
-            lv = LV(lname, l["id"], list(l.get("status", [])), [],
-                    int(l.get("creation_time", 0)), str(l.get("creation_host", "")))
-            for i in range(1, int(l.get("segment_count", 0)) + 1):
-                s = l[f"segment{i}"]
-                seg = Segment(int(s["start_extent"]), int(s["extent_count"]), s["type"])
-                if seg.type == "snapshot":
-                    seg.chunk_size = int(s["chunk_size"])
-                    seg.origin = s["origin"]
-                    seg.cow_store = s.get("cow_store") or s.get("merging_store", "")
-                    seg.merging = "merging_store" in s
-                else:
-                    st = s.get("stripes", [])
-                    seg.stripes = [(st[j], int(st[j + 1])) for j in range(0, len(st), 2)]
-                lv.segments.append(seg)
-            vg.lvs[lname] = lv
-        return vg
+        """The VG a metadata tree describes, every field checked (as lvm2's import_vsn1
+        and vg_validate): types, ranges, references between sections, and no extent used
+        twice. A tree that fails raises LvmError naming what is wrong; the caller skips
+        that copy of the metadata."""
+        return _import_vg(tree)
+
+
+# -- importing a metadata tree -------------------------------------------------------------------
+
+MAX_EXTENT_SIZE = 1 << 31        # sectors: lvm2's limit (1 TiB extents would already be odd)
+MAX_COUNT = 1 << 32              # extent counts and seqno are uint32_t in lvm2
+MAX_SECTORS = 1 << 55            # 16 EiB: beyond any device
+MAX_SEGMENTS = 1 << 16
+MIN_CHUNK, MAX_CHUNK = 8, 1024   # snapshot chunk size: 4 KiB to 512 KiB, as lvcreate -c
+_ID_RE = re.compile(r"^[A-Za-z0-9]{32}$")
+_MISSING = object()
+
+
+def _field(d: dict, key: str, kind, where: str, default=_MISSING, low=None, high=None):
+    v = d.get(key, _MISSING)
+    if v is _MISSING:
+        if default is _MISSING:
+            raise LvmError(f"Couldn't find '{key}' for {where}.")
+        return default
+    if kind is int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise LvmError(f"Couldn't read '{key}' for {where}: not an integer.")
+        if (low is not None and v < low) or (high is not None and v > high):
+            raise LvmError(f"Invalid '{key}' {v} for {where}: outside {low}..{high}.")
+    elif kind is list:
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise LvmError(f"Couldn't read '{key}' for {where}: not a list of strings.")
+    elif kind is dict:
+        if not isinstance(v, dict):
+            raise LvmError(f"Couldn't find section '{key}' for {where}.")
+    elif not isinstance(v, kind):
+        raise LvmError(f"Couldn't read '{key}' for {where}: not a {kind.__name__}.")
+    return v
+
+
+def _id(d: dict, where: str) -> str:
+    v = _field(d, "id", str, where)
+    if not _ID_RE.match(v.replace("-", "")):
+        raise LvmError(f"Invalid uuid '{v[:64]}' for {where}.")
+    return v
+
+
+def _import_vg(tree: dict) -> "VG":
+    if not isinstance(tree, dict):
+        raise LvmError("Couldn't find volume group in metadata.")
+    names = [k for k, v in tree.items() if isinstance(v, dict)]
+    if len(names) != 1:
+        raise LvmError("Couldn't find volume group in metadata." if not names else
+                       f"Metadata holds {len(names)} volume groups where one belongs.")
+    name = names[0]
+    check_name(name, "Volume group")
+    d = tree[name]
+    where = f"volume group {name}"
+    es = _field(d, "extent_size", int, where, low=1, high=MAX_EXTENT_SIZE)
+    if es & (es - 1):
+        raise LvmError(f"Invalid 'extent_size' {es} for {where}: not a power of 2.")
+    vg = VG(name, _id(d, where), es, _field(d, "seqno", int, where, 0, 0, MAX_COUNT - 1),
+            status=list(_field(d, "status", list, where, [])))
+    ids = set()
+    for key, p in _field(d, "physical_volumes", dict, where).items():
+        pwhere = f"physical volume {key} of {name}"
+        if not isinstance(p, dict):
+            raise LvmError(f"Couldn't find section for {pwhere}.")
+        pv = PV(key, _id(p, pwhere), _field(p, "device", str, pwhere, ""),
+                _field(p, "dev_size", int, pwhere, 0, 0, MAX_SECTORS),
+                _field(p, "pe_start", int, pwhere, low=1, high=MAX_SECTORS),
+                _field(p, "pe_count", int, pwhere, low=0, high=MAX_COUNT - 1),
+                list(_field(p, "status", list, pwhere, [])))
+        if pv.dev_size and pv.pe_start + pv.pe_count * es > pv.dev_size:
+            raise LvmError(f"Invalid {pwhere}: its {pv.pe_count} extents from sector {pv.pe_start} "
+                           f"extend beyond its {pv.dev_size} sectors.")
+        if uuid_key(pv.id) in ids:
+            raise LvmError(f"Invalid {pwhere}: uuid {pv.id} appears twice.")
+        ids.add(uuid_key(pv.id))
+        vg.pvs[key] = pv
+    lvs = _field(d, "logical_volumes", dict, where, {})
+    for lname, l in lvs.items():
+        vg.lvs[lname] = _import_lv(vg, lname, l)
+    _check_references(vg)
+    return vg
+
+
+def uuid_key(uuid: str) -> str:
+    return uuid.replace("-", "")
+
+
+def _import_lv(vg: "VG", lname: str, l) -> "LV":
+    where = f"logical volume {vg.name}/{lname}"
+    check_name(lname, "Logical volume")
+    if not isinstance(l, dict):
+        raise LvmError(f"Couldn't find section for {where}.")
+    lv = LV(lname, _id(l, where), list(_field(l, "status", list, where, [])), [],
+            _field(l, "creation_time", int, where, 0, 0, 1 << 63),
+            _field(l, "creation_host", str, where, ""))
+    count = _field(l, "segment_count", int, where, low=1, high=MAX_SEGMENTS)
+    next_extent = 0
+    for i in range(1, count + 1):
+        swhere = f"segment{i} of {where}"
+        s = _field(l, f"segment{i}", dict, where)
+        start = _field(s, "start_extent", int, swhere, low=0, high=MAX_COUNT - 1)
+        n = _field(s, "extent_count", int, swhere, low=1, high=MAX_COUNT - 1)
+        if start != next_extent:
+            raise LvmError(f"Invalid {swhere}: starts at extent {start}, not {next_extent}.")
+        next_extent = start + n
+        seg = Segment(start, n, _field(s, "type", str, swhere))
+        if seg.type == "snapshot":
+            seg.chunk_size = _field(s, "chunk_size", int, swhere, low=MIN_CHUNK, high=MAX_CHUNK)
+            if seg.chunk_size & (seg.chunk_size - 1):
+                raise LvmError(f"Invalid chunk_size {seg.chunk_size} for {swhere}: not a power of 2.")
+            seg.origin = _field(s, "origin", str, swhere)
+            store = s.get("cow_store", s.get("merging_store"))
+            if not isinstance(store, str):
+                raise LvmError(f"Couldn't find 'cow_store' for {swhere}.")
+            seg.cow_store = store
+            seg.merging = "merging_store" in s       # lvconvert --merge started it
+        elif seg.type == "striped":
+            if _field(s, "stripe_count", int, swhere, 1, 1, MAX_SEGMENTS) != 1:
+                raise LvmError(f"Unsupported {swhere}: only one stripe (linear) is supported.")
+            st = _field(s, "stripes", object, swhere)
+            if (not isinstance(st, list) or len(st) != 2 or not isinstance(st[0], str)
+                    or isinstance(st[1], bool) or not isinstance(st[1], int)):
+                raise LvmError(f"Couldn't read 'stripes' for {swhere}: want [\"pvN\", first extent].")
+            pv = vg.pvs.get(st[0])
+            if pv is None:
+                raise LvmError(f"Couldn't find physical volume '{st[0][:64]}' for {swhere}.")
+            if st[1] < 0 or st[1] + n > pv.pe_count:
+                raise LvmError(f"Invalid {swhere}: extents {st[1]}..{st[1] + n - 1} are outside "
+                               f"{st[0]} (0..{pv.pe_count - 1}).")
+            seg.stripes = [(st[0], st[1])]
+        else:
+            raise LvmError(f"Unsupported segment type '{seg.type[:64]}' for {swhere}.")
+        lv.segments.append(seg)
+    if len(lv.segments) > 1 and any(s.type == "snapshot" for s in lv.segments):
+        raise LvmError(f"Invalid {where}: a snapshot segment must be its only segment.")
+    return lv
+
+
+def _check_references(vg: "VG") -> None:
+    """Snapshots name LVs that exist, and no extent of a PV is held twice."""
+    for lv, s in vg.snapshot_segments():
+        where = f"snapshot {vg.name}/{lv.name}"
+        for role, target in (("origin", s.origin), ("cow_store", s.cow_store)):
+            other = vg.lvs.get(target)
+            if other is None:
+                raise LvmError(f"Couldn't find {role} '{target[:64]}' for {where}.")
+            if other is lv or any(x.type == "snapshot" for x in other.segments):
+                raise LvmError(f"Invalid {role} '{target}' for {where}: not a plain LV.")
+        if s.origin == s.cow_store:
+            raise LvmError(f"Invalid {where}: origin and cow_store are one LV.")
+        if sum(1 for _, x in vg.snapshot_segments() if x.cow_store == s.cow_store) > 1:
+            raise LvmError(f"Invalid {where}: {s.cow_store} is the COW store of two snapshots.")
+    for key, areas in vg.used_map().items():
+        areas.sort()
+        for (a, n), (b, _) in zip(areas, areas[1:]):
+            if b < a + n:
+                raise LvmError(f"Invalid volume group {vg.name}: extent {b} of {key} is used twice.")
 
 
 def host() -> str:

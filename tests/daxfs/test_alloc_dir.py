@@ -88,9 +88,9 @@ def test_directory_block_invariants():
     added = [nm for nm in names if d.add(nm, 3, 8)]
     assert added
     recs = list(parse_block(d.blocks[0], "t"))
-    assert sum(r[3] for r in recs) == fmt.BLOCK_SIZE
+    assert sum(r[3] for r in recs) == fmt.BLOCK_SIZE - fmt.DIR_START
     for nm in added[::2]:
         d.remove(nm)
     recs = list(parse_block(d.blocks[0], "t"))
-    assert sum(r[3] for r in recs) == fmt.BLOCK_SIZE
+    assert sum(r[3] for r in recs) == fmt.BLOCK_SIZE - fmt.DIR_START
     assert {r[5] for r in recs if r[1]} == set(added[1::2])

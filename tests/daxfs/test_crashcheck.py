@@ -48,3 +48,16 @@ def test_fences_mode_catches_dax_stores_never_flushed(dmemu_root):
     r = tool("crashcheck", "--mode", "fences", "-w", "dax-msync", "--broken")
     assert r.returncode == 1, r.stdout + r.stderr
     assert "first failure at fence" in r.stdout and "differ from what was made durable" in r.stdout
+
+
+def test_fast_commit_fsync_survives_power_failure_on_disk_and_adr_pmem(dmemu_root):
+    """fsync of existing files writes fast-commit records: every fsynced state survives
+    every crash point on a disk with a write cache (log mode) and on adr pmem mounted with
+    DAX (fences mode); records written without their flush are caught."""
+    r = tool("crashcheck", "-w", "fsync-append")
+    assert r.returncode == 0 and " 0 failed" in r.stdout, r.stdout + r.stderr
+    r = tool("crashcheck", "--mode", "fences", "-w", "fsync-append")
+    assert r.returncode == 0 and "fences checked, 0 failed" in r.stdout, r.stdout + r.stderr
+    r = tool("crashcheck", "-w", "fsync-append", "--broken")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "made durable" in r.stdout

@@ -306,8 +306,10 @@ def test_mkfs_and_fsck_commands(tmp_path):
     r = run(TOOLS / "mkfs.daxfs", img, check=False)
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "-f" in r.stderr
     assert run(TOOLS / "fsck.daxfs", "-n", img).returncode == 0
-    with open(img, "r+b") as f:           # damage the block bitmap
-        f.seek(4096 * (1 + 256))
+    from daxfs import format as fmt
+    sb = fmt.Superblock.unpack(img.read_bytes()[:4096])
+    with open(img, "r+b") as f:           # damage the block bitmap (past its header)
+        f.seek(4096 * sb.bbitmap_start + fmt.HDR_SIZE)
         f.write(b"\0" * 8)
     r = run(TOOLS / "fsck.daxfs", "-n", img, check=False)
     assert r.returncode == 4 and "bitmap" in r.stdout

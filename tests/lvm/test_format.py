@@ -67,9 +67,9 @@ def test_new_copies_follow_the_old_and_wrap_after_the_header():
 def make_vg():
     vg = VG("vg-0", "abcdef-ghij-klmn-opqr-stuv-wxyz-ABCDEF", 8192, seqno=3)
     vg.pvs["pv0"] = PV("pv0", "pvuuid-0000-0000-0000-0000-0000-000000", '/dev/pm"em0', 524288, 2048, 63)
-    vg.lvs["lv0"] = LV("lv0", "lvuuid-1", segments=[Segment(0, 32, "striped", [("pv0", 0)])])
-    vg.lvs["snap0"] = LV("snap0", "lvuuid-2", segments=[Segment(0, 1, "striped", [("pv0", 32)])])
-    vg.lvs["snapshot0"] = LV("snapshot0", "lvuuid-3", ["READ", "WRITE"],
+    vg.lvs["lv0"] = LV("lv0", "lvuuid-0000-0000-0000-0000-0000-000001", segments=[Segment(0, 32, "striped", [("pv0", 0)])])
+    vg.lvs["snap0"] = LV("snap0", "lvuuid-0000-0000-0000-0000-0000-000002", segments=[Segment(0, 1, "striped", [("pv0", 32)])])
+    vg.lvs["snapshot0"] = LV("snapshot0", "lvuuid-0000-0000-0000-0000-0000-000003", ["READ", "WRITE"],
                              [Segment(0, 32, "snapshot", chunk_size=8, origin="lv0", cow_store="snap0")])
     return vg
 

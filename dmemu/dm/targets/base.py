@@ -42,6 +42,12 @@ class Target:
     def remap_sync(self, offset: int, write: bool) -> Remap:
         raise DMError(errno.EIO, f"{self.name}: no mapping")
 
+    def presuspend(self) -> None:
+        """The device is about to suspend (before the filesystem freezes)."""
+
+    def presuspend_undo(self) -> None:
+        """The suspend that called presuspend failed."""
+
     async def preresume(self) -> None:
         """Checks before the table goes live; raise to refuse the resume."""
 
@@ -49,7 +55,7 @@ class Target:
         """The table went live."""
 
     def postsuspend(self) -> None:
-        pass
+        """The device is suspended: no I/O in flight, none will come until resume."""
 
     def dtr(self) -> None:
         """The table holding this target is gone."""

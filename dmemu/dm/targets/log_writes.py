@@ -36,6 +36,40 @@ SECTOR = 512
 MAX_MARK = 63    # dm-log-writes: marks are at most MAX_MARK_SIZE-1 bytes
 
 
+def reach(dm, dev, nr: int) -> list:
+    """The base ranges [(base, start, end)] that sectors [0, nr) of ``dev`` can write to.
+
+    Read-side resolution gives where each sector lives; a device whose writes go elsewhere
+    as well (a snapshot's COW store) counts every base it stands on whole, so the answer
+    never misses a range the device could write.
+    """
+    if not hasattr(dev, "live"):
+        return [(dev, 0, nr)]
+    out, pos = [], 0
+    while pos < nr:
+        try:
+            r = dev.region_sync(pos, False)
+        except Exception:       # no table, a bio-based target: fall back to whole devices
+            break
+        for sg in r.segs:
+            lo, hi = max(sg.start, 0), min(sg.end, nr)
+            if sg.base is not None and lo < hi:
+                out.append((sg.base, sg.base_sector + lo - sg.start, sg.base_sector + hi - sg.start))
+        pos = r.end
+    reached = {id(b) for b, _, _ in out}
+    out += [(b, 0, b.nr_sectors) for b in dm.base_devices(dev) if id(b) not in reached]
+    return out
+
+
+def overlap(dm, a, a_nr: int, b, b_nr: int) -> str:
+    """Where the first nr sectors of devices ``a`` and ``b`` share media, or ''."""
+    for da, sa, ea in reach(dm, a, a_nr):
+        for db, sb, eb in reach(dm, b, b_nr):
+            if da is db and sa < eb and sb < ea:
+                return f"both reach {da.name} sectors {max(sa, sb)}-{min(ea, eb) - 1}"
+    return ""
+
+
 class LogWritesTarget(Target):
     name = "log-writes"
     version = (1, 1, 0)
@@ -47,6 +81,11 @@ class LogWritesTarget(Target):
         check_device_area(self.name, self.dev, 0, self.len)
         if self.log.nr_sectors < 2:
             raise DMError(errno.EINVAL, "log-writes: log device is too small")
+        clash = overlap(dm, self.dev, self.len, self.log, self.log.nr_sectors)
+        if clash:
+            raise DMError(errno.EINVAL, f"log-writes: the log device {args.log} and the data device "
+                                        f"{args.dev} overlap ({clash}): the log would overwrite "
+                                        f"the data it records; use separate devices")
         self.entries = 0
         self.next_sector = 1
         self.full = False
@@ -75,7 +114,7 @@ class LogWritesTarget(Target):
         if self.next_sector + nsec > self.log.nr_sectors:
             # As the kernel: stop logging, keep the device working, say so once.
             self.full = True
-            self.dm.log_event(f"log-writes: log device full after {self.entries} entries; logging stopped")
+            self.dm.kernel_log("log-writes", f"log device full after {self.entries} entries; logging stopped")
             return
         buf = bytearray(nsec * SECTOR)
         ENTRY.pack_into(buf, 0, sector, nr_sectors, flags, len(data))

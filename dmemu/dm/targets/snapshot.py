@@ -35,24 +35,45 @@ class SnapshotTarget(Target):
         self.cow = dm.get_device(args.cow, line)
         check_snapshot_devices(args, self.origin, self.cow)
         check_device_area(self.name, self.origin, 0, self.len)
-        if self.origin.dax_capable != self.cow.dax_capable:
+        # Linux has no DAX snapshots, so it never minds the mix (design.md 3 does).
+        if not dm.linux and self.origin.dax_capable != self.cow.dax_capable:
             raise TargetError(errno.EINVAL, mixed_dax_message(dm, self.origin, self.cow))
         self.direct_access = dm.params["snapshot_dax"]
         self.md = dm.loading          # the mapped device this table is loaded into
-        self.store = create_exception_store(args.store_type, args.chunk_size, self.cow)
-        try:
-            meta = self.store.read_metadata()
-        except OSError as e:
-            raise TargetError(errno.EIO, f"snapshot: Failed to read snapshot metadata: {e.strerror}")
-        except DMError as e:
-            raise TargetError(e.errno, f"snapshot: {e.message}") from None
-        self.chunk_size = self.store.chunk_size
-        self.shift = self.chunk_size.bit_length() - 1
-        self.exceptions = dict(meta.exceptions)
-        self.valid = meta.valid
         self.overflow = False
         self.active = False
-        self.warnings = meta.warnings
+        self.store = create_exception_store(args.store_type, args.chunk_size, self.cow)
+        # register_snapshot(): a snapshot already using this COW device (the live table of a
+        # device being reloaded) keeps committing exceptions until this one is resumed, so
+        # the metadata on disk is not the whole story yet: the exceptions are handed over at
+        # resume instead of being read now. Only one handover may be pending at a time.
+        sharing = dm.origins.sharing_cow(self.origin, self.cow)
+        if len(sharing) > 1 or any(s.handover_from is not None for s in sharing):
+            raise TargetError(errno.EINVAL,
+                              "snapshot: Snapshot cow pairing for exception table handover failed")
+        self.handover_from = sharing[0] if sharing else None
+        if self.handover_from is not None:
+            src = self.handover_from
+            self.chunk_size, self.shift = src.chunk_size, src.shift
+            self.exceptions, self.valid, self.warnings = {}, src.valid, []
+        else:
+            try:
+                meta = self.store.read_metadata()
+            except OSError as e:
+                raise TargetError(errno.EIO, f"snapshot: Failed to read snapshot metadata: {e.strerror}")
+            except DMError as e:
+                if e.message == "Invalid or corrupt snapshot":
+                    dm.kernel_log("persistent snapshot", e.message)   # read_header's DMWARN
+                raise TargetError(e.errno, f"snapshot: {e.message}") from None
+            self.chunk_size = self.store.chunk_size
+            self.shift = self.chunk_size.bit_length() - 1
+            self.exceptions = dict(meta.exceptions)
+            self.valid = meta.valid
+            self.warnings = meta.warnings
+            for w in self.warnings:
+                # snapshot_ctr's own warning, or read_header's (dm-snap-persistent.c)
+                dm.kernel_log("snapshots" if w == "Snapshot is marked invalid." else
+                              "persistent snapshot", w)
         dm.origins.register(self)
 
     def devices(self):
@@ -105,12 +126,16 @@ class SnapshotTarget(Target):
     def invalidate(self, why: str) -> None:
         if not self.valid:
             return
-        log.error("device-mapper: snapshots: Invalidating snapshot: %s", why)
+        self.dm.kernel_log("snapshots", f"Invalidating snapshot: {why}")
         self.valid = False
         self.store.drop_snapshot()
         self.dm.table_event(self.md)
         md = self.md
-        self.dm.spawn_revoke(lambda lease: lease.through(md), "snapshot invalidated")
+        self.dm.leases.revoke_soon(lambda lease: lease.through(md), "snapshot invalidated")
+
+    async def revoke_all(self, why: str) -> None:
+        md = self.md
+        await self.dm.leases.revoke(lambda lease: lease.through(md), why)
 
     # -- mapping ---------------------------------------------------------------------------
 
@@ -144,48 +169,89 @@ class SnapshotTarget(Target):
     def remap_sync(self, offset, write):
         if not self.valid:
             raise self._fail("I/O")
+        if write and self.overflow:
+            raise self._fail("write")
         return self._remap_chunk(offset >> self.shift)
 
     async def remap(self, offset, write):
         if not self.valid:
             raise self._fail("I/O")
+        if write and self.overflow:
+            # snapshot_map: once overflowed, every write fails, held chunks included
+            raise self._fail("write")
         chunk = offset >> self.shift
         if not write or chunk in self.exceptions:
             return self._remap_chunk(chunk)
-        if self.overflow:
-            raise self._fail("write")
         async with self.dm.origins.lock(self.origin):
             if chunk not in self.exceptions:
                 if not self.valid:
                     raise self._fail("I/O")
                 if not self._copy(chunk):
                     if self.store.type_name == "PO":
-                        self.overflow = True
-                        self.dm.table_event(self.md)
+                        await self._overflowed()
                         raise self._fail("write")
                     self.invalidate("Unable to allocate exception.")
+                    await self.revoke_all("snapshot invalidated")
                     raise self._fail("write")
                 # Read leases of this chunk still point at the origin: take them back.
                 first = self.begin + (chunk << self.shift)
                 md = self.md
-                await self.dm.kernel.revoke(
+                await self.dm.leases.revoke(
                     lambda lease: lease.covers(md, first, first + self.chunk_size),
                     "snapshot write")
             if not self.valid:
                 raise self._fail("I/O")
             return self._remap_chunk(chunk)
 
+    async def _overflowed(self) -> None:
+        """A PO store ran out of room on a snapshot write: reads go on, writes stop, and
+        mappings handed out for writing held chunks are taken back."""
+        if not self.overflow:
+            self.overflow = True
+            self.dm.kernel_log("snapshots", "Snapshot overflowed: Unable to allocate exception.")
+            self.dm.table_event(self.md)
+        md = self.md
+        await self.dm.leases.revoke(lambda lease: lease.write and lease.through(md),
+                                    "snapshot overflowed")
+
+    async def preresume(self):
+        src = self.handover_from
+        if src is not None and src.md is not None and not src.md.suspended:
+            self.dm.kernel_log("snapshots", "Unable to perform snapshot handover until source is suspended.")
+            raise TargetError(errno.EINVAL, "snapshot: Unable to perform snapshot handover "
+                                            "until source is suspended")
+
+    def _handover(self) -> None:
+        """__handover_exceptions: take the source's exceptions and store as they are now;
+        the source gets no further I/O."""
+        src, self.handover_from = self.handover_from, None
+        self.store, src.store = src.store, self.store
+        if self.args.store_type in ("P", "PO"):
+            # the new table says whether userspace understands Overflow
+            self.store.overflow = self.args.store_type == "PO"
+            self.store.type_name = self.args.store_type
+        self.exceptions, src.exceptions = src.exceptions, {}
+        self.chunk_size, self.shift = self.store.chunk_size, self.store.chunk_size.bit_length() - 1
+        self.valid, self.overflow = src.valid, src.overflow
+        src.valid = False
+
     async def resume(self):
+        if self.handover_from is not None:
+            async with self.dm.origins.lock(self.origin):
+                self._handover()
         self.active = True
         # Leases handed out before this snapshot existed write the origin without copying.
         await self.dm.revoke_reaching(self.origin, 0, self.origin.nr_sectors, "snapshot activated",
                                       writes_only=True)
 
-    def postsuspend(self):
-        pass
-
     def dtr(self):
         self.active = False
+        for dest in self.dm.origins.snapshots_of(self.origin):
+            if dest.handover_from is self:
+                # the source goes before the handover happened: the destination has nothing
+                self.dm.kernel_log("snapshots", "Cancelling snapshot handover.")
+                dest.valid = False
+                dest.handover_from = None
         self.dm.origins.unregister(self)
 
 

@@ -85,9 +85,14 @@ class SnapshotMergeTarget(SnapshotTarget):
     # -- the merge worker ------------------------------------------------------------------
 
     async def resume(self):
+        # Loaded while the snapshot's own device still uses the COW: its exceptions (and
+        # the store as that device left it) come over now, as snapshot_merge_resume does.
+        if self.handover_from is not None:
+            async with self.dm.origins.lock(self.origin):
+                self._handover()
         self.active = True
-        if self.dm._nursery is not None and self._scope is None and not self.merge_failed:
-            self.dm._nursery.start_soon(self._merge_all)
+        if self._scope is None and not self.merge_failed:
+            self.dm.queue_work(self._merge_all)
 
     def postsuspend(self):
         self._stop()

@@ -14,7 +14,8 @@ from ..vg import LV, Segment, check_lv_name, host, new_uuid
 from .args import chunk_size, pe_ranges, wanted_extents
 from .common import dm_failure, say, vg_locked, warn, yes_no_prompt
 from .merge import start_background_poll
-from .snapshot import check_snapshot_dax, extend_cow_live, remove_snapshot_dm, snapshot_live
+from .snapshot import (LinuxRefusal, check_snapshot_dax, extend_cow_live, ioctl_failed,
+                       remove_snapshot_dm, snapshot_live)
 
 ZERO_BYTES = 4096               # lvcreate wipes the start of a new LV (and must, for a COW)
 
@@ -49,7 +50,7 @@ async def lvcreate(k, args) -> None:
             raise LvmError(f'Logical Volume "{name}" already exists in volume group "{vg.name}"')
         ranges = pe_ranges(st, vg, pvargs)
         pvkeys = None if ranges is None else list(ranges)
-        if origin is not None and pvkeys is None:
+        if origin is not None and pvkeys is None and not kern.linux:
             # Prefer PVs of the origin's kind, so a mixed VG does not pick a COW that the
             # origin cannot be snapshotted with while room remains on the right kind.
             odax = all(vg.pvs[p].dax for p in vg.lv_pvs(origin))
@@ -63,8 +64,9 @@ async def lvcreate(k, args) -> None:
         areas = vg.allocate(n, keys, ranges=ranges)
         lv = LV(name, new_uuid(), creation_time=int(time.time()), creation_host=host())
         vg.add_areas(lv, areas)
-        if origin is not None:
+        if origin is not None and not kern.linux:
             # The new LV's extents are not in vg.lvs yet, so "free" still counts them.
+            # (Linux snapshots are never DAX, so it has nothing to check.)
             check_snapshot_dax(vg, origin, name, vg.lv_pvs(lv), n)
         if origin is None and args.wipesignatures == "y":
             await _wipe_signatures(k, vg, lv, args)
@@ -90,7 +92,13 @@ async def lvcreate(k, args) -> None:
                       int(time.time()), host())
             top = dm_name(vg.name, origin.name)
             if kern.active(top):
-                await snapshot_live(k, kern, vg, origin, lv, chunk)
+                try:
+                    await snapshot_live(k, kern, vg, origin, lv, chunk, linux=kern.linux)
+                except LinuxRefusal as r:
+                    # LVM 2.03.16 wrote the COW as an ordinary LV before it tried the
+                    # snapshot, and leaves it behind, inactive, when the suspend fails.
+                    await st.commit(vg)
+                    raise LvmError("\n  ".join(r.lines)) from None
                 vg.lvs[snap.name] = snap
                 try:
                     await st.commit(vg)
@@ -247,13 +255,23 @@ async def lvextend(k, args) -> None:
         after = (last[0], last[1] + lv.segments[-1].extent_count) if last else None
         areas = vg.allocate(n - old, pvkeys or list(vg.pvs), after=after, ranges=ranges)
         vg.add_areas(lv, areas)
-        if origin is not None:
+        if origin is not None and not kern.linux:
             check_snapshot_dax(vg, origin, name, vg.lv_pvs(lv), n - old, extend=True)
         if vg.is_origin(name):
             for c in vg.snapshots_of(name):
                 vg.snapshot_of_cow(c)[1].extent_count = lv.extents
         if origin is not None and kern.active(top):
             await extend_cow_live(k, vg, origin, lv)
+        elif kern.active(top) and kern.linux:
+            # lvm2 reports the new size before it reloads; a refused reload reverts the
+            # metadata (vg_revert), so nothing is committed.
+            eb = vg.extent_bytes()
+            say(f"Size of logical volume {vg.name}/{name} changed from {long_size(old * eb)} "
+                f"({old} extents) to {long_size(n * eb)} ({n} extents).")
+            await _reload_linear_linux(k, kern, vg, lv, top)
+            await st.commit(vg)
+            say(f"Logical volume {vg.name}/{name} successfully resized.")
+            return
         elif kern.active(top):
             await _reload_linear(k, vg, lv, top)
         await st.commit(vg)
@@ -282,6 +300,23 @@ async def _reload_linear(k, vg, lv, top) -> None:
     except DmemuError as e:
         await tx.rollback()
         raise LvmError(f"{e.message}\n  Failed to resize {vg.name}/{lv.name}. Nothing was changed.")
+    tx.commit()
+
+
+async def _reload_linear_linux(k, kern, vg, lv, top) -> None:
+    """_lv_update_and_reload as LVM 2.03.16 does it: a refused reload is 'Failed to lock'."""
+    tx = Transaction(k)
+    try:
+        await tx.suspend(top)
+        try:
+            await tx.reload(top, linear_table(vg, lv))
+        except DmemuError as e:
+            raise LvmError(f"{ioctl_failed('reload', kern.devs[top]['devno'], e.errno)}\n"
+                           f"  Failed to lock logical volume {vg.name}/{lv.name}.") from None
+        await tx.resume(top)
+    except BaseException:
+        await tx.rollback()
+        raise
     tx.commit()
 
 

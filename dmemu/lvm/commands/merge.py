@@ -102,8 +102,10 @@ async def _valid(k, kern: Kernel, vg, cow, seg, snapdev: str) -> bool:
 
 
 async def _start(k, kern: Kernel, vg, origin, cow) -> None:
-    """Reload the active origin with snapshot-merge: suspend it (the snapshot with it),
-    drop the snapshot's own device, load, resume; any refusal undoes every step."""
+    """Reload the active origin with snapshot-merge: suspend it and the snapshot, load,
+    resume (the merge target takes the snapshot's exceptions over from its suspended
+    device, as snapshot_preresume requires), then drop the snapshot's own device; any
+    refusal undoes every step."""
     top, snapdev = dm_name(vg.name, origin.name), dm_name(vg.name, cow.name)
     real = kern.devs[dm_name(vg.name, origin.name, "real")]["devno"]
     cowdev = kern.devs[dm_name(vg.name, cow.name, "cow")]["devno"]
@@ -111,14 +113,16 @@ async def _start(k, kern: Kernel, vg, origin, cow) -> None:
     tx = Transaction(k)
     try:
         await tx.suspend(top)
+        await tx.suspend(snapdev)
         await tx.reload(top, f"0 {origin.extents * vg.extent_size} snapshot-merge {real} "
                              f"{cowdev} P {seg.chunk_size}")
-        await k.call("dm_remove", name=snapdev)
         await tx.resume(top)
     except BaseException:
         await tx.rollback()
         raise
     tx.commit()
+    # Handed over: the snapshot's device gets no more I/O and goes, as LVM removes it.
+    await k.call("dm_remove", name=snapdev)
 
 
 def start_background_poll(vgname: str, lvname: str, interval: int | None = None) -> None:

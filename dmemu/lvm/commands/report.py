@@ -25,6 +25,8 @@ def _percent(status: str | None) -> str:
         meta = int(words[4])
     except (IndexError, ValueError):
         return ""
+    if total <= 0:
+        return ""              # a COW device that went away under the snapshot
     if used == meta:
         return "0.00"          # only the store's own metadata: nothing copied yet
     return f"{used * 100 / total:.2f}"

@@ -1,5 +1,10 @@
 """Snapshots: the DAX check before one is made, and the device-mapper steps that add, grow
 and remove one under an active origin (merging one back is merge.py)."""
+import errno
+import os
+
+import trio
+
 from ...errors import DmemuError
 from .. import activate as act
 from ..activate import Kernel, Transaction, dm_name, dm_uuid, linear_table
@@ -40,10 +45,54 @@ def check_snapshot_dax(vg: VG, origin: LV, snap: str, cow_keys: list[str], need:
         f"A snapshot cannot mix DAX-capable and non-DAX devices: {hint}. Nothing was changed.")
 
 
-async def snapshot_live(k, kern: Kernel, vg: VG, origin: LV, cow: LV, chunk: int) -> None:
+class LinuxRefusal(Exception):
+    """Under the linux profile: the kernel refused a reload the way Linux does, and LVM
+    2.03.16's lines for it are in ``lines``."""
+
+    def __init__(self, lines: list[str]):
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+def ioctl_failed(op: str, devno: str, errno_: int) -> str:
+    """libdm's line for a failed ioctl on a device it addressed by uuid (no name)."""
+    return f"device-mapper: {op} ioctl on  ({devno}) failed: {os.strerror(errno_)}"
+
+
+async def snapshot_live(k, kern: Kernel, vg: VG, origin: LV, cow: LV, chunk: int,
+                        linux: bool = False) -> None:
     """Add a snapshot under an active origin: suspend it (dmemud freezes the filesystem
     on it and revokes DAX mappings), build -real/-cow/snapshot, reload the origin as
-    snapshot-origin, resume. Any refusal undoes every step."""
+    snapshot-origin, resume. Any refusal undoes every step.
+
+    Under the linux profile a refused reload of the origin is what LVM 2.03.16 meets on a
+    DAX origin (the device type cannot change after its first table): it preloads and
+    reverts twice, then gives up on the suspend; LinuxRefusal carries its lines."""
+    top = dm_name(vg.name, origin.name)
+    attempts = []
+    for _ in range(2 if linux else 1):
+        try:
+            await _snapshot_live_once(k, kern, vg, origin, cow, chunk)
+            return
+        except _ReloadRefused as r:
+            if not linux or r.error.errno != errno.EINVAL:
+                raise LvmError(f"{r.error.message}\n  Failed to create snapshot {vg.name}/{cow.name} "
+                               f"of {vg.name}/{origin.name}. Nothing was changed.") from None
+            attempts += [ioctl_failed("reload", r.devno, errno.EINVAL),
+                         ioctl_failed("remove", r.snap_devno, errno.ENXIO)]
+        except DmemuError as e:
+            raise LvmError(f"{e.message}\n  Failed to create snapshot {vg.name}/{cow.name} of "
+                           f"{vg.name}/{origin.name}. Nothing was changed.") from None
+    raise LinuxRefusal(attempts + [f"Failed to suspend logical volume {vg.name}/{origin.name}.",
+                                   "Aborting. Manual intervention required."])
+
+
+class _ReloadRefused(Exception):
+    def __init__(self, error: DmemuError, devno: str, snap_devno: str):
+        self.error, self.devno, self.snap_devno = error, devno, snap_devno
+
+
+async def _snapshot_live_once(k, kern: Kernel, vg: VG, origin: LV, cow: LV, chunk: int) -> None:
     top = dm_name(vg.name, origin.name)
     real = dm_name(vg.name, origin.name, "real")
     tx = Transaction(k)
@@ -55,14 +104,17 @@ async def snapshot_live(k, kern: Kernel, vg: VG, origin: LV, cow: LV, chunk: int
         else:
             info = await tx.create(real, dm_uuid(vg, origin, "real"), linear_table(vg, origin))
             real_devno, first = info["devno"], True
-        await act.add_snapshot(tx, vg, origin, cow, chunk, real_devno)
+        snap_info = await act.add_snapshot(tx, vg, origin, cow, chunk, real_devno)
         if first:
-            await tx.reload(top, f"0 {origin.extents * vg.extent_size} snapshot-origin {real_devno}")
+            try:
+                await tx.reload(top, f"0 {origin.extents * vg.extent_size} snapshot-origin {real_devno}")
+            except DmemuError as e:
+                raise _ReloadRefused(e, kern.devs[top]["devno"], snap_info["devno"]) from None
         await tx.resume(top)
-    except DmemuError as e:
-        await tx.rollback()
-        raise LvmError(f"{e.message}\n  Failed to create snapshot {vg.name}/{cow.name} of "
-                       f"{vg.name}/{origin.name}. Nothing was changed.")
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await tx.rollback()
+        raise
     tx.commit()
 
 

@@ -1,0 +1,87 @@
+"""Inode attributes: setattr (chmod, chown, truncate, utimens) and access checks."""
+import errno
+import os
+import stat
+import time
+
+from . import format as fmt
+from .cred import ROOT, Ctx
+from .errors import FsError
+from .inode import Inode
+
+
+# utimensat(UTIME_NOW) reaches us as an explicit time: pyfuse3 reads the clock when the
+# request arrives and hands that over. Linux sets ctime to that very value, so a time
+# that is this recent is taken for "now" and becomes the ctime too (touch: atime == mtime
+# == ctime); anything older is a time the user chose, and ctime is the clock's.
+NOW_WINDOW_NS = 200_000_000
+
+
+def _change_time(now: int, atime_ns, mtime_ns, old_ctime: int) -> int:
+    recent = [t for t in (atime_ns, mtime_ns)
+              if t is not None and now - NOW_WINDOW_NS <= t <= now]
+    if recent and max(recent) >= old_ctime:
+        return max(recent)
+    return now
+
+
+class Attributes:
+    async def setattr(self, ino: int, *, mode=None, uid=None, gid=None, size=None,
+                      atime_ns=None, mtime_ns=None, ctime_ns=None, ctx: Ctx = ROOT) -> Inode:
+        async with self.lock:
+            self._writable()
+            inode = await self.iget(ino)
+            if size is not None:
+                if inode.is_dir:
+                    raise FsError(errno.EISDIR, "is a directory")
+                if not inode.is_reg:
+                    raise FsError(errno.EINVAL, "truncate of a special file")
+                if size < 0:
+                    raise FsError(errno.EINVAL, "negative size")
+                if size > fmt.MAX_FILE_SIZE:
+                    raise FsError(errno.EFBIG, "file too large")
+                await self._truncate(inode, size)
+            if mode is not None:
+                inode.mode = stat.S_IFMT(inode.mode) | (mode & 0o7777)
+                await self._acl_after_chmod(inode)
+            if uid is not None and uid != 0xFFFFFFFF:
+                inode.uid = uid
+            if gid is not None and gid != 0xFFFFFFFF:
+                inode.gid = gid
+            if (uid is not None or gid is not None) and not inode.is_dir and \
+                    inode.mode & (stat.S_ISUID | stat.S_ISGID) and mode is None:
+                # chown clears set-user-ID / set-group-ID (with group-exec), like Linux
+                inode.mode &= ~stat.S_ISUID
+                if inode.mode & stat.S_IXGRP:
+                    inode.mode &= ~stat.S_ISGID
+            now = time.time_ns()
+            if atime_ns is not None:
+                inode.atime_ns = atime_ns = fmt.clamp_time_ns(atime_ns)
+            if mtime_ns is not None:
+                inode.mtime_ns = mtime_ns = fmt.clamp_time_ns(mtime_ns)
+            if ctime_ns is None:
+                ctime_ns = _change_time(now, atime_ns, mtime_ns, inode.ctime_ns)
+            inode.ctime_ns = fmt.clamp_time_ns(ctime_ns)
+            self._dirty(inode)
+            await self._maybe_commit()
+            return inode
+
+    async def access(self, ino: int, mask: int, ctx: Ctx = ROOT) -> bool:
+        inode = await self.iget(ino)
+        if mask == os.F_OK:
+            return True
+        if mask & os.W_OK and self.read_only:
+            raise FsError(errno.EROFS, "read-only file system")
+        if ctx.uid == 0:
+            if mask & os.X_OK and not inode.is_dir and not inode.mode & 0o111:
+                raise FsError(errno.EACCES, "permission denied")
+            return True
+        if ctx.uid == inode.uid:
+            bits = (inode.mode >> 6) & 7
+        elif ctx.gid == inode.gid or inode.gid in ctx.groups:
+            bits = (inode.mode >> 3) & 7
+        else:
+            bits = inode.mode & 7
+        if mask & ~bits & 7:
+            raise FsError(errno.EACCES, "permission denied")
+        return True

@@ -1,0 +1,95 @@
+"""The state of the mount every operation checks first: frozen, read-only, or dead.
+
+``GateLock`` is the filesystem lock with a gate that freeze closes (freeze_super: while the
+device under the mount is suspended for a snapshot, changes wait; reads go on). A device
+that goes away under the mount (removal, power failure) makes every later call fail with EIO
+instead of hanging, as a filesystem on a vanished block device does.
+"""
+import errno
+import logging
+
+import trio
+
+from .errors import FsError
+
+log = logging.getLogger(__name__)
+
+
+class GateLock:
+    """The filesystem lock, with a gate a freeze closes: while the device under the mount is
+    suspended (a snapshot being taken), operations that change anything wait at the gate;
+    reads go on."""
+
+    def __init__(self):
+        self._lock = trio.Lock()
+        self._open: trio.Event | None = None
+
+    async def __aenter__(self):
+        while self._open is not None:
+            await self._open.wait()
+        await self._lock.acquire()
+
+    async def __aexit__(self, *exc):
+        self._lock.release()
+
+    @property
+    def busy(self) -> bool:
+        """Held, or closed by a freeze: a change made now without it would race."""
+        return self._lock.locked() or self._open is not None
+
+    def close_gate(self) -> None:
+        if self._open is None:
+            self._open = trio.Event()
+
+    def open_gate(self) -> None:
+        gate, self._open = self._open, None
+        if gate is not None:
+            gate.set()
+
+
+class Freeze:
+    async def freeze(self) -> None:
+        """The device is being suspended: make everything durable, drop the mappings, and
+        hold every change until thaw (freeze_super + the DAX mappings of the 2018 thread)."""
+        async with self.lock:
+            if not self.read_only and not self.dead:
+                await self._commit()
+                await self.dev.flush()
+            self.lock.close_gate()
+        if self.daxio is not None:
+            self.daxio.drop()
+        log.info("frozen for a suspend of %s", self.dev.name)
+
+    def thaw(self) -> None:
+        self.lock.open_gate()
+        log.info("thawed")
+
+    def device_gone(self, reason: str) -> None:
+        """The device was removed or lost power under the mount: fail everything from now
+        on (EIO), never hang, and let the kernel drop what it caches."""
+        self.dead = reason
+        self.lock.open_gate()
+        if self.daxio is not None:
+            self.daxio.drop()
+        log.error("%s: %s; every operation fails with EIO until unmounted", self.dev.name, reason)
+        if self.on_invalidate is not None:
+            for ino in list(self.inodes):
+                self.on_invalidate(ino)
+
+    def _meta_error(self, e: Exception) -> None:
+        """Metadata failed verification: never trust it, stop writing (ext4's
+        errors=remount-ro), say so once in the log. What is on the device stays as the
+        last commit left it; fsck.daxfs repairs it."""
+        log.error("%s: %s", self.dev.name, e)
+        if not self.read_only:
+            self.read_only = True
+            log.error("%s: metadata damaged; the filesystem is now read-only: unmount and "
+                      "run fsck.daxfs -y", self.dev.name)
+
+    def _alive(self) -> None:
+        if self.dead:
+            raise FsError(errno.EIO, f"{self.dev.name}: {self.dead}")
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise FsError(errno.EROFS, "read-only file system")

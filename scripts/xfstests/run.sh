@@ -1,0 +1,45 @@
+#!/bin/sh
+# Run fstests (xfstests) with FSTYP=fuse against daxfs from this checkout; see docs/fstests.md.
+#   FSTESTS=/path/to/built/xfstests scripts/xfstests/run.sh generic/401 generic/634 ...
+# Everything happens in a private mount namespace with a private dmemud (its own
+# DMEMU_ROOT), so other users' mounts, devices and daemons are never touched: there the
+# mount helper /sbin/mount.fuse.daxfs (set up by scripts/setup.sh, pointing at whichever
+# checkout installed it) is covered by ./mount.fuse.daxfs, which runs this checkout's.
+set -eu
+here=$(dirname "$(readlink -f "$0")")
+: "${FSTESTS:?set FSTESTS to a built xfstests tree (outside this repository)}"
+DAXFS_TREE=$(dirname "$(dirname "$here")")
+export DAXFS_TREE
+export DMEMU_ROOT="${DMEMU_ROOT:-/var/tmp/daxfs-xfstests/dmemu}"
+# after the system directories: fstests needs xfsprogs' xfs_io, ours only speaks DAX flags
+export PATH="$PATH:$DAXFS_TREE/tools"
+if [ "${DAXFS_XFSTESTS_NS:-}" != 1 ]; then
+    exec env DAXFS_XFSTESTS_NS=1 unshare -m --propagation private "$0" "$@"
+fi
+helper=$(readlink -f /sbin/mount.fuse.daxfs) || {
+    echo "run.sh: /sbin/mount.fuse.daxfs is missing; run scripts/setup.sh first" >&2; exit 1; }
+# other users' mounts of devices with the same names (another dmemud's pmem0) are visible
+# here as copies; detach the copies, in this namespace only, so fstests does not take
+# them for ours
+for dev in /dev/pmem0 /dev/pmem1; do
+    findmnt -rn -S "$dev" -o TARGET | while read -r t; do umount -l "$t"; done
+done
+mount --bind "$here/mount.fuse.daxfs" "$helper"
+mkdir -p /mnt/fst-test /mnt/fst-scratch "$DMEMU_ROOT"
+if ! ndctl list 2>/dev/null | grep -q pmem1; then
+    ndctl create-namespace --size 1G >/dev/null
+    ndctl create-namespace --size 1G >/dev/null
+fi
+mkfs.daxfs -f /dev/pmem0 >/dev/null
+mkfs.daxfs -f /dev/pmem1 >/dev/null
+cp "$here/local.config" "$FSTESTS/local.config"
+cd "$FSTESTS"
+rc=0
+./check "$@" || rc=$?
+# the daemons of the last mounts, then the private dmemud
+for d in /mnt/fst-test /mnt/fst-scratch; do
+    if mountpoint -q "$d"; then umount "$d" || true; fi
+done
+# the daemons release their devices as they exit; dmemud refuses to stop until then
+for i in $(seq 30); do dmemud stop >/dev/null 2>&1 && break; sleep 1; done
+exit $rc

@@ -1,0 +1,1 @@
+"""The test suite: a package, so that tests/daxfs is tests.daxfs and never shadows the daxfs package."""
