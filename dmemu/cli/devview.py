@@ -48,7 +48,8 @@ def main(argv=None) -> int:
         if args.stop:
             control.stop(paths, mountpoint)
             return 0
-        if args.mountpoint and not args.stop and not os.path.isdir(mountpoint):
+        # (The view spawn() starts is told its mount point with -m and --ready-fd: checked.)
+        if args.mountpoint and args.ready_fd is None and not os.path.isdir(mountpoint):
             # As mount(8): a mount point someone names must exist; guessing and creating
             # directories (at the host's root, for a typo) is not ours to do.
             raise DmemuError(2, f"{mountpoint}: mount point does not exist or is not a "

@@ -88,6 +88,7 @@ def test_stop_refuses_while_files_are_open_and_another_mountpoint_works(view, tm
     finally:
         os.close(fd)
     other = tmp_path / "devs"
+    other.mkdir()                       # a mount point the user names must exist, as for mount(8)
     assert tool("dmemu-devview", "-m", str(other)).returncode == 0
     try:
         assert os.listdir(other) == os.listdir(view)
@@ -100,6 +101,7 @@ def test_stop_refuses_while_files_are_open_and_another_mountpoint_works(view, tm
 def test_foreground_view_serves_until_stopped(dmemu_root, tmp_path):
     ok("ndctl", "create-namespace", "-s", "4M")
     mp = tmp_path / "fg"
+    mp.mkdir()
     proc = subprocess.Popen([str(TOOLS / "dmemu-devview"), "-f", "-m", str(mp)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
