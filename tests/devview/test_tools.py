@@ -88,7 +88,6 @@ def test_stop_refuses_while_files_are_open_and_another_mountpoint_works(view, tm
     finally:
         os.close(fd)
     other = tmp_path / "devs"
-    other.mkdir()                       # a mount point the user names must exist, as for mount(8)
     assert tool("dmemu-devview", "-m", str(other)).returncode == 0
     try:
         assert os.listdir(other) == os.listdir(view)
@@ -101,7 +100,6 @@ def test_stop_refuses_while_files_are_open_and_another_mountpoint_works(view, tm
 def test_foreground_view_serves_until_stopped(dmemu_root, tmp_path):
     ok("ndctl", "create-namespace", "-s", "4M")
     mp = tmp_path / "fg"
-    mp.mkdir()
     proc = subprocess.Popen([str(TOOLS / "dmemu-devview"), "-f", "-m", str(mp)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -141,3 +139,11 @@ def test_dmemud_starts_the_view_when_asked_and_it_ends_with_dmemud(dmemu_root, m
     finally:
         if os.path.ismount(mp):
             subprocess.run(["fusermount3", "-u", "-z", str(mp)], capture_output=True)
+
+
+def test_a_mount_point_under_a_missing_directory_is_refused_and_nothing_is_made(tmp_path):
+    where = tmp_path / "missing" / "dev"
+    r = tool("dmemu-devview", "-m", str(where))
+    assert (r.returncode, r.stderr) == (1, f"dmemu-devview: {where}: its parent directory does "
+                                           "not exist; create it first or name another mount point\n")
+    assert not (tmp_path / "missing").exists()
