@@ -292,6 +292,11 @@ class DeviceMapper:
         if dev is self.loading:
             raise DMError(errno.EINVAL, f"line {line.lineno}: {line.text}: a table cannot map "
                                         f"its own device {ident}")
+        if getattr(dev, "chardev", False):
+            # dm_get_device looks up a block device: a device-dax character device is none.
+            raise DMError(errno.ENOTBLK, f"line {line.lineno}: {line.text}: Device lookup "
+                                         f"failed: {ident} is a device-dax character device, "
+                                         f"not a block device")
         return dev
 
     def describe(self, dev) -> str:
