@@ -66,8 +66,10 @@ def test_a_damaged_journal_header_sends_the_user_to_fsck_not_mkfs(tmp_path):
     with open(img, "wb") as f:
         f.truncate(16 << 20)
     subprocess.run([str(TOOLS / "mkfs.daxfs"), str(img)], check=True, capture_output=True)
+    from daxfs.format import BLOCK_SIZE, Superblock
     with open(img, "r+b") as f:
-        f.seek(4096)            # block 1: the journal header
+        sb = Superblock.unpack(f.read(BLOCK_SIZE))
+        f.seek(sb.journal_start * BLOCK_SIZE)       # the journal header's magic
         f.write(bytes(8))
     mnt = tmp_path / "mnt"
     mnt.mkdir()
