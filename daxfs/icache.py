@@ -95,7 +95,13 @@ class InodeCache:
                 ino = byte_i * 8 + k
                 if not v & (1 << k) or ino == 0 or ino >= sb.total_inodes:
                     continue
-                inode = self.inodes.get(ino) or await self._read_inode(ino)
+                try:
+                    inode = self.inodes.get(ino) or await self._read_inode(ino)
+                except CorruptError:
+                    # logged, and the filesystem is read-only now (_read_inode): nothing
+                    # will be allocated, so the blocks it may hold are safe; the mount goes
+                    # on so that the rest can be read and the damage named on access
+                    continue
                 runs = [(pblk, ln) for _, ln, pblk in inode.extents()]
                 runs += [(b, 1) for b in inode.chain]
                 if inode.xattr_block:

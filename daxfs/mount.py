@@ -17,6 +17,8 @@ import trio
 
 from .dax import DaxPolicy, check_mount, parse_dax_option
 from .fs import Filesystem
+from .kmsg import KernelLog
+from .logfile import device_name
 from .operations import Operations
 from .source import open_source
 
@@ -176,6 +178,11 @@ async def serve(source: str, mountpoint: str, mo: MountOptions, *, ready=None) -
         stack.callback(close_fuse)
         log.info("%s mounted on %s (%s)", source, mountpoint, ",".join(mo.fuse))
         async with trio.open_nursery() as nursery:
+            if getattr(dev, "client", None) is not None:      # a dmemu device: dmesg
+                kmsg = KernelLog(device_name(source))
+                logging.getLogger("daxfs").addHandler(kmsg)
+                stack.callback(logging.getLogger("daxfs").removeHandler, kmsg)
+                nursery.start_soon(kmsg.run, dev.client)
             nursery.start_soon(ops.run_invalidator)
             if not mo.read_only:
                 nursery.start_soon(Committer(fs, mo.commit_interval).run)
@@ -185,6 +192,8 @@ async def serve(source: str, mountpoint: str, mo: MountOptions, *, ready=None) -
             await pyfuse3.main()
             # main() returns once the kernel ended the session (umount) or terminate()
             unmounted = not _terminated
+            if hasattr(dev, "unmounted"):
+                await dev.unmounted()
             nursery.cancel_scope.cancel()
 
 

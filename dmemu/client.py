@@ -539,6 +539,14 @@ class Device:
         return DaxMapping(self, lease, seg.media, seg.offset + (sector - seg.start) * SECTOR_SIZE,
                           pgoff, avail, write)
 
+    async def unmounted(self) -> None:
+        """Tell dmemud the filesystem on this device was unmounted: it stays open for its
+        last commit, but commands such as lvchange -an treat it as open, not mounted."""
+        try:
+            await self.client.call("unmounted", handle=self.handle)
+        except DmemuError:
+            pass        # gone already: nothing to tell
+
     async def close(self) -> None:
         self.client._devices.pop(self.handle, None)
         self._kill("closed")

@@ -249,7 +249,8 @@ class Server:
                 "profile": k.settings.profile,
                 "connections": len(self.connections),
                 "opens": [{"device": h.device.name, "pid": h.conn.pid, "prog": h.conn.prog,
-                           "exclusive": h.exclusive, "read_only": h.read_only}
+                           "exclusive": h.exclusive, "read_only": h.read_only,
+                           "mounted": h.exclusive and not h.unmounted}
                           for h in k.handles.values() if not h.dead]}
 
     async def op_shutdown(self, conn, req, payload):
@@ -303,7 +304,7 @@ class Server:
         return {"device": spec_json(await self.kernel.disable(_str(req, "device")))}
 
     async def op_enable(self, conn, req, payload):
-        return {"device": spec_json(self.kernel.enable(_str(req, "device")))}
+        return {"device": spec_json(await self.kernel.enable(_str(req, "device")))}
 
     async def op_power_fail(self, conn, req, payload):
         lost = await self.kernel.power_fail(req.get("devices") or [],
@@ -327,6 +328,12 @@ class Server:
                      "exclusive" if h.exclusive else "read-only" if h.read_only else "shared",
                      conn.pid, conn.prog, str(req["log"])[:4096])
         return self.kernel.info(h)
+
+    async def op_unmounted(self, conn, req, payload):
+        """The filesystem on this handle was unmounted; it closes once its last commit is
+        written. Until then the device is open but no longer mounted."""
+        self.kernel.handle(conn, _int(req, "handle")).unmounted = True
+        return {}
 
     async def op_close(self, conn, req, payload):
         h = self.kernel.handles.get(_int(req, "handle"))
@@ -431,6 +438,13 @@ class Server:
         if req.get("profile") is not None:
             settings.set_profile(str(req["profile"]))
         return {"profile": settings.profile, "params": settings.params}
+
+    async def op_printk(self, conn, req, payload):
+        """A line for the kernel log from a client that plays a kernel part (a filesystem's
+        errors, as ext4's go to dmesg). One printable line: the ring is read by people."""
+        line = "".join(c if c.isprintable() else " " for c in str(req["line"]))
+        self.kernel.printk(line)
+        return {}
 
     async def op_dmesg(self, conn, req, payload):
         lines = [f"[{t:12.6f}] {text}" for t, text in self.kernel.log_ring]

@@ -75,6 +75,9 @@ class Handle:
         self.read_only = read_only
         self.leases: list[Lease] = []
         self.dead: str | None = None      # why every further I/O fails, once the device is gone
+        # The filesystem holding it was unmounted and is writing its last commit: still
+        # open, no longer a mount (as sysfs stops showing the mount at umount).
+        self.unmounted = False
 
     def describe(self) -> str:
         return f"pid {self.conn.pid} ({self.conn.prog})"
@@ -605,12 +608,16 @@ class Kernel(LeaseManager):
             log.info("%s removed", spec.blockdev)
         return spec
 
-    def enable(self, ident: str) -> BaseSpec:
+    async def enable(self, ident: str) -> BaseSpec:
         spec = self.find_spec(ident)
         if not spec.enabled:
             spec.enabled = True
-            self.devices[spec.blockdev] = BaseDevice(spec, self._image_base(spec), create=True)
+            dev = self.devices[spec.blockdev] = BaseDevice(spec, self._image_base(spec), create=True)
             self._save()
+            if not self.settings.linux:
+                # Linux leaves the tables over a removed device failing until they are
+                # loaded again (lvchange --refresh, vgchange -an/-ay); here they follow it.
+                await self.dm.reattach(dev)
         return spec
 
     async def power_fail(self, idents: list[str], tear: bool, seed: int | None) -> dict:

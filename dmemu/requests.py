@@ -120,6 +120,7 @@ SCHEMA: dict[str, dict[str, _Field]] = {
     "trace": {"device": DEVICE, "action": Str(16)},
     "open": {"device": DEVICE, "exclusive": Bool(), "read_only": Bool(), "log": Str()},
     "close": {"handle": HANDLE},
+    "unmounted": {"handle": HANDLE},
     "resolve": {"handle": HANDLE, "sector": Int(required=True), "nr": Int(1, required=True),
                 "write": Bool()},
     "bio": {"handle": HANDLE, "bio": Str(16, required=True), "sector": SECTOR,
@@ -138,6 +139,7 @@ SCHEMA: dict[str, dict[str, _Field]] = {
     "dm_param": {"param": Str(64), "value": Bool()},
     "profile": {"profile": Str(32)},
     "dmesg": {"clear": Bool()},
+    "printk": {"line": Str(1024, required=True)},
 }
 
 # Operations that may carry a payload, and what it must be.

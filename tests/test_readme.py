@@ -40,6 +40,7 @@ def using_it_blocks(readme: str) -> str:
                      if line.startswith("    "))
 
 
+@pytest.mark.timeout(900)
 def test_using_it_runs_as_written(dmemu_root, tmp_path):
     script = using_it_blocks((TOP / "README.md").read_text())
     assert "mount -t fuse.daxfs" in script and "lvcreate -s" in script
@@ -48,7 +49,7 @@ def test_using_it_runs_as_written(dmemu_root, tmp_path):
     try:
         r = subprocess.run(["unshare", "--mount", "--propagation", "private",
                             "sh", "-e", str(tmp_path / "readme.sh")],
-                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=280)
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=850)
     finally:
         Path("/tmp/image").unlink(missing_ok=True)     # the README's own scratch file
     assert r.returncode == 0, f"README command failed:\n{r.stderr[-4000:]}\n{r.stdout[-2000:]}"
@@ -57,3 +58,6 @@ def test_using_it_runs_as_written(dmemu_root, tmp_path):
     assert "EIO, as the poison says" in r.stdout           # the poisoned read failed
     assert "/data offset 0" in r.stdout                    # and rmap named the file
     assert "same" in r.stdout.split()                      # the device view round trip
+    assert "Delaying merge since origin is open." in r.stdout     # merge deferred while mounted
+    assert "no longer merging origin, polling has finished" in r.stdout
+    assert "refused: the filesystem reaches past the new end" in r.stdout

@@ -378,6 +378,28 @@ class DeviceMapper:
             return (lease.write or not writes_only) and any(lease.reaches(b, s, e) for b, s, e in ranges)
         return await self.leases.revoke(hit, why)
 
+    async def reattach(self, dev) -> list[str]:
+        """``dev`` came back after a removal (ndctl enable-namespace): every device whose
+        live table still holds the removed one loads the same table again, so it maps the
+        device as it is now (the devices stacked above see it through them). One that
+        cannot is left as it was, failing its I/O, and said so in the log."""
+        done = []
+        for md in list(self.devices.values()):
+            if md.live is None or md.removed:
+                continue
+            if not any(d is not dev and getattr(d, "removed", False) and d.name == dev.name
+                       for d in md.live.devices()):
+                continue
+            try:
+                await self.load(md.name, "\n".join(self.table_lines(md)))
+                await self.resume(md.name)
+            except DmemuError as e:
+                log.error("%s: not reattached to %s: %s", md.name, dev.name, e.message)
+                continue
+            log.info("%s: reattached to %s", md.name, dev.name)
+            done.append(md.name)
+        return done
+
     def queue_work(self, fn, *args) -> bool:
         """Run a target's background work (a merge) as the kernel's workqueues do, in the
         daemon's background nursery; False while there is none (before it serves)."""

@@ -14,6 +14,8 @@ so a refusal from dmemud leaves no half-made stack.
 """
 import logging
 
+import trio
+
 from ..errors import DmemuError
 from .errors import LvmError
 from .label import uuid_nodash
@@ -99,7 +101,7 @@ class Kernel:
         if d is None:
             return None
         mine = [o for o in self.opens if o["device"] == name]
-        if any(o["exclusive"] for o in mine):
+        if any(o.get("mounted", o["exclusive"]) for o in mine):
             return "fs"
         if mine or d["open_count"]:
             return "open"
@@ -218,13 +220,26 @@ def lv_devices(vg: VG, lv: LV) -> list[str]:
     return names
 
 
-def in_use_error(kern: Kernel, vg: VG, names: list[str], lvname_of) -> None:
-    for n in names:
-        use = kern.in_use(n)
-        if use == "fs":
-            raise LvmError(f"Logical volume {vg.name}/{lvname_of(n)} contains a filesystem in use.")
-        if use == "open":
-            raise LvmError(f"Logical volume {vg.name}/{lvname_of(n)} in use.")
+# lvm2's activation/retry_deactivation: an LV that is open (but not mounted) is checked
+# again this many times, this far apart, before "in use": an unmounted filesystem or a
+# quick udev rule may still hold it for a moment (lv_check_not_in_use).
+OPEN_COUNT_CHECK_RETRIES = 25
+OPEN_COUNT_CHECK_DELAY = 0.2
+
+
+async def in_use_error(kern: Kernel, vg: VG, names: list[str], lvname_of) -> None:
+    for attempt in range(OPEN_COUNT_CHECK_RETRIES):
+        uses = [(n, kern.in_use(n)) for n in names]
+        for n, use in uses:
+            if use == "fs":
+                raise LvmError(f"Logical volume {vg.name}/{lvname_of(n)} contains a filesystem in use.")
+        still_open = [n for n, use in uses if use == "open"]
+        if not still_open:
+            return
+        if attempt + 1 < OPEN_COUNT_CHECK_RETRIES:
+            await trio.sleep(OPEN_COUNT_CHECK_DELAY)
+            await kern.refresh()
+    raise LvmError(f"Logical volume {vg.name}/{lvname_of(still_open[0])} in use.")
 
 
 def _lv_of_dm(n: str) -> str:
@@ -236,7 +251,7 @@ async def deactivate_lv(k, kern: Kernel, vg: VG, lv: LV) -> None:
     """Remove an LV's devices (an origin group whole); refused while any is open."""
     names = [n for n in lv_devices(vg, lv) if n in kern.devs]
     # Only the user-facing devices count: -real and -cow are held by the stack itself.
-    in_use_error(kern, vg, [n for n in names if not n.endswith(("-real", "-cow"))], _lv_of_dm)
+    await in_use_error(kern, vg, [n for n in names if not n.endswith(("-real", "-cow"))], _lv_of_dm)
     for n in names:
         await k.call("dm_remove", name=n)
         kern.devs.pop(n, None)

@@ -254,6 +254,10 @@ async def test_removal_under_running_io_fails_with_eio_and_unmounts(mnts):
     with trio.fail_after(30):
         _, err = await trio.to_thread.run_sync(proc.communicate)
     assert proc.returncode == 1 and "Input/output error" in err
+    # The filesystem's own word on it reaches the kernel log, as ext4's reaches dmesg.
+    with trio.fail_after(30):
+        while "daxfs (pmem0): pmem0: device" not in ok("dmemu", "dmesg"):
+            await trio.sleep(0.05)
     with pytest.raises(OSError) as e:
         open(f"{m}/stream").read(10)
     assert e.value.errno == errno.EIO

@@ -139,3 +139,11 @@ def test_dmemud_starts_the_view_when_asked_and_it_ends_with_dmemud(dmemu_root, m
     finally:
         if os.path.ismount(mp):
             subprocess.run(["fusermount3", "-u", "-z", str(mp)], capture_output=True)
+
+
+def test_a_mount_point_under_a_missing_directory_is_refused_and_nothing_is_made(tmp_path):
+    where = tmp_path / "missing" / "dev"
+    r = tool("dmemu-devview", "-m", str(where))
+    assert (r.returncode, r.stderr) == (1, f"dmemu-devview: {where}: its parent directory does "
+                                           "not exist; create it first or name another mount point\n")
+    assert not (tmp_path / "missing").exists()

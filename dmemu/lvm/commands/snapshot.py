@@ -124,7 +124,7 @@ async def remove_snapshot_dm(k, kern: Kernel, vg: VG, cow: LV) -> None:
     top, snapdev = dm_name(vg.name, origin.name), dm_name(vg.name, cow.name)
     if snapdev not in kern.devs:
         return
-    act.in_use_error(kern, vg, [snapdev], lambda n: cow.name)
+    await act.in_use_error(kern, vg, [snapdev], lambda n: cow.name)
     last = len(vg.snapshots_of(origin.name)) == 1
     tx = Transaction(k)
     try:

@@ -101,7 +101,7 @@ async def vgremove(k, args) -> None:
                 raise LvmError(f'Volume group "{vg.name}" still contains {len(lvs)} logical '
                                f'volume(s): remove them first, or use -f to remove them too.')
             for lv in lvs:
-                act.in_use_error(kern, vg, [dm_name(vg.name, lv.name)], lambda n, lv=lv: lv.name)
+                await act.in_use_error(kern, vg, [dm_name(vg.name, lv.name)], lambda n, lv=lv: lv.name)
             for lv in lvs:
                 if not vg.is_cow(lv.name):
                     await act.deactivate_lv(k, kern, vg, lv)
@@ -233,7 +233,7 @@ async def _removemissing(k, args) -> None:
             # An origin goes with its snapshots and a snapshot with its hidden LV, as
             # lv_remove_with_dependencies.
             group = [lv.name] + vg.snapshots_of(lv.name)
-            act.in_use_error(kern, vg, [dm_name(vg.name, n) for n in group], lambda n: n)
+            await act.in_use_error(kern, vg, [dm_name(vg.name, n) for n in group], lambda n: n)
             try:
                 if not vg.is_cow(lv.name):
                     await act.deactivate_lv(k, kern, vg, lv)
