@@ -308,7 +308,8 @@ class Kernel(LeaseManager):
         if name is None:
             taken = {s.blockdev for s in self.specs}
             name = next(f"disk{i}" for i in range(len(taken) + 1) if f"disk{i}" not in taken)
-        check_user_name(name, "disk name")
+        # A disk's name is its kernel name (as sdb is): it may not take another kind's prefix,
+        # and it starts with a letter, so it never reads as a number (names.py).
         if not DISK_NAME.match(name) or name.startswith(RESERVED_PREFIXES):
             raise invalid(f"invalid disk name '{name}': use letters, digits and _.+- "
                           f"(not starting with pmem, namespace, dm-, mapper or region)")
