@@ -170,7 +170,7 @@ class VersionError(CorruptError):
         super().__init__(
             f"daxfs format version {version} is not supported (this daxfs reads version "
             f"{VERSION} only): mount it with a daxfs that reads version {version} "
-            f"(daxfs 0.1) and copy the files off, then mkfs.daxfs and copy them back; "
+            f"(daxfs 0.1.x) and copy the files off, then mkfs.daxfs and copy them back; "
             f"nothing was written to the device")
         self.version = version
 
