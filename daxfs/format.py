@@ -484,7 +484,7 @@ entries after these 4); each entry is name_len u8, pad u8, value_len u16, the fu
 XATTR_START = HDR_SIZE + XATTR_HDR_FMT.size
 XATTR_ENTRY_FMT = struct.Struct("<BBH")
 XATTR_SPACE = BLOCK_SIZE - XATTR_START
-XATTR_PREFIXES = (b"user.", b"trusted.", b"security.", b"system.")
+XATTR_PREFIXES = (b"user.", b"trusted.", b"security.")
 
 
 def pack_xattrs(xattrs: dict) -> bytearray:
