@@ -136,12 +136,44 @@ class BlockAllocator:
         self.pending_count = 0              # freed but not reusable yet
         self.cursor = data_start
         self.reuse_epoch = 0                # bumped whenever freed blocks become reusable
+        # Reserved for writes whose data is being written without the filesystem lock:
+        # taken in ``busy`` (nobody else gets them) but not in ``bitmap`` until claimed,
+        # so no commit can make them reachable before their data is on the device.
+        self.reserved = 0
+        self.reserved_runs: dict[int, int] = {}
 
     @property
     def available(self) -> int:
-        return self.free - self.pending_count
+        return self.free - self.pending_count - self.reserved
 
-    def alloc(self, want: int, goal: int = 0) -> list[tuple[int, int]]:
+    def reserve(self, want: int, goal: int = 0) -> list[tuple[int, int]]:
+        """Like alloc, but the runs stay out of the on-device bitmap until ``claim``."""
+        runs = self.alloc(want, goal, _reserve=True)
+        for b, n in runs:
+            self.reserved_runs[b] = n
+        self.reserved += want
+        return runs
+
+    def claim(self, b: int, n: int) -> None:
+        """A reserved run becomes allocated (its data is written)."""
+        del self.reserved_runs[b]
+        self.reserved -= n
+        self.bitmap.set_run(b, n, True)
+        self.free -= n
+
+    def unreserve(self, b: int, n: int) -> None:
+        del self.reserved_runs[b]
+        self.reserved -= n
+        self.busy.set_run(b, n, False)
+
+    def hold(self, n: int) -> None:
+        """Keep n blocks available for a write's extent chain until it claims its runs."""
+        self.reserved += n
+
+    def unhold(self, n: int) -> None:
+        self.reserved -= n
+
+    def alloc(self, want: int, goal: int = 0, _reserve: bool = False) -> list[tuple[int, int]]:
         """Allocate `want` blocks as few runs as possible, near `goal`; all or nothing."""
         if want > self.available:
             raise FsError(errno.ENOSPC, "no space left on device")
@@ -173,9 +205,10 @@ class BlockAllocator:
             for b, n in runs:
                 busy.set_run(b, n, False)
             raise FsError(errno.ENOSPC, "no space left on device (bitmap full)")
-        for b, n in runs:
-            self.bitmap.set_run(b, n, True)
-        self.free -= want
+        if not _reserve:
+            for b, n in runs:
+                self.bitmap.set_run(b, n, True)
+            self.free -= want
         self.cursor = pos
         return runs
 
@@ -189,6 +222,8 @@ class BlockAllocator:
     def release_pending(self) -> None:
         if self.pending_count:
             self.busy.data[:] = self.bitmap.data
+            for b, n in self.reserved_runs.items():
+                self.busy.set_run(b, n, True)
             self.reuse_epoch += 1
         self.pending_count = 0
 

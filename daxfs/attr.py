@@ -28,6 +28,18 @@ def _change_time(now: int, atime_ns, mtime_ns, old_ctime: int) -> int:
 class Attributes:
     async def setattr(self, ino: int, *, mode=None, uid=None, gid=None, size=None,
                       atime_ns=None, mtime_ns=None, ctime_ns=None, ctx: Ctx = ROOT) -> Inode:
+        if size is not None:
+            # truncation changes the file's data and size: wait for its writes in progress
+            async with self._inode_lock(await self.iget(ino)):
+                return await self._setattr(ino, mode=mode, uid=uid, gid=gid, size=size,
+                                           atime_ns=atime_ns, mtime_ns=mtime_ns,
+                                           ctime_ns=ctime_ns, ctx=ctx)
+        return await self._setattr(ino, mode=mode, uid=uid, gid=gid, size=size,
+                                   atime_ns=atime_ns, mtime_ns=mtime_ns, ctime_ns=ctime_ns,
+                                   ctx=ctx)
+
+    async def _setattr(self, ino: int, *, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns,
+                       ctx: Ctx) -> Inode:
         async with self.lock:
             self._writable()
             inode = await self.iget(ino)

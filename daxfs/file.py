@@ -12,6 +12,7 @@ import time
 
 from . import format as fmt
 from .errors import FsError
+from .freeze import FastLock
 from .inode import Inode
 
 BS = fmt.BLOCK_SIZE
@@ -150,42 +151,60 @@ class FileIO:
             raise FsError(errno.EINVAL if not inode.is_dir else errno.EISDIR, "not a file")
         # with the kernel's writeback cache, dirty pages come back through any open handle
         # and the kernel has already placed O_APPEND writes
-        if not self.writeback_cache:
-            if h.flags & os.O_ACCMODE == os.O_RDONLY:
-                raise FsError(errno.EBADF, "file not open for writing")
-            if h.flags & os.O_APPEND:
-                off = inode.size
+        if not self.writeback_cache and h.flags & os.O_ACCMODE == os.O_RDONLY:
+            raise FsError(errno.EBADF, "file not open for writing")
         if not data:
             return 0
         if off < 0:
             raise FsError(errno.EINVAL, "negative offset")
-        if off + len(data) > fmt.MAX_FILE_SIZE:
-            raise FsError(errno.EFBIG, "file too large")
-        async with self.lock:
-            self._writable()
-            self._alive()
-            n = await self._fit_to_space(inode, off, len(data))
-            if n < len(data):           # a short write when the device fills up, as Linux
-                data = memoryview(data)[:n]
-            allocated = await self._write_data(inode, off, data)
-            now = time.time_ns()
-            inode.mtime_ns = inode.ctime_ns = now
-            if off + len(data) > inode.size:
-                inode.size = off + len(data)
-                self._dirty(inode)
-            elif allocated:
-                self._dirty(inode)
-            else:
-                self._dirty_times(inode)
-            if h.flags & os.O_SYNC == os.O_SYNC:         # O_SYNC includes the O_DSYNC bit
-                await self._sync_inode(inode, datasync=False)
-            elif h.flags & os.O_DSYNC or inode.sync_mode:
-                # The synchronous mode keeps MAP_SYNC's promise: the metadata that reaches
-                # the data just written is durable when the write returns.
-                await self._sync_inode(inode, datasync=True)
-            else:
-                await self._maybe_commit()
+        async with self._inode_lock(inode):
+            if not self.writeback_cache and h.flags & os.O_APPEND:
+                off = inode.size
+            if off + len(data) > fmt.MAX_FILE_SIZE:
+                raise FsError(errno.EFBIG, "file too large")
+            # 1. under the filesystem lock: space, and the blocks the holes need, reserved
+            async with self.lock:
+                self._writable()
+                self._alive()
+                n = await self._fit_to_space(inode, off, len(data))
+                if n < len(data):       # a short write when the device fills up, as Linux
+                    data = memoryview(data)[:n]
+                new, margin = await self._prepare_write(inode, off, len(data))
+            # 2. the data, under the inode's lock only: other files' operations, commits
+            # and reads go on meanwhile
+            try:
+                await self._store(inode, off, data, new)
+            except BaseException:
+                self._unprepare(new, margin)
+                raise
+            # 3. under the filesystem lock again: the new blocks become the file's
+            async with self.lock:
+                self._claim(inode, new, margin)
+                now = time.time_ns()
+                inode.mtime_ns = inode.ctime_ns = now
+                if off + len(data) > inode.size:
+                    inode.size = off + len(data)
+                    self._dirty(inode)
+                elif new:
+                    self._dirty(inode)
+                else:
+                    self._dirty_times(inode)
+                if h.flags & os.O_SYNC == os.O_SYNC:     # O_SYNC includes the O_DSYNC bit
+                    await self._sync_inode(inode, datasync=False)
+                elif h.flags & os.O_DSYNC or inode.sync_mode:
+                    # The synchronous mode keeps MAP_SYNC's promise: the metadata that
+                    # reaches the data just written is durable when the write returns.
+                    await self._sync_inode(inode, datasync=True)
+                else:
+                    await self._maybe_commit()
         return len(data)
+
+    @staticmethod
+    def _inode_lock(inode: Inode) -> FastLock:
+        """Serialises what changes one file's data and size (writes, truncation)."""
+        if inode.ilock is None:
+            inode.ilock = FastLock()
+        return inode.ilock
 
     async def _fit_to_space(self, inode: Inode, off: int, length: int) -> int:
         """How many bytes from off can be written with the free blocks left (ENOSPC if
@@ -224,15 +243,22 @@ class FileIO:
         return max(0, min(length, lblk * BS - off))
 
     async def _write_data(self, inode: Inode, off: int, data) -> bool:
-        """Allocate what the range needs, then write it with one device write per run of
-        contiguous device blocks; partial blocks at the edges are read-modify-written.
-        Lock held, so no commit can reference the new blocks before their data is written."""
-        data = memoryview(data)
-        # Effective-DAX files store into the pmem and flush each store to the persistence
-        # domain before the write returns; others write bios.
-        io = self.daxio if self.daxio is not None and self.effective_dax(inode) else self.dev
-        end = off + len(data)
-        first, last = off // BS, (end - 1) // BS
+        """Allocate what the range needs and write it, all under the filesystem lock (a
+        symlink's target). Returns whether blocks were allocated."""
+        new, margin = await self._prepare_write(inode, off, len(data))
+        try:
+            await self._store(inode, off, data, new)
+        except BaseException:
+            self._unprepare(new, margin)
+            raise
+        self._claim(inode, new, margin)
+        return bool(new)
+
+    async def _prepare_write(self, inode: Inode, off: int, length: int):
+        """Reserve device blocks for the holes of the range (filesystem lock held); they
+        stay out of the on-device bitmap and out of the file's extents until ``_claim``,
+        so no commit can make them reachable before their data is written."""
+        first, last = off // BS, (off + length - 1) // BS
         holes = []
         lblk = first
         while lblk <= last:
@@ -241,47 +267,92 @@ class FileIO:
             if not pblk:
                 holes.append((lblk, n))
             lblk += n
-        if holes:
-            need = sum(n for _, n in holes)
-            await self._reserve(need + 2 + need // fmt.EXTENTS_PER_BLOCK)
+        if not holes:
+            return [], 0
+        need = sum(n for _, n in holes)
+        margin = 2 + need // fmt.EXTENTS_PER_BLOCK      # extent-chain blocks, at claim
+        await self._reserve(need + margin)
+        new = []
+        for lblk, n in holes:
+            for pblk, cnt in self.balloc.reserve(n, self._goal(inode, lblk)):
+                new.append((lblk, cnt, pblk))
+                lblk += cnt
+        self.balloc.hold(margin)
+        return new, margin
+
+    def _unprepare(self, new, margin: int) -> None:
+        for _, n, pblk in new:
+            self.balloc.unreserve(pblk, n)
+        if new:
+            self.balloc.unhold(margin)
+
+    def _claim(self, inode: Inode, new, margin: int) -> None:
+        """The data of the reserved blocks is written: they become the file's (filesystem
+        lock held)."""
+        if not new:
+            return
+        self.balloc.unhold(margin)
+        for lblk, n, pblk in new:
+            self.balloc.claim(pblk, n)
+            inode.add_extent(lblk, n, pblk)
+        self._fit_chain(inode)
+
+    async def _store(self, inode: Inode, off: int, data, new) -> None:
+        """Write the range with one device write per run of contiguous device blocks,
+        through the file's blocks and the reserved ``new`` runs; partial blocks at the edges
+        are read-modify-written. The inode's lock is held, so its size and blocks do not
+        change meanwhile."""
+        data = memoryview(data)
+        # Effective-DAX files store into the pmem and flush each store to the persistence
+        # domain before the write returns; others write bios.
+        io = self.daxio if self.daxio is not None and self.effective_dax(inode) else self.dev
+        end = off + len(data)
+        first, last = off // BS, (end - 1) // BS
+        starts = [r[0] for r in new]
+
+        def pmap(lblk: int) -> tuple[int, int]:
+            i = bisect.bisect_right(starts, lblk) - 1
+            if i >= 0 and lblk < new[i][0] + new[i][1]:
+                s, n, p = new[i]
+                return p + lblk - s, s + n - lblk
+            pblk, run = inode.map(lblk)
+            if i + 1 < len(new):
+                run = min(run or (1 << 62), new[i + 1][0] - lblk)
+            return pblk, run
         if end > inode.size:
             await self._zero_tail(inode)
-        new_blocks = set()
-        for lblk, n in holes:
-            self._alloc_blocks(inode, lblk, n)
-            new_blocks.add(lblk)
-            new_blocks.add(lblk + n - 1)
-        if holes:
-            self._fit_chain(inode)
+        fresh = {e for s, n, _ in new for e in (s, s + n - 1)}
         head, tail = off % BS, end % BS
         if head or tail:
             buf = bytearray((last - first + 1) * BS)
-            if head and first not in new_blocks:
-                pblk, _ = inode.map(first)
+            if head and first not in fresh:
+                pblk, _ = pmap(first)
                 buf[:BS] = await io.read(pblk * fmt.BLOCK_SECTORS, BS)
-            if tail and (last != first or not head) and last not in new_blocks:
-                pblk, _ = inode.map(last)
+            if tail and (last != first or not head) and last not in fresh:
+                pblk, _ = pmap(last)
                 buf[-BS:] = await io.read(pblk * fmt.BLOCK_SECTORS, BS)
             buf[head:head + len(data)] = data
             data = memoryview(buf)
         lblk = first
         pos = 0
         while lblk <= last:
-            pblk, run = inode.map(lblk)
+            pblk, run = pmap(lblk)
             n = min(run, last + 1 - lblk)
             await io.write(pblk * fmt.BLOCK_SECTORS, data[pos:pos + n * BS])
             pos += n * BS
             lblk += n
-        return bool(holes)
+
+    @staticmethod
+    def _goal(inode: Inode, lblk: int) -> int:
+        """Where the file's blocks near lblk are, so new blocks can follow them."""
+        if not inode.ext_lblk:
+            return 0
+        i = max(0, min(len(inode.ext_lblk) - 1, bisect.bisect_right(inode.ext_lblk, lblk) - 1))
+        return inode.ext_pblk[i] + (lblk - inode.ext_lblk[i])
 
     def _alloc_blocks(self, inode: Inode, lblk: int, n: int) -> None:
         """Map file blocks lblk..lblk+n-1 (a hole) to newly allocated device blocks."""
-        goal = 0
-        if inode.ext_lblk:
-            i = max(0, min(len(inode.ext_lblk) - 1,
-                           bisect.bisect_right(inode.ext_lblk, lblk) - 1))
-            goal = inode.ext_pblk[i] + (lblk - inode.ext_lblk[i])
-        for pblk, cnt in self.balloc.alloc(n, goal):
+        for pblk, cnt in self.balloc.alloc(n, self._goal(inode, lblk)):
             inode.add_extent(lblk, cnt, pblk)
             lblk += cnt
 

@@ -170,7 +170,7 @@ class VersionError(CorruptError):
         super().__init__(
             f"daxfs format version {version} is not supported (this daxfs reads version "
             f"{VERSION} only): mount it with a daxfs that reads version {version} "
-            f"(daxfs 0.1) and copy the files off, then mkfs.daxfs and copy them back; "
+            f"(daxfs 0.1.x) and copy the files off, then mkfs.daxfs and copy them back; "
             f"nothing was written to the device")
         self.version = version
 
@@ -484,7 +484,7 @@ entries after these 4); each entry is name_len u8, pad u8, value_len u16, the fu
 XATTR_START = HDR_SIZE + XATTR_HDR_FMT.size
 XATTR_ENTRY_FMT = struct.Struct("<BBH")
 XATTR_SPACE = BLOCK_SIZE - XATTR_START
-XATTR_PREFIXES = (b"user.", b"trusted.", b"security.", b"system.")
+XATTR_PREFIXES = (b"user.", b"trusted.", b"security.")
 
 
 def pack_xattrs(xattrs: dict) -> bytearray:

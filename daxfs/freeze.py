@@ -15,6 +15,22 @@ from .errors import FsError
 log = logging.getLogger(__name__)
 
 
+class FastLock:
+    """A trio.Lock whose uncontended acquire does not yield to the scheduler."""
+
+    def __init__(self):
+        self._lock = trio.Lock()
+
+    async def __aenter__(self):
+        try:
+            self._lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._lock.acquire()
+
+    async def __aexit__(self, *exc):
+        self._lock.release()
+
+
 class GateLock:
     """The filesystem lock, with a gate a freeze closes: while the device under the mount is
     suspended (a snapshot being taken), operations that change anything wait at the gate;
@@ -27,7 +43,13 @@ class GateLock:
     async def __aenter__(self):
         while self._open is not None:
             await self._open.wait()
-        await self._lock.acquire()
+        try:
+            # uncontended: take it without the two trips through the scheduler that
+            # trio.Lock.acquire makes (a third of a small write's cost); waiters keep
+            # their turn, acquire_nowait refuses while anyone is parked
+            self._lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._lock.acquire()
 
     async def __aexit__(self, *exc):
         self._lock.release()

@@ -140,6 +140,8 @@ class Checker:
         except CorruptError as e:
             if self.problem(f"{e}: journal header unreadable", fixable=True):
                 self.writes[sb.journal_start] = header_block(1, 1, sb.journal_start, sb.uuid)
+                # the sequence starts over: no fast-commit record of the old one may match
+                self.writes[sb.fc_start] = bytes(BS)
             return
         if not images:
             return

@@ -30,7 +30,8 @@ class Inode:
                  # fast commits: changed since durable / beyond timestamps / not expressible
                  "fc_dirty", "fc_meta", "fc_ineligible",
                  "xattrs", "dir",           # decoded lazily
-                 "s_dax", "sync_mode")      # in-core: DAX now (S_DAX), synchronous writes
+                 "s_dax", "sync_mode",      # in-core: DAX now (S_DAX), synchronous writes
+                 "ilock")                   # serialises changes to its data and size
 
     def __init__(self, ino: int):
         self.ino = ino
@@ -50,6 +51,7 @@ class Inode:
         self.dir = None
         self.s_dax = None       # decided when the inode comes into use, kept while open
         self.sync_mode = False
+        self.ilock = None
 
     async def load_chain(self, n: int, sb, read) -> None:
         """Read the extent chain of an inode with ``n`` extents beyond the inline ones;

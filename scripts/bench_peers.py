@@ -108,6 +108,11 @@ METRICS = [
     Metric("unlink", "unlink", "ops/s"),
     Metric("list_dir", "list directory", "entries/s"),
     Metric("peak_rss", "daemon peak RSS", "MiB", higher_is_better=False),
+    # at the end of the run: the daemon's private memory, and the pages of shared mappings
+    # it counts (daxfs maps the pmem image: page cache, not the daemon's memory)
+    Metric("rss_anon", "  private (RssAnon), at the end", "MiB", higher_is_better=False),
+    Metric("rss_shared", "  shared mappings (RssFile + RssShmem)", "MiB",
+           higher_is_better=False),
     # FUSE requests the daemon served per operation (daxfs counts them and serves the
     # counts as the root's trusted.daxfs.stats; peers do not): a request costs ~100 µs of
     # a Python daemon, so an extra one per write cannot come back unnoticed
@@ -429,6 +434,18 @@ def peak_rss_mib(pid: int | None) -> float | None:
     return None
 
 
+def rss_split_mib(pid: int | None) -> tuple[float | None, float | None]:
+    if pid is None:
+        return None, None
+    kib = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key in ("RssAnon", "RssFile", "RssShmem"):
+                kib[key] = int(rest.split()[0])
+    return kib.get("RssAnon", 0) / 1024, (kib.get("RssFile", 0) + kib.get("RssShmem", 0)) / 1024
+
+
 def measure(subject, sizes: Sizes, workdir: Path) -> dict:
     """All workloads on one fresh mount of ``subject`` (its own ``sizes`` if it has some)."""
     sizes = getattr(subject, "sizes", sizes)
@@ -436,6 +453,7 @@ def measure(subject, sizes: Sizes, workdir: Path) -> dict:
         result = io_workloads(m.path, sizes)
         result.update(metadata_workloads(m.path, sizes))
         result["peak_rss"] = peak_rss_mib(m.pid)
+        result["rss_anon"], result["rss_shared"] = rss_split_mib(m.pid)
     return result
 
 

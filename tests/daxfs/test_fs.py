@@ -570,3 +570,37 @@ async def test_commit_failure_turns_read_only(dev):
     assert await fs2.listdir(R) == [b"kept"]
     await fs2.unmount()
     await assert_clean(dev)
+
+
+async def test_a_slow_data_write_holds_only_its_file(dev):
+    """The data of a write goes to the device under the file's own lock: while it is on
+    its way, other files are created, written and committed, and a read of the same file
+    does not wait; a commit meanwhile cannot make the write's new blocks reachable."""
+    import trio
+    fs = await Filesystem.mount(dev)
+    fh, f = await fs.create(R, b"slow", 0o644, os.O_RDWR)
+    await fs.fsync(fh)
+    gate, entered = trio.Event(), trio.Event()
+    orig = dev.write
+
+    async def write(sector, data, **kw):
+        if len(data) == 65536 and not gate.is_set():
+            entered.set()
+            await gate.wait()
+        return await orig(sector, data, **kw)
+    dev.write = write
+    with trio.fail_after(20):                    # with one lock for all, this would hang
+        async with trio.open_nursery() as n:
+            n.start_soon(fs.write, fh, 0, b"s" * 65536)
+            await entered.wait()
+            fh2, g = await fs.create(R, b"other", 0o644, os.O_RDWR)
+            await fs.write(fh2, 0, b"o" * 100)
+            await fs.fsync(fh2)                      # a full commit, during the slow write
+            assert await fs.read(fh, 0, 10) == b""   # not written yet, and no waiting
+            assert not f.ext_lblk                    # its blocks are reserved, not the file's
+            await fs.release(fh2)
+            gate.set()
+    assert await fs.read(fh, 0, 65536) == b"s" * 65536
+    await fs.release(fh)
+    await fs.unmount()
+    await assert_clean(dev)
