@@ -10,19 +10,27 @@ from .errors import FsError
 from .inode import Inode
 
 
-# utimensat(UTIME_NOW) reaches us as an explicit time: pyfuse3 reads the clock when the
-# request arrives and hands that over. Linux sets ctime to that very value, so a time
-# that is this recent is taken for "now" and becomes the ctime too (touch: atime == mtime
-# == ctime); anything older is a time the user chose, and ctime is the clock's.
+# utimensat(UTIME_NOW) reaches us as an explicit time: pyfuse3 reads a coarse clock
+# (a few ms behind) when the request arrives and hands that over. Linux gives atime, mtime
+# and ctime that very value, so a time this recent is taken for "now" and becomes the
+# ctime too (touch: atime == mtime == ctime); anything older is a time the user chose, and
+# ctime is the clock's. When the coarse "now" lies behind the inode's ctime (a change a
+# moment earlier), the recent times and the ctime all take the precise clock instead, so
+# ctime never goes back and the three stay equal.
 NOW_WINDOW_NS = 200_000_000
 
 
-def _change_time(now: int, atime_ns, mtime_ns, old_ctime: int) -> int:
-    recent = [t for t in (atime_ns, mtime_ns)
-              if t is not None and now - NOW_WINDOW_NS <= t <= now]
-    if recent and max(recent) >= old_ctime:
-        return max(recent)
-    return now
+def _times(now: int, atime_ns, mtime_ns, old_ctime: int):
+    """(atime, mtime, ctime) to store for a setattr that gave atime_ns/mtime_ns (None:
+    unchanged) and no ctime."""
+    def recent(t):
+        return t is not None and now - NOW_WINDOW_NS <= t <= now
+    given = [t for t in (atime_ns, mtime_ns) if recent(t)]
+    if not given:
+        return atime_ns, mtime_ns, now
+    if max(given) >= old_ctime:
+        return atime_ns, mtime_ns, max(given)
+    return (now if recent(atime_ns) else atime_ns, now if recent(mtime_ns) else mtime_ns, now)
 
 
 class Attributes:
@@ -66,13 +74,17 @@ class Attributes:
                 inode.mode &= ~stat.S_ISUID
                 if inode.mode & stat.S_IXGRP:
                     inode.mode &= ~stat.S_ISGID
-            now = time.time_ns()
             if atime_ns is not None:
-                inode.atime_ns = atime_ns = fmt.clamp_time_ns(atime_ns)
+                atime_ns = fmt.clamp_time_ns(atime_ns)
             if mtime_ns is not None:
-                inode.mtime_ns = mtime_ns = fmt.clamp_time_ns(mtime_ns)
+                mtime_ns = fmt.clamp_time_ns(mtime_ns)
             if ctime_ns is None:
-                ctime_ns = _change_time(now, atime_ns, mtime_ns, inode.ctime_ns)
+                atime_ns, mtime_ns, ctime_ns = _times(time.time_ns(), atime_ns, mtime_ns,
+                                                      inode.ctime_ns)
+            if atime_ns is not None:
+                inode.atime_ns = atime_ns
+            if mtime_ns is not None:
+                inode.mtime_ns = mtime_ns
             inode.ctime_ns = fmt.clamp_time_ns(ctime_ns)
             self._dirty(inode)
             await self._maybe_commit()

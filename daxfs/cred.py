@@ -7,7 +7,10 @@ class Ctx:
     """Who asks: uid, gid, supplementary groups, umask (pyfuse3's RequestContext + groups)."""
     uid: int = 0
     gid: int = 0
-    umask: int = 0o022
+    # the caller's umask, which daxfs applies to what it creates where no default ACL
+    # decides instead (the kernel hands modes over unmasked, FUSE_DONT_MASK); 0 for callers
+    # of the Filesystem API, whose modes are taken as given
+    umask: int = 0
     groups: tuple = ()
 
 

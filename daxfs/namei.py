@@ -16,6 +16,7 @@ from .inode import Inode
 BS = fmt.BLOCK_SIZE
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
+RENAME_WHITEOUT = 4        # overlayfs: leave a whiteout (char device 0:0) at the old name
 LINK_MAX = 65000
 
 
@@ -62,9 +63,14 @@ class Namespace:
 
     async def lookup(self, parent_ino: int, name: bytes) -> Inode:
         parent = await self.iget(parent_ino)
-        d = await self._dir(parent)
         if name == b".":
+            # of any inode, not only directories: it is how the kernel turns an NFS-style
+            # file handle (open_by_handle_at) back into an inode it no longer caches; an
+            # inode already unlinked answers as ext4 does for a handle, stale
+            if parent.nlink == 0:
+                raise FsError(errno.ENOENT, "inode was removed")
             return parent
+        d = await self._dir(parent)
         if name == b"..":
             return await self.iget(parent.parent)
         if len(name) > fmt.NAME_MAX:
@@ -89,7 +95,7 @@ class Namespace:
         # one block more for the xattrs a default ACL of the parent may hand down
         await self._reserve(5 if parent.xattr_block else 4, 1)
         inode = await self._new_inode(parent, mode, ctx, rdev)
-        await self._inherit_acls(parent, inode)
+        await self._inherit_acls(parent, inode, ctx)
         await self._dir_add(parent, name, inode)
         if stat.S_ISDIR(mode):
             parent.nlink += 1
@@ -215,11 +221,11 @@ class Namespace:
             await self._maybe_commit()
 
     async def rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes,
-                     flags: int = 0) -> None:
+                     flags: int = 0, ctx: Ctx = ROOT) -> None:
         async with self.lock:
             self._writable()
-            if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or \
-                    flags == RENAME_NOREPLACE | RENAME_EXCHANGE:
+            if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE | RENAME_WHITEOUT) or \
+                    flags & RENAME_EXCHANGE and flags & (RENAME_NOREPLACE | RENAME_WHITEOUT):
                 raise FsError(errno.EINVAL, "invalid rename flags")
             _check_name(new_name)
             for n in (old_name, new_name):
@@ -257,7 +263,7 @@ class Namespace:
                     raise FsError(errno.ENOTEMPTY, "directory not empty")
             elif src.is_dir and p1.ino != p2.ino and p2.nlink >= LINK_MAX:
                 raise FsError(errno.EMLINK, "too many links")
-            await self._reserve(4)
+            await self._reserve(4, 1 if flags & RENAME_WHITEOUT else 0)
             if dst is not None:
                 d2.set_ino(new_name, src.ino, dtype(src.mode))
                 self.dirty_dirs.add(p2)
@@ -271,7 +277,13 @@ class Namespace:
                 self._fc_ineligible(dst)
             else:
                 await self._dir_add(p2, new_name, src)
-            d1.remove(old_name)
+            if flags & RENAME_WHITEOUT:
+                # the old name now names a whiteout, made in the same transaction (as
+                # ext4's rename does), so no one sees the name missing in between
+                wh = await self._new_inode(p1, stat.S_IFCHR, ctx, 0)
+                d1.set_ino(old_name, wh.ino, dtype(wh.mode))
+            else:
+                d1.remove(old_name)
             self.dirty_dirs.add(p1)
             self._touch(p1, mtime=True)
             if src.is_dir and p1.ino != p2.ino:

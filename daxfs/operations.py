@@ -188,7 +188,8 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
-        await self.fs.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+        await self.fs.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags,
+                             ctx=_ctx(ctx))
 
     @_handler
     async def link(self, inode, new_parent_inode, new_name, ctx):
@@ -249,6 +250,8 @@ class Operations(pyfuse3.Operations):
         offset the kernel was handed. The kernel takes no lookup reference for `.` and
         `..` in readdirplus (fuse_direntplus_link skips them), so they are not remembered."""
         d = self.fs.handle(fh).inode
+        if d.nlink == 0:
+            return                  # removed while open: empty, as the VFS lists a dead dir
         if start_id < 1:
             if not pyfuse3.readdir_reply(token, b".", self.attrs(d), 1):
                 return

@@ -149,15 +149,19 @@ class Xattrs:
         if acl.ACCESS in xa:
             xa[acl.ACCESS] = acl.pack(acl.chmod(acl.parse(xa[acl.ACCESS]), inode.mode))
             self.dirty_xattrs.add(inode)
+            self._fc_ineligible(inode)      # a fast-commit record carries no xattrs
 
-    async def _inherit_acls(self, parent: Inode, inode: Inode) -> None:
+    async def _inherit_acls(self, parent: Inode, inode: Inode, ctx: Ctx = ROOT) -> None:
         """posix_acl_create: what is made in a directory with a default ACL takes it (a
-        directory as its own default too), masked by the mode it was created with. Lock
-        held; the inode is new."""
-        if not parent.xattr_block or inode.is_lnk:
-            return
-        default = (await self._xattrs(parent)).get(acl.DEFAULT)
+        directory as its own default too), masked by the mode it was created with; without
+        one, the caller's umask applies. Lock held; the inode is new."""
+        if inode.is_lnk:
+            return                          # a symlink's mode is always 0777
+        default = None
+        if parent.xattr_block:
+            default = (await self._xattrs(parent)).get(acl.DEFAULT)
         if default is None:
+            inode.mode &= ~(ctx.umask & 0o777)
             return
         inode.mode, new = acl.inherit(default, inode.mode)
         if new:

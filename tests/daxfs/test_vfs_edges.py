@@ -8,7 +8,7 @@ import time
 
 import trio
 
-from tests.daxfs.test_mount import Mount, image, m, mntdir, run   # noqa: F401 (fixtures)
+from tests.daxfs.test_mount import TOOLS, Mount, image, m, mntdir, run   # noqa: F401 (fixtures)
 
 SYS_getdents64 = 217            # x86_64
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -289,6 +289,19 @@ def test_posix_acls(m):
     assert as_user("daemon", "cat", d / "new").returncode != 0
     assert as_user("nobody", "sh", "-c", f"echo hi > {d}/new").returncode == 0
 
+    # a default ACL, not the umask, decides (needs FUSE_DONT_MASK: scripts/setup.sh builds
+    # the library that asks for it); without one, the umask applies as always
+    assert (TOOLS.parent / "daxfs/native/libdaxfs-dontmask.so").exists(), \
+        "run scripts/setup.sh: it builds daxfs/native/libdaxfs-dontmask.so"
+    g = m.mnt / "g"
+    g.mkdir()
+    run("setfacl", "-d", "--set", "u::rwx,g::rwx,o::-", g)
+    run("sh", "-c", f"umask 022; mkdir {g}/sub; touch {g}/file; touch {m.mnt}/plain; "
+        f"mkdir {m.mnt}/plaindir")
+    assert "group::rwx" in run("getfacl", "-c", g / "sub").stdout.split()   # generic/319
+    assert stat_mode(g / "sub") == 0o770 and stat_mode(g / "file") == 0o660
+    assert stat_mode(m.mnt / "plain") == 0o644 and stat_mode(m.mnt / "plaindir") == 0o755
+
     before = run("getfacl", "-cR", m.mnt).stdout
     m.unmount()
     m.mount()
@@ -339,3 +352,110 @@ def test_atime_mount_options(image, mntdir):
     finally:
         m.unmount()
     m.fsck()
+
+
+class _FileHandle(ctypes.Structure):
+    _fields_ = [("handle_bytes", ctypes.c_uint), ("handle_type", ctypes.c_int),
+                ("f_handle", ctypes.c_ubyte * 128)]
+
+
+def name_to_handle(path) -> _FileHandle:
+    fh = _FileHandle(handle_bytes=128)
+    mount_id = ctypes.c_int()
+    if _libc.name_to_handle_at(-100, os.fsencode(path), ctypes.byref(fh),
+                               ctypes.byref(mount_id), 0) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e), str(path))
+    return fh
+
+
+def open_by_handle(mount_fd: int, fh: _FileHandle) -> int:
+    fd = _libc.open_by_handle_at(mount_fd, ctypes.byref(fh), os.O_RDONLY)
+    if fd < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    return fd
+
+
+def test_open_by_handle_after_the_kernel_forgot(m):
+    """File handles (NFS export, open_by_handle_at) of files and directories open again
+    after the kernel dropped its inodes; the handle of a removed file is stale
+    (fstests generic/426, 467)."""
+    import errno
+    d = m.mnt / "d"
+    d.mkdir()
+    f = d / "f"
+    f.write_text("by handle")
+    gone = d / "gone"
+    gone.write_text("x")
+    handles = {p: name_to_handle(p) for p in (d, f, gone)}
+    gone.unlink()
+    with open("/proc/sys/vm/drop_caches", "w") as c:
+        c.write("2")
+    mfd = os.open(m.mnt, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fd = open_by_handle(mfd, handles[f])
+        assert os.read(fd, 100) == b"by handle"
+        os.close(fd)
+        fd = open_by_handle(mfd, handles[d])
+        assert os.fstat(fd).st_ino == os.stat(d).st_ino
+        os.close(fd)
+        try:
+            os.close(open_by_handle(mfd, handles[gone]))
+            raise AssertionError("a removed file opened by its handle")
+        except OSError as e:
+            assert e.errno == errno.ESTALE
+    finally:
+        os.close(mfd)
+
+
+def test_mounting_a_mounted_device_again_shares_it(image, mntdir, tmp_path):
+    """As on Linux, a second mount of a mounted device is another view of the same file
+    system (fstests generic/732 renames through one and reads through the other)."""
+    other = tmp_path / "second"
+    other.mkdir()
+    helper = TOOLS / "mount.fuse.daxfs"
+    m = Mount(image, mntdir)
+    m.mount(helper=True)
+    try:
+        r = run(helper, image, other, "-o", "allow_other,default_permissions", check=False)
+        assert r.returncode == 0, r.stderr
+        (mntdir / "A").mkdir()
+        (mntdir / "A" / "f").write_text("one file system")
+        os.rename(other / "A" / "f", other / "g")
+        assert (mntdir / "g").read_text() == "one file system"
+        run("umount", other)
+        assert (mntdir / "g").exists()            # the first mount is untouched
+    finally:
+        if os.path.ismount(other):
+            run("umount", "-l", other, check=False)
+        m.unmount()
+    m.fsck()
+
+
+def test_rename_whiteout(m):
+    """renameat2(RENAME_WHITEOUT), as overlayfs uses it: the file moves and a whiteout
+    (character device 0:0) takes its old name in the same step (fstests generic/078)."""
+    import errno
+    import stat as st
+    RENAME_WHITEOUT, RENAME_EXCHANGE = 4, 2
+    src, dst = m.mnt / "src", m.mnt / "dst"
+    src.write_text("moved")
+
+    def renameat2(a, b, flags):
+        if _libc.renameat2(-100, os.fsencode(a), -100, os.fsencode(b), flags) != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e))
+    renameat2(src, dst, RENAME_WHITEOUT)
+    assert dst.read_text() == "moved"
+    s = os.lstat(src)
+    assert st.S_ISCHR(s.st_mode) and s.st_rdev == 0
+    assert sorted(os.listdir(m.mnt)) == ["dst", "src"]
+    try:
+        renameat2(dst, src, RENAME_WHITEOUT | RENAME_EXCHANGE)
+        raise AssertionError("whiteout with exchange accepted")
+    except OSError as e:
+        assert e.errno == errno.EINVAL
+    m.unmount()
+    m.mount()
+    assert st.S_ISCHR(os.lstat(src).st_mode) and dst.read_text() == "moved"
