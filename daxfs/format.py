@@ -485,6 +485,9 @@ XATTR_START = HDR_SIZE + XATTR_HDR_FMT.size
 XATTR_ENTRY_FMT = struct.Struct("<BBH")
 XATTR_SPACE = BLOCK_SIZE - XATTR_START
 XATTR_PREFIXES = (b"user.", b"trusted.", b"security.")
+# The only system. attributes stored: POSIX ACLs (the VFS hands no other system. name to a
+# filesystem that has no handler for it).
+XATTR_SYSTEM_NAMES = (b"system.posix_acl_access", b"system.posix_acl_default")
 
 
 def pack_xattrs(xattrs: dict) -> bytearray:
@@ -523,7 +526,7 @@ def unpack_xattrs(buf, blkno: int, uuid: bytes | None) -> dict:
         name = bytes(buf[off:off + nlen])
         out[name] = bytes(buf[off + nlen:off + nlen + vlen])
         off += nlen + vlen
-        if not name.startswith(XATTR_PREFIXES):
+        if not name.startswith(XATTR_PREFIXES) and name not in XATTR_SYSTEM_NAMES:
             raise CorruptError(f"xattr block: unknown namespace in {name!r}")
     if off != end:
         raise CorruptError("xattr block: used size does not match the entries")
