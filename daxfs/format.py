@@ -170,7 +170,7 @@ class VersionError(CorruptError):
         super().__init__(
             f"daxfs format version {version} is not supported (this daxfs reads version "
             f"{VERSION} only): mount it with a daxfs that reads version {version} "
-            f"(daxfs 0.1) and copy the files off, then mkfs.daxfs and copy them back; "
+            f"(daxfs 0.1.x) and copy the files off, then mkfs.daxfs and copy them back; "
             f"nothing was written to the device")
         self.version = version
 
@@ -484,7 +484,10 @@ entries after these 4); each entry is name_len u8, pad u8, value_len u16, the fu
 XATTR_START = HDR_SIZE + XATTR_HDR_FMT.size
 XATTR_ENTRY_FMT = struct.Struct("<BBH")
 XATTR_SPACE = BLOCK_SIZE - XATTR_START
-XATTR_PREFIXES = (b"user.", b"trusted.", b"security.", b"system.")
+XATTR_PREFIXES = (b"user.", b"trusted.", b"security.")
+# The only system. attributes stored: POSIX ACLs (the VFS hands no other system. name to a
+# filesystem that has no handler for it).
+XATTR_SYSTEM_NAMES = (b"system.posix_acl_access", b"system.posix_acl_default")
 
 
 def pack_xattrs(xattrs: dict) -> bytearray:
@@ -523,7 +526,7 @@ def unpack_xattrs(buf, blkno: int, uuid: bytes | None) -> dict:
         name = bytes(buf[off:off + nlen])
         out[name] = bytes(buf[off + nlen:off + nlen + vlen])
         off += nlen + vlen
-        if not name.startswith(XATTR_PREFIXES):
+        if not name.startswith(XATTR_PREFIXES) and name not in XATTR_SYSTEM_NAMES:
             raise CorruptError(f"xattr block: unknown namespace in {name!r}")
     if off != end:
         raise CorruptError("xattr block: used size does not match the entries")

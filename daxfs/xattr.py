@@ -41,6 +41,8 @@ class Xattrs:
 
     @staticmethod
     def _check_xattr_name(inode: Inode, name: bytes) -> None:
+        if name in fmt.XATTR_SYSTEM_NAMES:
+            return
         if not name.startswith(fmt.XATTR_PREFIXES) or name in fmt.XATTR_PREFIXES:
             raise FsError(errno.EOPNOTSUPP, "unsupported xattr namespace")
         if len(name) > 255:

@@ -136,8 +136,13 @@ class Client:
     async def _run_hook(self, dev, obj) -> None:
         try:
             await dev.freeze_hook(obj["event"])
-        except Exception:
+        except Exception as e:
             log.exception("%s handler failed", obj["event"])
+            # A freeze that did not happen must not pass for one: the suspend then fails
+            # cleanly instead of snapshotting a filesystem that is still changing.
+            await self._send({"ack": obj["eid"], "error": {"errno": getattr(e, "errno", None) or 5,
+                                                           "message": str(e)[:200]}})
+            return
         await self._send({"ack": obj["eid"]})
 
     async def _send(self, obj: dict, payload: bytes = b"") -> None:
@@ -323,6 +328,7 @@ class Device:
         self.devno = info["devno"]
         self.nr_sectors = info["nr_sectors"]
         self.dax = info["dax"]
+        self.chardev = info.get("chardev", False)
         self.read_only = info["read_only"]
         self.exclusive = info["exclusive"]
         self.bio_based = info.get("bio_based", False)
@@ -387,7 +393,11 @@ class Device:
         self.dead = reason
         self._revoke([[0, 1 << 62]])
 
-    def _check(self, sector: int, nbytes: int) -> None:
+    def _check(self, sector: int, nbytes: int, *, bio: bool = True) -> None:
+        if bio and self.chardev:
+            # A device-dax character device has no read/write: the kernel returns EINVAL.
+            raise OSError(errno.EINVAL, f"{self.name}: a device-dax character device takes no "
+                                        f"read or write, only mappings (direct_access)")
         if self.dead:
             raise OSError(errno.EIO, f"{self.name}: {self.dead}")
         if sector < 0 or nbytes < 0 or sector * SECTOR_SIZE + nbytes > self.nr_sectors * SECTOR_SIZE:
@@ -528,7 +538,7 @@ class Device:
         sector = pgoff * PAGE_SECTORS
         if self.dead:
             await self._revive()
-        self._check(sector, nr_pages * PAGE_SIZE)
+        self._check(sector, nr_pages * PAGE_SIZE, bio=False)
         lease = await self.lease(sector, write)
         seg = lease.segment(sector)
         if seg.kind != "map":

@@ -28,7 +28,7 @@ VERSION = 1
 # Operations after which devices may have appeared, gone, been renamed or resized: each
 # bumps the server's device generation, so that a watcher (the device view) follows without
 # re-reading the lists on every lookup. Failed attempts bump too; a spurious bump is harmless.
-DEVICE_CHANGING_OPS = frozenset({"create_namespace", "destroy", "create_disk", "disable", "enable",
+DEVICE_CHANGING_OPS = frozenset({"create_namespace", "reconfigure_namespace", "destroy", "create_disk", "disable", "enable",
                                  "power_fail", "dm_create", "dm_resume", "dm_remove", "dm_rename"})
 
 
@@ -66,6 +66,10 @@ class Connection:
         slot = self._acks.pop(eid, None)
         if not done.is_set():
             log.warning("pid %d (%s) did not acknowledge %s within %ss", self.pid, self.prog, kind, timeout)
+            return False
+        if slot is not None and isinstance(slot[1], dict) and slot[1].get("error"):
+            log.warning("pid %d (%s) could not carry out %s: %s", self.pid, self.prog, kind,
+                        slot[1]["error"])
             return False
         return slot is not None
 
@@ -277,6 +281,12 @@ class Server:
                                             req.get("name") or "", req.get("persistence") or "eadr")
         return {"namespace": spec_json(spec)}
 
+    async def op_reconfigure_namespace(self, conn, req, payload):
+        spec = self.kernel.reconfigure_namespace(str(req.get("namespace", "")),
+                                                 str(req.get("mode") or "fsdax"),
+                                                 bool(req.get("force")), req.get("name"))
+        return {"namespace": spec_json(spec)}
+
     async def op_list(self, conn, req, payload):
         kind = req.get("kind")
         return {"devices": [spec_json(s) for s in self.kernel.specs if not kind or s.kind == kind]}
@@ -458,7 +468,8 @@ def spec_json(spec) -> dict:
          "uuid": spec.uuid, "model": spec.model, "dax": spec.dax_capable, "enabled": spec.enabled,
          "badblocks": spec.badblocks}
     if spec.kind == "pmem":
-        d.update(dev=spec.dev, name=spec.name, mode=spec.mode, align=spec.align)
+        d.update(dev=spec.dev, name=spec.name, mode=spec.mode, align=spec.align,
+                 chardev=spec.chardev)
     return d
 
 

@@ -21,8 +21,17 @@ log = logging.getLogger(__name__)
 
 PMEM_MAJOR = 259    # blkext: where Linux numbers pmem block devices
 DISK_MAJOR = 7      # loop: a plain disk here is a file-backed block device, like a loop device
-DAX_MODES = ("fsdax",)
-MODES = ("fsdax", "raw", "sector")   # devdax has no block device, so it cannot be emulated here
+DAX_MAJOR = 252    # a device-dax character device (the dax class's dynamic major on most systems)
+DAX_MODES = ("fsdax", "devdax")
+# fsdax: a DAX-capable block device (pmemN); raw: a plain block device (pmemN);
+# sector: a BTT block device with atomic sector updates, never DAX (pmemNs);
+# devdax: a character device (dax0.N, in region0) that can only be mapped: no bios, no filesystem.
+MODES = ("fsdax", "raw", "sector", "devdax")
+
+
+def device_name(mode: str, minor: int) -> str:
+    """The device a namespace in ``mode`` shows up as, named as the kernel names it."""
+    return {"sector": f"pmem{minor}s", "devdax": f"dax0.{minor}"}.get(mode, f"pmem{minor}")
 
 
 @dataclass
@@ -36,15 +45,22 @@ class BaseSpec:
     model: str                 # eadr, adr (pmem) or disk
     dev: str = ""              # namespace0.0 for pmem
     name: str = ""             # the namespace's optional label
-    mode: str = "fsdax"        # fsdax (DAX-capable), raw or sector (not DAX-capable)
+    mode: str = "fsdax"        # one of MODES
     align: int = 0
     enabled: bool = True
     badblocks: list = field(default_factory=list)   # [[sector, count], ...], sorted, merged
 
     @property
     def devno(self) -> str:
+        if self.kind == "pmem" and self.mode == "devdax":
+            return f"{DAX_MAJOR}:{self.minor}"
         major = PMEM_MAJOR if self.kind == "pmem" else DISK_MAJOR
         return f"{major}:{self.minor}"
+
+    @property
+    def chardev(self) -> bool:
+        """A device-dax character device: mmap only, no read/write, no block layer."""
+        return self.kind == "pmem" and self.mode == "devdax"
 
     @property
     def dax_capable(self) -> bool:
@@ -79,6 +95,7 @@ class BaseDevice:
     devno = property(lambda self: self.spec.devno)
     nr_sectors = property(lambda self: self.spec.size // SECTOR_SIZE)
     dax_capable = property(lambda self: self.spec.dax_capable)
+    chardev = property(lambda self: self.spec.chardev)
     logical_block_size = SECTOR_SIZE
 
     kind = property(lambda self: self.spec.kind)

@@ -25,8 +25,8 @@ from .dm.core import DeviceMapper, MappedDevice
 from .dm.errors import DMError
 from .dm.leases import LeaseManager
 from .media import Media
-from .hardware import (BaseDevice, BaseSpec, Registry, clear_badblocks, merge_badblocks,
-                       new_uuid)
+from .hardware import (MODES, BaseDevice, BaseSpec, Registry, clear_badblocks, device_name,
+                       merge_badblocks, new_uuid)
 from .names import check_user_name
 from .paths import StatePaths
 from .profile import Settings
@@ -236,8 +236,7 @@ class Kernel(LeaseManager):
     def create_namespace(self, size: int, align: int | None, mode: str, name: str,
                          persistence: str) -> BaseSpec:
         align = DEFAULT_ALIGN if align is None else align
-        if mode not in ("fsdax", "raw"):
-            raise invalid(f"mode '{mode}' is not supported: use fsdax (DAX-capable) or raw (not DAX-capable)")
+        self._check_mode(mode)
         if persistence not in ("eadr", "adr"):
             raise invalid(f"persistence '{persistence}' is unknown: use eadr or adr")
         if align not in ALIGNMENTS:
@@ -258,10 +257,47 @@ class Kernel(LeaseManager):
                 raise DmemuError(errno.EEXIST, f"a device named '{name}' already exists")
         used = {s.minor for s in self.specs if s.kind == "pmem"}
         idx = next(i for i in range(len(used) + 1) if i not in used)
-        spec = BaseSpec(kind="pmem", blockdev=f"pmem{idx}", dev=f"namespace0.{idx}", size=size,
+        spec = BaseSpec(kind="pmem", blockdev=device_name(mode, idx), dev=f"namespace0.{idx}", size=size,
                         minor=idx, uuid=new_uuid(), model=persistence, name=name or "",
                         mode=mode, align=align)
         self._add(spec)
+        return spec
+
+    @staticmethod
+    def _check_mode(mode: str) -> None:
+        if mode not in MODES:
+            raise invalid(f"mode '{mode}' is not supported: use fsdax (DAX-capable), raw (not "
+                          f"DAX-capable), sector (atomic sectors, not DAX-capable) or devdax "
+                          f"(a DAX character device)")
+
+    def reconfigure_namespace(self, ident: str, mode: str, force: bool, name: str | None) -> BaseSpec:
+        """ndctl create-namespace -e: the same capacity (and contents) in another mode; an
+        enabled namespace needs force, one in use is refused whatever."""
+        spec = self.find_spec(ident, kind="pmem")
+        self._check_mode(mode)
+        if name is not None and name != spec.name:
+            check_user_name(name, "namespace name")
+            if any(s.name == name for s in self.specs):
+                raise DmemuError(errno.EEXIST, f"a namespace named '{name}' already exists")
+        if spec.enabled and not force:
+            raise busy(f"{spec.dev} is active, specify --force for re-configuration")
+        dev = self.devices.get(spec.blockdev)
+        if dev is not None:
+            users = [h.describe() for h in self.users(dev)]
+            users += [f"{md.name} ({md.devno})" for md in self.dm.holders(dev)]
+            if users:
+                raise busy(f"{spec.dev} is busy: open by " + ", ".join(users)
+                           + "; unmount or close it first")
+            dev.close()
+            del self.devices[spec.blockdev]
+        spec.mode = mode
+        spec.blockdev = device_name(mode, spec.minor)
+        if name is not None:
+            spec.name = name
+        spec.enabled = True
+        self._save()
+        self.devices[spec.blockdev] = BaseDevice(spec, self._image_base(spec), create=True)
+        log.info("reconfigured %s as %s (%s)", spec.dev, mode, spec.blockdev)
         return spec
 
     def create_disk(self, size: int, name: str | None) -> BaseSpec:
@@ -272,7 +308,8 @@ class Kernel(LeaseManager):
         if name is None:
             taken = {s.blockdev for s in self.specs}
             name = next(f"disk{i}" for i in range(len(taken) + 1) if f"disk{i}" not in taken)
-        check_user_name(name, "disk name")
+        # A disk's name is its kernel name (as sdb is): it may not take another kind's prefix,
+        # and it starts with a letter, so it never reads as a number (names.py).
         if not DISK_NAME.match(name) or name.startswith(RESERVED_PREFIXES):
             raise invalid(f"invalid disk name '{name}': use letters, digits and _.+- "
                           f"(not starting with pmem, namespace, dm-, mapper or region)")
@@ -351,6 +388,7 @@ class Kernel(LeaseManager):
         bases = self.dm.base_devices(dev)
         return {"name": dev.name, "devno": dev.devno, "nr_sectors": dev.nr_sectors,
                 "dax": dev.dax_capable, "bio_based": getattr(dev, "bio_based", False),
+                "chardev": getattr(dev, "chardev", False),
                 "flush_set": [b.name for b in bases],
                 "backings": {b.name: b.media_spec for b in bases}}
 
@@ -403,6 +441,9 @@ class Kernel(LeaseManager):
         Returns (data read, base devices whose media errors changed).
         """
         dev = h.device
+        if getattr(dev, "chardev", False):
+            raise DmemuError(errno.EINVAL, f"{dev.name}: a device-dax character device takes no "
+                                           f"read or write, only mappings (direct_access)")
         if op in ("write", "discard") and h.read_only:
             raise DmemuError(errno.EROFS, f"{dev.name}: opened read-only")
         n = (len(data) if op == "write" else nbytes) // SECTOR_SIZE

@@ -109,6 +109,7 @@ SCHEMA: dict[str, dict[str, _Field]] = {
     "changes": {"since": Int(0, 1 << 63), "wait": Bool()},
     "create_namespace": {"size": Size(required=True), "align": Size(), "mode": Str(16), "name": NAME,
                          "persistence": Str(16)},
+    "reconfigure_namespace": {"namespace": DEVICE, "mode": Str(16), "force": Bool(), "name": NAME},
     "list": {"kind": Str(16)},
     "destroy": {"device": DEVICE, "kind": Str(16)},
     "create_disk": {"size": Size(required=True), "name": NAME},

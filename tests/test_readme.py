@@ -4,7 +4,8 @@ Its indented blocks are taken from README.md itself and run as one `sh -e` scrip
 tools/ on PATH, in a private mount namespace with a tmpfs over /mnt: the mounts it makes
 (/mnt/lv0, /mnt/dev, ...) are the README's own paths, yet nothing of them is seen by or
 left on the machine. Whatever the script leaves mounted when it fails is unmounted inside
-the namespace, so no daemon outlives the test.
+the namespace, so no daemon outlives the test; and the copies of other tests' FUSE mounts
+the namespace starts with are detached first, so it holds none of them.
 """
 import os
 import shutil
@@ -21,6 +22,12 @@ pytestmark = pytest.mark.skipif(
            "/dev/fuse and unshare")
 
 PROLOGUE = """\
+# The new namespace starts with a copy of every mount, other tests' FUSE mounts included:
+# a copy keeps their superblock alive, so their daemons would not end at their unmount
+# while this runs. Detach them here first.
+for m in $(awk '$3 ~ "^fuse" {print $2}' /proc/self/mounts | sort -r); do
+    umount -l "$m" 2>/dev/null || true
+done
 mount -t tmpfs -o size=64m readme /mnt
 cleanup() {
     for m in $(awk '$2 ~ "^/mnt/" && $3 ~ "^fuse" {print $2}' /proc/self/mounts | sort -r); do

@@ -207,6 +207,17 @@ async def _remove_all(k) -> None:
 
 
 async def _main(args) -> int:
+    try:
+        return await _run(args)
+    except DmemuError as e:
+        if not e.message.startswith("device-mapper: "):
+            raise
+        # libdm's own line (the linux profile), printed bare as dmsetup does
+        print(f"{e.message}\nCommand failed.", file=sys.stderr)
+        return 1
+
+
+async def _run(args) -> int:
     async with client.connect(prog="dmsetup") as k:
         cmd = args.cmd
         try:

@@ -13,6 +13,7 @@ import trio
 from .. import client
 from ..errors import DmemuError
 from ..lvm import commands
+from ..lvm.commands import common
 from ..lvm.errors import ECMD_FAILED, EINVALID_CMD_LINE, LvmError
 from ..lvm.units import check_units
 from .common import setup_logging
@@ -26,7 +27,8 @@ class ArgumentParser(argparse.ArgumentParser):
 def _common(p):
     p.add_argument("-v", "--verbose", action="count", default=0)
     p.add_argument("-y", "--yes", action="store_true", help="answer yes to every prompt")
-    p.add_argument("-q", "--quiet", action="count", default=0)
+    p.add_argument("-q", "--quiet", action="count", default=0,
+                   help="no messages of success; -qq also answers every prompt no")
 
 
 def _report(p, kind):
@@ -196,7 +198,9 @@ SAME_AS = {"lvreduce": "lvextend", "lvresize": "lvextend"}
 
 
 async def _run(cmd, args) -> None:
-    async with client.connect(prog=cmd) as k:
+    # A poller never starts dmemud: it has nothing to poll in a kernel that was not running
+    # (and one left behind must not bring a daemon back into a state directory that went).
+    async with client.connect(prog=cmd, autostart=cmd != "lvpoll") as k:
         await getattr(commands, SAME_AS.get(cmd, cmd))(k, args)
 
 
@@ -219,6 +223,7 @@ def main(argv=None, prog=None) -> int:
         return EINVALID_CMD_LINE
     args = build(cmd, prog).parse_args(_signed_values(argv))
     setup_logging(args.verbose)
+    common.QUIET = args.quiet
     try:
         trio.run(_run, cmd, args)
     except LvmError as e:

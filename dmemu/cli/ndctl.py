@@ -5,6 +5,7 @@ namespace, list, inject-error); ``power-fail`` and ``remove`` are dmemu's additi
 real hardware does by itself. Namespaces are named namespace0.N, their block devices pmemN.
 """
 import json
+import shutil
 import sys
 
 from .. import client
@@ -14,16 +15,28 @@ from .common import ArgumentParser, command_main
 DEFAULT_SIZE = "256M"
 
 
-def namespace_json(d: dict, *, media_errors: bool = False, human_units: bool = False) -> dict:
-    """A namespace as `ndctl list` prints it (dmemu's own fields are named so)."""
+def namespace_json(d: dict, *, media_errors: bool = False, human_units: bool = False,
+                   dax_region: bool = False) -> dict:
+    """A namespace as `ndctl list` prints it (util_namespace_to_json): fsdax and devdax
+    say how their pages are mapped, sector and raw do not; a devdax namespace has a
+    character device (or, with -X, its dax region) instead of a block device."""
     size = human(d["size"]) if human_units else d["size"]
-    out = {"dev": d["dev"], "mode": d["mode"]}
-    if d["mode"] == "fsdax":
-        out["map"] = "mem"
-    out.update(size=size, uuid=d["uuid"], sector_size=512)
-    if d["mode"] == "fsdax":
+    mode = d["mode"]
+    out = {"dev": d["dev"], "mode": mode}
+    if mode in ("fsdax", "devdax"):
+        out["map"] = "mem" if mode == "fsdax" else "dev"
+    out.update(size=size, uuid=d["uuid"])
+    if mode == "devdax":
+        if dax_region:
+            out["daxregion"] = dax_region_json(d, human_units=human_units, embedded=True)
+        else:
+            out["chardev"] = d["blockdev"]
+    else:
+        out["sector_size"] = 512
+    if mode in ("fsdax", "devdax"):
         out["align"] = d["align"]
-    out["blockdev"] = d["blockdev"]
+    if mode != "devdax":
+        out["blockdev"] = d["blockdev"]
     if d.get("name"):
         out["name"] = d["name"]
     # Where a store becomes durable: ndctl reports this per region; here it is per namespace.
@@ -34,6 +47,48 @@ def namespace_json(d: dict, *, media_errors: bool = False, human_units: bool = F
         out["badblock_count"] = sum(c for _, c in d["badblocks"])
         out["badblocks"] = [{"offset": s, "length": c, "dimms": []} for s, c in d["badblocks"]]
     return out
+
+
+def dax_device_json(d: dict, *, human_units: bool = False) -> dict:
+    """A device-dax instance as daxctl lists it (util_daxctl_dev_to_json)."""
+    return {"chardev": d["blockdev"], "size": human(d["size"]) if human_units else d["size"],
+            "target_node": 0, "align": human(d["align"]) if human_units else d["align"],
+            "mode": "devdax"}
+
+
+def dax_region_json(d: dict, *, human_units: bool = False, embedded: bool = False,
+                    devices: bool = True) -> dict:
+    """The dax region of a devdax namespace (util_daxctl_region_to_json): its path only
+    when not inside the namespace's own object."""
+    out = {} if embedded else {"path": f"/dmemu/ndbus0/region0/{d['blockdev']}"}
+    out.update(id=0, size=human(d["size"]) if human_units else d["size"], align=d["align"])
+    if devices:
+        out["devices"] = [dax_device_json(d, human_units=human_units)]
+    return out
+
+
+# One region and one DIMM stand for the emulated platform: every namespace lives in region0.
+REGION_ALIGN = 2 << 20
+
+
+def region_json(devs: list, *, human_units: bool = False, dimms: bool = False) -> dict:
+    """region0 as ndctl lists it: as large as its namespaces plus what the host could still
+    give a new eadr namespace (rounded down to 2 MiB), which is its available size."""
+    from ..paths import StatePaths
+    free = shutil.disk_usage(StatePaths().root).free // REGION_ALIGN * REGION_ALIGN
+    used = sum(d["size"] for d in devs)
+    size = (lambda n: human(n) if human_units else n)
+    out = {"dev": "region0", "size": size(used + free), "available_size": size(free),
+           "max_available_extent": size(free), "type": "pmem"}
+    if dimms:
+        out["mappings"] = [{"dimm": "nmem0", "offset": 0, "length": size(used + free), "position": 0}]
+    out["persistence_domain"] = ("memory_controller" if any(d["model"] == "adr" for d in devs)
+                                 else "cpu_cache")
+    return out
+
+
+def dimm_json() -> dict:
+    return {"dev": "nmem0", "id": "dmemu-nmem0", "handle": 0, "phys_id": 0}
 
 
 def dump(obj) -> str:
@@ -57,8 +112,16 @@ def build_parser(prog: str) -> ArgumentParser:
     c = sub.add_parser("create-namespace", help="create a namespace (and its /dev/pmemN)")
     c.add_argument("-s", "--size", default=DEFAULT_SIZE, help=f"capacity, e.g. 64M, 1G (default {DEFAULT_SIZE})")
     c.add_argument("-a", "--align", help="alignment: 4K, 2M (default) or 1G")
-    c.add_argument("-m", "--mode", default="fsdax", choices=("fsdax", "raw"),
-                   help="fsdax: DAX-capable (default); raw: a plain block device, not DAX-capable")
+    c.add_argument("-m", "--mode", default=None, choices=("fsdax", "raw", "sector", "devdax"),
+                   help="fsdax: DAX-capable block device (default); raw: plain block device; "
+                        "sector: atomic sectors (BTT), not DAX-capable; devdax: a DAX "
+                        "character device, no filesystem")
+    c.add_argument("-e", "--reconfig", metavar="NAMESPACE",
+                   help="reconfigure this namespace (its size and contents stay)")
+    c.add_argument("-f", "--force", action="store_true",
+                   help="reconfigure an enabled namespace")
+    c.add_argument("-l", "--sector-size", type=int,
+                   help="logical sector size: only 512 here")
     c.add_argument("-n", "--name", default="", help="a label for the namespace")
     c.add_argument("--persistence", default="eadr", choices=("eadr", "adr"),
                    help="eadr: stores durable when they land (default); adr: stores are lost "
@@ -67,7 +130,8 @@ def build_parser(prog: str) -> ArgumentParser:
 
     d = sub.add_parser("destroy-namespace", help="destroy a namespace (refused while in use)")
     d.add_argument("namespace")
-    d.add_argument("-f", "--force", action="store_true", help="accepted for ndctl compatibility")
+    d.add_argument("-f", "--force", action="store_true",
+                   help="destroy an enabled namespace (ndctl asks for it)")
 
     for name, text in (("disable-namespace", "hot-remove a namespace: its users get errors"),
                        ("remove", "same as disable-namespace (dmemu)"),
@@ -75,8 +139,13 @@ def build_parser(prog: str) -> ArgumentParser:
         x = sub.add_parser(name, help=text)
         x.add_argument("namespace")
 
-    ls = sub.add_parser("list", help="list namespaces as JSON")
+    ls = sub.add_parser("list", help="list namespaces, regions and DIMMs as JSON")
     ls.add_argument("-N", "--namespaces", action="store_true", help="list namespaces (the default)")
+    ls.add_argument("-R", "--regions", action="store_true", help="list regions")
+    ls.add_argument("-D", "--dimms", action="store_true", help="list DIMMs")
+    ls.add_argument("-X", "--device-dax", action="store_true",
+                    help="a devdax namespace's dax region instead of its chardev")
+    ls.add_argument("-r", "--region", help="only this region")
     ls.add_argument("-M", "--media-errors", action="store_true", help="include media errors")
     ls.add_argument("-i", "--idle", action="store_true", help="include disabled namespaces")
     ls.add_argument("-u", "--human", action="store_true", help="human-readable sizes")
@@ -110,11 +179,32 @@ async def _main(args) -> int:
             if args.region != "region0":
                 from ..errors import no_device
                 raise no_device(f"region '{args.region}' not found: only region0 exists")
-            size = parse_size(args.size)
-            r = await k.call("create_namespace", size=str(size), align=args.align, mode=args.mode,
-                             name=args.name, persistence=args.persistence)
+            if args.sector_size not in (None, 512):
+                from ..errors import invalid
+                raise invalid(f"sector size {args.sector_size} is not supported: dmemu "
+                              f"devices have 512-byte sectors (use -l 512 or leave it out)")
+            if args.reconfig:
+                r = await k.call("reconfigure_namespace", namespace=args.reconfig,
+                                 mode=args.mode or "fsdax", force=args.force,
+                                 name=args.name or None)
+            else:
+                if args.force:
+                    from ..errors import invalid
+                    raise invalid("--force only applies with -e/--reconfig NAMESPACE")
+                size = parse_size(args.size)
+                r = await k.call("create_namespace", size=str(size), align=args.align,
+                                 mode=args.mode or "fsdax", name=args.name,
+                                 persistence=args.persistence)
             print(dump(namespace_json(r["namespace"])))
         elif cmd == "destroy-namespace":
+            if not args.force:
+                # ndctl's namespace_prep_reconfig: an active namespace needs --force.
+                devs = (await k.call("list", kind="pmem"))["devices"]
+                d = next((d for d in devs if args.namespace.removeprefix("/dev/") in
+                          (d["dev"], d["blockdev"], d["name"])), None)
+                if d is not None and d["enabled"]:
+                    from ..errors import busy
+                    raise busy(f"{d['dev']} is active, specify --force for re-configuration")
             await k.call("destroy", device=args.namespace, kind="pmem")
             print("destroyed 1 namespace")
         elif cmd in ("disable-namespace", "remove"):
@@ -124,15 +214,7 @@ async def _main(args) -> int:
             await k.call("enable", device=args.namespace)
             print("enabled 1 namespace")
         elif cmd == "list":
-            devs = (await k.call("list", kind="pmem"))["devices"]
-            devs = [d for d in devs if d["enabled"] or args.idle]
-            if args.namespace:
-                devs = [d for d in devs if args.namespace in (d["dev"], d["blockdev"], d["name"])]
-                if not devs:
-                    # ndctl's util_display_json_array says this for an empty result.
-                    print("  Warning: no matching devices found", file=sys.stderr)
-            print_list([namespace_json(d, media_errors=args.media_errors, human_units=args.human)
-                        for d in devs])
+            await list_cmd(k, args)
         elif cmd == "inject-error":
             if args.status:
                 r = await k.call("list", kind="pmem")
@@ -151,6 +233,44 @@ async def _main(args) -> int:
         elif cmd == "power-fail":
             await power_fail(k, args)
     return 0
+
+
+async def list_cmd(k, args) -> None:
+    """ndctl list: namespaces by default; -R regions (holding their namespaces), -D DIMMs,
+    combined into one object as ndctl's list_display does."""
+    devs = (await k.call("list", kind="pmem"))["devices"]
+    regions = args.regions or bool(args.region)
+    spaces = args.namespaces or not (regions or args.dimms) or bool(args.namespace)
+    matched = devs
+    if args.region and args.region != "region0":
+        matched = []
+    shown = [d for d in matched if d["enabled"] or args.idle]
+    if args.namespace:
+        shown = [d for d in shown if args.namespace in (d["dev"], d["blockdev"], d["name"])]
+    nss = [namespace_json(d, media_errors=args.media_errors, human_units=args.human,
+                          dax_region=args.device_dax) for d in shown] if spaces else []
+    dimms = [dimm_json()] if args.dimms else []
+    regs = []
+    if regions and (matched or not args.region):
+        reg = region_json(devs, human_units=args.human, dimms=args.dimms)
+        if nss:
+            reg["namespaces"] = nss
+        regs = [reg]
+    if (args.namespace or args.region) and not (nss or regs):
+        # ndctl's util_display_json_array says this for an empty result.
+        print("  Warning: no matching devices found", file=sys.stderr)
+        return
+    if bool(dimms) + bool(regs) + bool(nss) > 1:
+        platform = {}
+        if dimms:
+            platform["dimms"] = dimms
+        if regs:
+            platform["regions"] = regs        # the namespaces are inside them
+        elif nss:
+            platform["namespaces"] = nss
+        print(dump(platform))
+    else:
+        print_list(dimms or regs or nss)
 
 
 async def power_fail(k, args) -> None:

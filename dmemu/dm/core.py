@@ -11,6 +11,7 @@ can be used, which is what makes swapping in a snapshot-origin safe under a DAX 
 import bisect
 import errno
 import logging
+import os
 import re
 
 import trio
@@ -19,7 +20,7 @@ from ..blockdev import SECTOR_SIZE
 from ..errors import DmemuError, busy, invalid, no_device
 from ..names import check_user_name
 from .cow import Origins
-from .errors import DMError
+from .errors import DMError, TableError
 from .leases import LeaseManager
 from .region import Region, flat, lift
 from .table import format_table_line, parse_table
@@ -291,6 +292,11 @@ class DeviceMapper:
         if dev is self.loading:
             raise DMError(errno.EINVAL, f"line {line.lineno}: {line.text}: a table cannot map "
                                         f"its own device {ident}")
+        if getattr(dev, "chardev", False):
+            # dm_get_device looks up a block device: a device-dax character device is none.
+            raise DMError(errno.ENOTBLK, f"line {line.lineno}: {line.text}: Device lookup "
+                                         f"failed: {ident} is a device-dax character device, "
+                                         f"not a block device")
         return dev
 
     def describe(self, dev) -> str:
@@ -495,6 +501,9 @@ class DeviceMapper:
         try:
             table = self.build_table(md, text)
         except DMError as e:
+            if self.linux and not isinstance(e, TableError):
+                # the kernel's reason went to its log; the ioctl says only the errno
+                raise self.linux_ioctl_error("reload", md, e.errno) from None
             raise DmemuError(e.errno, f"reload ioctl on {md.name} ({md.devno}) failed: {e.message}") from None
         if not table.devices():
             # As dm_table_determine_type: a table with no devices (error, zero) keeps the
@@ -530,7 +539,12 @@ class DeviceMapper:
             return
         self.kernel_log("ioctl", f"can't change device type (old={md.type} vs new={new}) "
                                  f"after initial table load.")
-        raise DmemuError(errno.EINVAL, f"reload ioctl on {md.name}  failed: Invalid argument")
+        raise self.linux_ioctl_error("reload", md, errno.EINVAL)
+
+    @staticmethod
+    def linux_ioctl_error(op: str, md: MappedDevice, err: int) -> DmemuError:
+        """What libdm prints for a failed ioctl on a named device (dmsetup's view)."""
+        return DmemuError(err, f"device-mapper: {op} ioctl on {md.name}  failed: {os.strerror(err)}")
 
     def _check_dax_change(self, md: MappedDevice, table: Table) -> None:
         """A device in use must not change between DAX-capable and not (design.md 3)."""
@@ -632,7 +646,7 @@ class DeviceMapper:
             raise DmemuError(errno.ETIMEDOUT,
                              f"suspend of {md.name} failed: could not freeze the filesystem on it: "
                              + ", ".join(h.describe() for h in failed)
-                             + " did not answer; nothing was changed")
+                             + " did not freeze in time; nothing was changed")
         return frozen
 
     async def resume(self, name: str) -> MappedDevice:

@@ -67,8 +67,8 @@ class Store:
         self.disks, self.vgs = {}, {}
         listing = (await self.k.call("list"))["devices"]
         for spec in listing:
-            if not spec.get("enabled", True):
-                continue
+            if not spec.get("enabled", True) or spec.get("chardev"):
+                continue        # gone, or a device-dax character device: not a block device
             d = Disk("/dev/" + spec["blockdev"], spec["devno"], spec["size"], spec["dax"])
             self.disks[d.name] = d
             try:

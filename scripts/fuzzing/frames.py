@@ -54,10 +54,15 @@ OPS = {
     "dm_remove": {"name": "fz", "force": False},
     "dm_rename": {"name": "fz", "new": "fy", "uuid": None},
     "dm_message": {"name": "fz", "sector": 0, "words": ["mark", "x"]},
+    "dm_wait": {"name": "fz", "event_nr": 0},
     "dm_list": {},
     "dm_targets": {},
     "dm_param": {"param": "snapshot_dax", "value": True},
+    "profile": {"profile": "fixed"},
+    "dmesg": {"clear": False},
 }
+# Operations that may rightly wait for a change that never comes: silence is no hang there.
+WAITING_OPS = ("changes", "dm_wait")
 
 
 def deep(n: int, leaf=1):
@@ -264,7 +269,7 @@ def _one(sockpath: str, what: str, frame: bytes, owed, rid: int, result: Result)
             if obj.get("id") == SENTINEL:
                 return
     except socket.timeout:
-        if "changes" not in what:     # a well-formed wait for a change may rightly wait
+        if not any(op in what for op in WAITING_OPS):     # a well-formed wait may rightly wait
             result.fail("hang", what)
     except OSError:
         pass                    # reset by the daemon: a closed connection, allowed

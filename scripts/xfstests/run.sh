@@ -18,12 +18,11 @@ if [ "${DAXFS_XFSTESTS_NS:-}" != 1 ]; then
 fi
 helper=$(readlink -f /sbin/mount.fuse.daxfs) || {
     echo "run.sh: /sbin/mount.fuse.daxfs is missing; run scripts/setup.sh first" >&2; exit 1; }
-# other users' mounts of devices with the same names (another dmemud's pmem0) are visible
-# here as copies; detach the copies, in this namespace only, so fstests does not take
-# them for ours
-for dev in /dev/pmem0 /dev/pmem1; do
-    findmnt -rn -S "$dev" -o TARGET | while read -r t; do umount -l "$t"; done
-done
+# Every FUSE mount that existed when this namespace was made is here as a copy: fstests
+# would take another dmemud's /dev/pmem0 for ours, and a copy keeps a FUSE superblock, and
+# with it that mount's daemon, alive after its owner unmounts it, for as long as this run
+# lasts. Detach them all, in this namespace only.
+findmnt -rn -t fuse,fuseblk -o TARGET | sort -r | while read -r t; do umount -l "$t" || true; done
 mount --bind "$here/mount.fuse.daxfs" "$helper"
 mkdir -p /mnt/fst-test /mnt/fst-scratch "$DMEMU_ROOT"
 if ! ndctl list 2>/dev/null | grep -q pmem1; then

@@ -166,3 +166,26 @@ async def test_fast_commit_replayed_after_power_failure():
     await fs.release(fh)
     await fs.unmount()
     assert (await check(dev))[0] == EXIT_OK
+
+
+async def test_any_exception_in_a_commit_turns_read_only_and_reads_go_on(caplog):
+    """Not only OSError: whatever fails inside a commit turns the filesystem read-only
+    with the error logged, and what was committed before stays readable."""
+    dev, w = await with_file()
+    fs = await Filesystem.mount(dev)
+    await fs.mkdir(R, b"uncommitted")
+
+    async def broken(images):
+        raise RuntimeError("injected")
+    fs.journal.commit = broken
+    with caplog.at_level(logging.ERROR):
+        with pytest.raises(FsError) as e:
+            await fs.commit()
+    assert e.value.errno == 5 and fs.read_only
+    assert "commit failed" in caplog.text and "injected" in caplog.text
+    f = await fs.lookup(w["dino"], b"f")
+    fh = await fs.open(f.ino, os.O_RDONLY)
+    assert await fs.read(fh, 0, 9000) == b"x" * 9000
+    with pytest.raises(FsError) as e:
+        await fs.mkdir(R, b"more")
+    assert e.value.errno == 30

@@ -235,3 +235,17 @@ def test_random_unaligned_io_matches_a_model(view):
     finally:
         os.close(fd)
     assert device_bytes("lin", 0, size) == bytes(model)
+
+
+def test_a_devdax_namespace_is_shown_and_refuses_read_and_write(view):
+    ok("ndctl", "create-namespace", "-s", "8M", "-m", "devdax")
+    f = view / "dax0.0"
+    assert f.exists() and os.stat(f).st_size == 8 * MiB
+    fd = os.open(f, os.O_RDWR)
+    try:
+        for op in (lambda: os.pread(fd, 4096, 0), lambda: os.pwrite(fd, b"x" * 4096, 0)):
+            with pytest.raises(OSError) as e:
+                op()
+            assert e.value.errno == errno.EINVAL
+    finally:
+        os.close(fd)

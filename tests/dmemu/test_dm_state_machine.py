@@ -134,14 +134,7 @@ def machine(k: "client.Client", counter):
         @rule(sector=st.integers(0, ORIGIN - 1))
         def origin_write(self, sector):
             tag = self._next_tag()
-            chunk = sector // CHUNK
-            for snap in self.snaps:
-                if not snap.valid or chunk in snap.exceptions:
-                    continue
-                if len(snap.exceptions) < CAPACITY:
-                    snap.exceptions.add(chunk)
-                else:
-                    snap.valid = False      # __origin_write: invalidated, P and PO alike
+            self._copy_into_snapshots(sector // CHUNK)
             run(self.open[self.stack.origin].write, sector, bytes([tag]) * SECTOR)
             self.origin[sector] = tag
 
@@ -195,6 +188,40 @@ def machine(k: "client.Client", counter):
             run(lambda: k.call("dm_resume", name=self._name(which)))
             self.suspended.discard(which)
             self.loaded.discard(which)
+
+        @precondition(lambda self: "origin" not in self.suspended)
+        @rule(i=st.integers(0, len(STORES) - 1),
+              sectors=st.lists(st.integers(0, ORIGIN - 1), min_size=1, max_size=4, unique=True))
+        def reload_resume_racing_origin_writes(self, i, sectors):
+            """A snapshot reload resumed while origin writes copy chunks into it: the
+            handover must take every exception, whichever way they interleave."""
+            which, name = f"snap{i}", self.stack.snaps[i]
+            if which not in self.loaded:
+                run(lambda: k.call("dm_load", name=name, table=self.stack.tables[name]))
+            tags = [self._next_tag() for _ in sectors]
+            for sector in sectors:
+                self._copy_into_snapshots(sector // CHUNK)
+            origin = self.open[self.stack.origin]
+
+            async def race():
+                async with trio.open_nursery() as n:
+                    n.start_soon(lambda: k.call("dm_resume", name=name))
+                    for sector, tag in zip(sectors, tags):
+                        n.start_soon(origin.write, sector, bytes([tag]) * SECTOR)
+            run(race)
+            for sector, tag in zip(sectors, tags):
+                self.origin[sector] = tag
+            self.suspended.discard(which)
+            self.loaded.discard(which)
+
+        def _copy_into_snapshots(self, chunk: int) -> None:
+            for snap in self.snaps:
+                if not snap.valid or chunk in snap.exceptions:
+                    continue
+                if len(snap.exceptions) < CAPACITY:
+                    snap.exceptions.add(chunk)
+                else:
+                    snap.valid = False      # __origin_write: invalidated, P and PO alike
 
         @rule()
         def power_failure(self):

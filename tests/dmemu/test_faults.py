@@ -109,12 +109,15 @@ async def test_destroy_refused_while_open_and_nothing_changes(dmemu_root):
     make("ndctl", "create-namespace", "-s", "4M")
     before = sorted(p.name for p in (dmemu_root / "images").iterdir())
     async with client.open_device("pmem0"):
-        r = await run_tool("ndctl", "destroy-namespace", "namespace0.0")
+        r = await run_tool("ndctl", "destroy-namespace", "-f", "namespace0.0")
         assert r.returncode == 1
         assert r.stderr.startswith("ndctl: namespace0.0 is busy: open by pid ")
         assert r.stderr.count("\n") == 1
     assert sorted(p.name for p in (dmemu_root / "images").iterdir()) == before
-    make("ndctl", "destroy-namespace", "namespace0.0")
+    r = await run_tool("ndctl", "destroy-namespace", "namespace0.0")
+    assert (r.returncode, r.stderr) == (
+        1, "ndctl: namespace0.0 is active, specify --force for re-configuration\n")
+    make("ndctl", "destroy-namespace", "-f", "namespace0.0")
     assert list((dmemu_root / "images").iterdir()) == []
 
 

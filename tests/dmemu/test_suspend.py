@@ -95,3 +95,21 @@ async def test_a_failed_resume_leaves_the_device_suspended_with_its_new_table(ns
         dmesg = (await k.call("dmesg"))["lines"]
         assert any(line.endswith("device-mapper: snapshots: Unable to perform snapshot handover "
                                  "until source is suspended.") for line in dmesg)
+
+
+async def test_a_filesystem_that_fails_to_freeze_fails_the_suspend(ns):
+    async with client.connect() as k, client.connect() as fs_conn:
+        await k.call("dm_create", name="lin", table="0 8192 linear pmem0 0")
+        holder = await fs_conn.open_device("lin", exclusive=True)
+
+        async def broken(kind):
+            if kind == "freeze":
+                raise OSError(5, "journal commit failed")
+        holder.freeze_hook = broken
+        with pytest.raises(Exception) as e:
+            await k.call("dm_suspend", name="lin")
+        assert "could not freeze the filesystem on it: pid" in str(e.value)
+        assert "nothing was changed" in str(e.value)
+        assert not (await info(k, "lin"))["suspended"]
+        with trio.fail_after(5):
+            await holder.write(0, b"still writable" * 32)

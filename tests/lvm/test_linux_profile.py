@@ -45,6 +45,11 @@ def test_profile_is_kept_across_restarts_and_shown_by_status(pmem):
     assert ok("dmemu", "profile") == "linux\n"
     assert "profile: linux\n" in ok("dmemud", "status")
     assert ok("dmemu", "param", "snapshot_dax") == "snapshot_dax = off\n"
+    ok("dmemu", "profile", "fixed")
+    ok("dmemu", "param", "snapshot_dax", "off")       # a parameter alone is kept too
+    ok("dmemud", "stop")
+    assert ok("dmemu", "param", "snapshot_dax") == "snapshot_dax = off\n"
+    ok("dmemu", "profile", "linux")
     r = tool("dmemu", "profile", "bsd")
     assert r.returncode != 0 and "invalid choice: 'bsd'" in r.stderr and "Traceback" not in r.stderr
     assert ok("dmemu", "profile") == "linux\n"
@@ -101,7 +106,8 @@ def test_device_type_is_fixed_by_the_first_load_whatever_the_use(pmem):
     ok("dmemu", "profile", "linux")
     ok("dmsetup", "create", "lv", "--table", "0 8192 linear pmem0 0")
     r = tool("dmsetup", "load", "lv", "--table", "0 8192 linear disk0 0")
-    assert r.returncode == 1 and "reload ioctl on lv  failed: Invalid argument" in r.stderr
+    assert (r.returncode, r.stdout, r.stderr) == (
+        1, "", "device-mapper: reload ioctl on lv  failed: Invalid argument\nCommand failed.\n")
     ok("dmsetup", "load", "lv", "--table", "0 8192 zero")          # zero keeps the type (3)
     ok("dmsetup", "resume", "lv")
     r = tool("dmsetup", "load", "lv", "--table", "0 8192 linear disk0 0")
@@ -112,6 +118,17 @@ def test_device_type_is_fixed_by_the_first_load_whatever_the_use(pmem):
     ok("dmsetup", "load", "bio", "--table", "0 8192 linear disk0 0")      # and back to 1
     assert dmesg() == ["device-mapper: ioctl: can't change device type (old=3 vs new=1) "
                        "after initial table load."] * 2
+
+
+def test_constructor_refusals_say_only_the_errno_and_log_the_reason(pmem):
+    ok("dmemu", "profile", "linux")
+    ok("dmsetup", "create", "real", "--table", "0 8192 linear pmem0 0")
+    r = tool("dmsetup", "create", "bad", "--table", "0 8192 snapshot real real P 8")
+    assert (r.returncode, r.stderr) == (
+        1, "device-mapper: reload ioctl on bad  failed: Invalid argument\nCommand failed.\n")
+    assert ok("dmsetup", "ls") == "real\t(253:0)\n"
+    assert dmesg() == ["device-mapper: table: 253:1: snapshot: COW device cannot be the same as "
+                       "origin device (-EINVAL)", "device-mapper: ioctl: error adding target to table"]
 
 
 def test_kernel_log_lines_of_snapshots(pmem):

@@ -266,3 +266,23 @@ def test_force_and_yes_do_what_lvm2_does_with_them(pmem):
     run("lvcreate", "-y", "-L", "16M", "-n", "d", "vg1",
         out='  Wiping daxfs signature on /dev/vg1/d.\n  Logical volume "d" created.\n')
     assert tool("fsck.daxfs", "-n", "/dev/vg1/d").returncode != 0
+
+
+def test_quiet_silences_success_and_qq_answers_no(pmem):
+    run("vgcreate", "-q", "vg0", "/dev/pmem0", out="")
+    run("lvcreate", "-q", "-L", "8M", "-n", "a", "vg0", out="")
+    ok("mkfs.daxfs", "/dev/vg0/a")
+    run("lvreduce", "-qq", "--fs", "ignore", "-L", "-4M", "vg0/a", rc=5,
+        err="  WARNING: Reducing active logical volume to 4.00 MiB.\n"
+            "  THIS MAY DESTROY YOUR DATA (filesystem etc.)\n"
+            "  Logical volume vg0/a NOT reduced.\n")
+    assert ok("lvs", "-q", "--noheadings", "-o", "lv_name,lv_size") == "  a 8.00m\n"
+
+
+def test_pvs_all_lists_devices_without_a_pv(pmem):
+    ok("pvcreate", "/dev/disk0")
+    assert ok("pvs", "-a") == ("  PV         VG Fmt  Attr PSize  PFree \n"
+                               "  /dev/disk0    lvm2 ---  64.00m 64.00m\n"
+                               "  /dev/pmem0         ---      0      0 \n")
+    assert ok("pvs") == ("  PV         VG Fmt  Attr PSize  PFree \n"
+                         "  /dev/disk0    lvm2 ---  64.00m 64.00m\n")

@@ -132,7 +132,7 @@ class SnapshotMergeTarget(SnapshotTarget):
         md = self.md
         start = self.begin + (first_old << self.shift)
         try:
-            failed = await self.dm.kernel.revoke(
+            failed = await self.dm.leases.revoke(
                 lambda lease: lease.covers(md, start, start + (nr << self.shift)),
                 "snapshot merge")
             if failed:

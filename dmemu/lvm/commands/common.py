@@ -14,8 +14,14 @@ from ..errors import LvmError
 from ..store import Store
 
 
+# -q (lvm2's --quiet): once silences what lvm2 prints with log_print_unless_silent (the
+# "successfully ..." lines); twice also answers every prompt "no" without asking.
+QUIET = 0
+
+
 def say(msg: str) -> None:
-    print(f"  {msg}", flush=True)
+    if not QUIET:
+        print(f"  {msg}", flush=True)
 
 
 def warn(msg: str) -> None:
@@ -48,6 +54,8 @@ async def vg_locked(k, name, write: bool = False):
 def yes_no_prompt(question: str) -> bool:
     """lvm2's yes_no_prompt: the question on stderr (no indent), an answer read from stdin;
     y/yes or n/no, anything else asks again; end of input answers no and says so."""
+    if QUIET >= 2:
+        return False
     while True:
         sys.stdout.flush()
         sys.stderr.write(question)

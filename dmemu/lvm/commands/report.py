@@ -156,9 +156,14 @@ async def pvs(k, args) -> None:
     st = await scan(k)
     rows = []
     for d in sorted(st.disks.values(), key=lambda x: x.name):
-        if d.header is None:
-            continue
         if args.devices and d.name not in {"/dev/" + x.removeprefix("/dev/") for x in args.devices}:
+            continue
+        if d.header is None:
+            if args.all:
+                # pvs -a: devices LVM could use but that carry no PV, as lvm2 lists them.
+                rows.append({"pv_name": d.name, "vg_name": "", "pv_fmt": "", "pv_attr": "---",
+                             "pv_size": Size(0), "pv_free": Size(0), "dev_size": Size(d.size),
+                             "pv_uuid": "", "pv_pe_count": 0, "pv_pe_alloc_count": 0})
             continue
         vg = st.vg_of_disk(d)
         row = {"pv_name": d.name, "pv_fmt": "lvm2", "pv_uuid": d.pv_uuid,

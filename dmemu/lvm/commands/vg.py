@@ -40,17 +40,7 @@ async def vgcreate(k, args) -> None:
         await check_unused(k, disks)
         wipes = await signatures_to_wipe(st, disks, args)
         vg = VG(args.vg, new_uuid(), extent)
-        for i, d in enumerate(disks):
-            if d.header is None:
-                if d.name in wipes:
-                    await wipe_signature(st, d, wipes[d.name])
-                await st.write_label(d, new_uuid(), in_vg=True)
-                say(f'Physical volume "{d.name}" successfully created.')
-            else:
-                await st.set_in_use(d, True)
-            dev_size = d.size // SECTOR
-            vg.pvs[f"pv{i}"] = PV(f"pv{i}", d.pv_uuid, d.name, dev_size, 2048,
-                                  (dev_size - 2048) // extent, devno=d.devno, dax=d.dax)
+        await _add_pvs(st, vg, disks, wipes)
         await st.commit(vg)
         say(f'Volume group "{vg.name}" successfully created')
 
@@ -112,6 +102,23 @@ async def vgremove(k, args) -> None:
             say(f'Volume group "{vg.name}" successfully removed')
 
 
+async def _add_pvs(st, vg: VG, disks, wipes: dict) -> None:
+    """Label the devices that are not PVs yet (wiping what the user agreed to wipe), mark
+    the others in use, and add each to ``vg`` with its data area after the label's 1 MiB."""
+    for d in disks:
+        if d.header is None:
+            if d.name in wipes:
+                await wipe_signature(st, d, wipes[d.name])
+            await st.write_label(d, new_uuid(), in_vg=True)
+            say(f'Physical volume "{d.name}" successfully created.')
+        else:
+            await st.set_in_use(d, True)
+        dev_size = d.size // SECTOR
+        key = _pv_key(vg)
+        vg.pvs[key] = PV(key, d.pv_uuid, d.name, dev_size, 2048,
+                         (dev_size - 2048) // vg.extent_size, devno=d.devno, dax=d.dax)
+
+
 def _pv_key(vg: VG) -> str:
     i = 0
     while f"pv{i}" in vg.pvs:
@@ -139,18 +146,7 @@ async def vgextend(k, args) -> None:
             disks.append(d)
         await check_unused(k, disks)
         wipes = await signatures_to_wipe(st, disks, args)
-        for d in disks:
-            if d.header is None:
-                if d.name in wipes:
-                    await wipe_signature(st, d, wipes[d.name])
-                await st.write_label(d, new_uuid(), in_vg=True)
-                say(f'Physical volume "{d.name}" successfully created.')
-            else:
-                await st.set_in_use(d, True)
-            dev_size = d.size // SECTOR
-            key = _pv_key(vg)
-            vg.pvs[key] = PV(key, d.pv_uuid, d.name, dev_size, 2048,
-                             (dev_size - 2048) // vg.extent_size, devno=d.devno, dax=d.dax)
+        await _add_pvs(st, vg, disks, wipes)
         await st.commit(vg)
         say(f'Volume group "{vg.name}" successfully extended')
 
