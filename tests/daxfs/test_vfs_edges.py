@@ -6,6 +6,7 @@ import os
 import struct
 import time
 
+import pytest
 import trio
 
 from tests.daxfs.test_mount import TOOLS, Mount, image, m, mntdir, run   # noqa: F401 (fixtures)
