@@ -8,16 +8,18 @@ mount's xattr code handles (daxfs/xattr.py). Shrinking a mounted filesystem is r
 ext4 refuses it.
 """
 import argparse
-import errno
+import os
 import sys
 
 import trio
+from dmemu.lvm.fsprobe import mounted_at
 
 from .. import format as fmt
 from ..errors import FsError, UsageError
 from ..fs import Filesystem, read_superblock
 from ..resize import check_resize, resize
 from ..source import open_source
+from ..xattr import RESIZE_XATTR
 from .common import fail, hint_for, setup_logging
 
 PROG = "daxfs-resize"
@@ -72,17 +74,69 @@ async def offline(dev, name: str, want: int | None) -> None:
     print(f"The filesystem on {name} is now {new} (4k) blocks long.")
 
 
+def sources_of(device: str) -> set[str]:
+    """Every name a mount of ``device`` may show as its source (the mount records SOURCE
+    as it was given): an image by any path to it, a device with or without /dev/, an LV as
+    /dev/VG/LV or /dev/mapper/VG-LV."""
+    names = {device, os.path.realpath(device)} if os.path.exists(device) else {device}
+    for n in list(names):
+        short = n[5:] if n.startswith("/dev/") else n
+        names |= {short, "/dev/" + short}
+        parts = short.split("/")
+        if len(parts) == 2 and parts[0] != "mapper":
+            dm = "-".join(p.replace("-", "--") for p in parts)
+            names |= {f"/dev/mapper/{dm}", f"mapper/{dm}", dm}
+    return names
+
+
+def mount_of(device: str) -> str | None:
+    """The mount point of the daxfs mount of ``device``, or of ``device`` itself when it
+    is such a mount point (as xfs_growfs takes one)."""
+    if os.path.isdir(device):
+        try:
+            os.getxattr(device, RESIZE_XATTR)
+            return device
+        except OSError:
+            return None
+    return mounted_at(sources_of(device))
+
+
+def grow_online(name: str, mnt: str, want: int | None) -> None:
+    try:
+        size, most, dev_blocks = map(int, os.getxattr(mnt, RESIZE_XATTR).split())
+    except (OSError, ValueError):
+        raise UsageError(f"{name}: in use, and {mnt} is not a daxfs mount that can be "
+                         "resized; unmount it first") from None
+    new = dev_blocks if want is None else want
+    if new < size:
+        raise UsageError(f"{name}: mounted on {mnt}: on-line shrinking is not supported; "
+                         "unmount it first")
+    if new == size:
+        print(f"The filesystem on {name} is already {new} (4k) blocks long.  Nothing to do!")
+        return
+    if new > dev_blocks:
+        raise UsageError(f"{name}: the new size ({new} blocks) is larger than the device "
+                         f"({dev_blocks} blocks); grow the device first")
+    if new > most:
+        raise UsageError(f"{name}: the block bitmap of this filesystem covers at most {most} "
+                         f"blocks ({most * 4}K); to grow beyond that, copy the files to a "
+                         "new mkfs.daxfs")
+    print(f"Filesystem at {name} is mounted on {mnt}; on-line resizing required")
+    try:
+        os.setxattr(mnt, RESIZE_XATTR, str(new).encode())
+    except OSError as e:
+        raise FsError(e.errno, f"{mnt}: the mount refused to grow: {e.strerror}") from None
+    print(f"The filesystem on {name} is now {new} (4k) blocks long.")
+
+
 async def run(args) -> None:
     want = parse_blocks(args.size) if args.size is not None else None
-    try:
+    mnt = mount_of(args.device)
+    if mnt is None:
         async with open_source(args.device, exclusive=True, read_only=False) as dev:
             await offline(dev, args.device, want)
-            return
-    except FsError as e:
-        if e.errno != errno.EBUSY:
-            raise
-    from ..online_resize import grow_mounted
-    await grow_mounted(args.device, want)
+        return
+    await trio.to_thread.run_sync(grow_online, args.device, mnt, want)
 
 
 def main(argv=None) -> int:

@@ -9,6 +9,7 @@ import os
 import random
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -119,6 +120,71 @@ def test_shrink_below_what_is_used_is_refused_and_changes_nothing(image, mnt):
     assert "the smallest size is" in lines[0] and "delete files" in lines[0]
     assert image.read_bytes() == before
     fsck_clean(image)
+
+
+class Writer:
+    """Writes numbered files into a directory until stopped (a busy application)."""
+
+    def __init__(self, d: Path):
+        self.d, self.n, self.stop, self.error = d, 0, threading.Event(), None
+        self.started = threading.Event()
+        self.thread = threading.Thread(target=self.run)
+        self.thread.start()
+
+    @staticmethod
+    def content(i: int) -> bytes:
+        return (f"file {i} ".encode() * 8000)[:60000]
+
+    def run(self):
+        try:
+            while not self.stop.is_set():
+                (self.d / f"w{self.n}").write_bytes(self.content(self.n))
+                self.n += 1
+                if self.n == 5:
+                    self.started.set()
+        except OSError as e:
+            self.error = e
+        finally:
+            self.started.set()
+
+    def finish(self) -> int:
+        self.stop.set()
+        self.thread.join(60)
+        assert self.error is None, self.error
+        return self.n
+
+    def check(self, d: Path, n: int) -> None:
+        for i in range(n):
+            assert (d / f"w{i}").read_bytes() == self.content(i), i
+
+
+@needs_fuse
+def test_online_grow_while_a_writer_is_busy(image, mnt):
+    mounted(image, mnt)
+    w = Writer(mnt)
+    try:
+        assert w.started.wait(60)
+        with open(image, "r+b") as f:
+            f.truncate(100 * MiB)
+        out = ok("daxfs-resize", image)
+        assert f"is mounted on {mnt}; on-line resizing required" in out
+        assert out.splitlines()[-1] == f"The filesystem on {image} is now 25600 (4k) blocks long."
+        st = os.statvfs(mnt)
+        assert st.f_blocks * st.f_frsize == 100 * MiB
+    finally:
+        n = w.finish()
+    assert n > 5
+    w.check(mnt, n)
+    # shrinking a mounted filesystem is refused, as ext4 refuses it
+    r = tool("daxfs-resize", image, "32M")
+    assert r.returncode != 0 and len(r.stderr.splitlines()) == 1
+    assert "on-line shrinking is not supported; unmount it first" in r.stderr
+    unmount(mnt)
+    fsck_clean(image)
+    assert total_blocks(image) == 25600
+    mounted(image, mnt)
+    w.check(mnt, n)
+    unmount(mnt)
 
 
 @pytest.mark.parametrize("args, words", [
