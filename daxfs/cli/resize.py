@@ -105,8 +105,8 @@ def grow_online(name: str, mnt: str, want: int | None) -> None:
     try:
         size, most, dev_blocks = map(int, os.getxattr(mnt, RESIZE_XATTR).split())
     except (OSError, ValueError):
-        raise UsageError(f"{name}: in use, and {mnt} is not a daxfs mount that can be "
-                         "resized; unmount it first") from None
+        raise UsageError(f"{name}: mounted on {mnt} by a daxfs that cannot grow online "
+                         "(one older than daxfs-resize); unmount it first") from None
     new = dev_blocks if want is None else want
     if new < size:
         raise UsageError(f"{name}: mounted on {mnt}: on-line shrinking is not supported; "

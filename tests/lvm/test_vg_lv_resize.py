@@ -168,7 +168,7 @@ def test_lvresize_and_lvreduce_with_and_without_a_filesystem(pmem, mnt):
     ok("mkfs.daxfs", "/dev/vg0/lv0")
     refusal = ("  File system daxfs found on vg0/lv0{}.\n"
                "  File system size (24.00 MiB) is larger than the requested size (16.00 MiB).\n")
-    err = "  File system reduce is required and not supported (daxfs).\n"
+    err = "  File system reduce is required (see --resizefs or cmd line options.)\n"
     run("lvreduce", "-L", "16M", "vg0/lv0", rc=5, out=refusal.format(""), err=err)
     run("daxfs", "/dev/vg0/lv0", mnt)
     before = state()

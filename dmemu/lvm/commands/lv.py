@@ -383,6 +383,9 @@ async def _reduce(k, st, vg, kern, lv, origin, n: int, args, resize_fs: bool = F
             say(f"File system size ({long_size(info.last_byte)}) is {cmp} the requested size "
                 f"({long_size(n * eb)}).")
             if info.last_byte > n * eb:
+                if info.fstype == "daxfs":       # daxfs-resize can: lvm2 points at -r
+                    raise LvmError("File system reduce is required (see --resizefs or cmd "
+                                   "line options.)")
                 raise LvmError(f"File system reduce is required and not supported ({info.fstype}).")
             say("File system reduce is not needed, skipping.")
     elif fsopt == "ignore" and active:
