@@ -147,7 +147,7 @@ def main(argv=None) -> int:
     except UsageError as e:
         return fail(PROG, str(e), code=e.exit_code)
     except FsError as e:
-        return fail(PROG, f"{args.device}: {e.strerror or e}", hint_for(e))
+        return fail(PROG, e.strerror or str(e), hint_for(e))
     except OSError as e:
         return fail(PROG, f"{args.device}: {e.strerror}", hint_for(e))
     return 0
