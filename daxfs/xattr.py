@@ -20,8 +20,9 @@ DAX_XATTR = daxattr.DAX_FLAG_XATTR.encode()
 DAX_STATE_XATTR = daxattr.DAX_STATE_XATTR.encode()
 SYNC_XATTR = daxattr.SYNC_XATTR.encode()
 MOUNT_DAX_XATTR = daxattr.MOUNT_DAX_XATTR.encode()
-# On the root of a mount: reading it gives "size max device" in blocks (the filesystem's
-# size, the most its block bitmap can describe, the device's size); writing a larger size
+# On the root of a mount: reading it gives "size max device uuid" (in blocks: the
+# filesystem's size, the most its block bitmap can describe, the device's size; then the
+# filesystem's uuid, so a caller can tell it is the filesystem it means); writing a larger size
 # grows the mounted filesystem (daxfs-resize's online grow, as xfs_growfs's ioctl)
 RESIZE_XATTR = b"user.daxfs.resize"
 VIRTUAL_XATTRS = (DAX_XATTR, DAX_STATE_XATTR, SYNC_XATTR, MOUNT_DAX_XATTR, RESIZE_XATTR)
@@ -66,7 +67,7 @@ class Xattrs:
         if name == RESIZE_XATTR and ino == self.sb.root_ino:
             self._refresh_device_size()
             return (f"{self.sb.total_blocks} {resize.max_blocks(self.sb)} "
-                    f"{self.dev.nr_sectors // fmt.BLOCK_SECTORS}").encode()
+                    f"{self.dev.nr_sectors // fmt.BLOCK_SECTORS} {self.sb.uuid.hex()}").encode()
         self._check_xattr_name(inode, name)
         v = (await self._xattrs(inode)).get(name)
         if v is None:

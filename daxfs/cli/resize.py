@@ -8,6 +8,7 @@ mount's xattr code handles (daxfs/xattr.py). Shrinking a mounted filesystem is r
 ext4 refuses it.
 """
 import argparse
+import errno
 import os
 import sys
 
@@ -101,12 +102,18 @@ def mount_of(device: str) -> str | None:
     return mounted_at(sources_of(device))
 
 
-def grow_online(name: str, mnt: str, want: int | None) -> None:
+def grow_online(name: str, mnt: str, uuid: str | None, want: int | None) -> None:
+    """Ask the mount at mnt to grow; uuid, when known, is the filesystem on the device
+    named, which the mount must hold."""
     try:
-        size, most, dev_blocks = map(int, os.getxattr(mnt, RESIZE_XATTR).split())
+        size, most, dev_blocks, fs_uuid = os.getxattr(mnt, RESIZE_XATTR).decode().split()
+        size, most, dev_blocks = int(size), int(most), int(dev_blocks)
     except (OSError, ValueError):
         raise UsageError(f"{name}: mounted on {mnt} by a daxfs that cannot grow online "
                          "(one older than daxfs-resize); unmount it first") from None
+    if uuid is not None and fs_uuid != uuid:
+        raise UsageError(f"{name} is in use, and not by the daxfs mounted on {mnt} (another "
+                         "filesystem); stop its user first")
     new = dev_blocks if want is None else want
     if new < size:
         raise UsageError(f"{name}: mounted on {mnt}: on-line shrinking is not supported; "
@@ -131,12 +138,32 @@ def grow_online(name: str, mnt: str, want: int | None) -> None:
 
 async def run(args) -> None:
     want = parse_blocks(args.size) if args.size is not None else None
-    mnt = mount_of(args.device)
-    if mnt is None:
+    if os.path.isdir(args.device):
+        mnt = mount_of(args.device)
+        if mnt is None:
+            raise UsageError(f"{args.device}: not the mount point of a daxfs")
+        await trio.to_thread.run_sync(grow_online, args.device, mnt, None, want)
+        return
+    try:
         async with open_source(args.device, exclusive=True, read_only=False) as dev:
             await offline(dev, args.device, want)
         return
-    await trio.to_thread.run_sync(grow_online, args.device, mnt, want)
+    except FsError as e:
+        if e.errno != errno.EBUSY:
+            raise
+        busy = e
+    # Claimed: by a mount, if one shows it as its source and holds the same filesystem
+    # (a device name is only unique within one dmemud, and the mount table is the
+    # machine's), else by something else that must let go first.
+    mnt = mount_of(args.device)
+    if mnt is None:
+        raise busy
+    uuid = None
+    if not os.path.isfile(args.device):
+        async with open_source(args.device, exclusive=False, read_only=True) as dev:
+            sb, _ = await read_superblock(dev)
+            uuid = sb.uuid.hex()
+    await trio.to_thread.run_sync(grow_online, args.device, mnt, uuid, want)
 
 
 def main(argv=None) -> int:
