@@ -43,7 +43,15 @@ def require_active(active: bool, vgname: str, lvname: str) -> None:
         raise LvmError(f"File system resize requires active LV {vgname}/{lvname}.")
 
 
-async def extend(info, vgname: str, lvname: str, dm: str, nbytes: int) -> None:
+def _mount_point(mounted: bool, vgname: str, lvname: str, dm: str) -> str | None:
+    """Where the LV is mounted: dmemud says whether a filesystem holds it; the mount table
+    (the machine's, where another dmemud may use the same names) only says where."""
+    if not mounted:
+        return None
+    return fsprobe.mounted_at(fsprobe.lv_sources(vgname, lvname, dm)) or "(mount point unknown)"
+
+
+async def extend(info, vgname: str, lvname: str, dm: str, nbytes: int, mounted: bool) -> None:
     """After the LV grew to nbytes: grow the filesystem on it to fill it."""
     if info is None:
         say("File system not found for --resizefs, skipping resize.")
@@ -51,7 +59,7 @@ async def extend(info, vgname: str, lvname: str, dm: str, nbytes: int) -> None:
     if info.fstype != "daxfs":
         raise LvmError(f"Unsupported file system type for extend: {info.fstype}.\n"
                        "  File system extend error.")
-    where = fsprobe.mounted_at(fsprobe.lv_sources(vgname, lvname, dm))
+    where = _mount_point(mounted, vgname, lvname, dm)
     say(f"File system {info.fstype} found on {vgname}/{lvname}"
         + (f" mounted at {where}." if where else "."))
     say(f"Extending file system {info.fstype} to {long_size(nbytes)} ({nbytes} bytes) on "
@@ -64,12 +72,12 @@ async def extend(info, vgname: str, lvname: str, dm: str, nbytes: int) -> None:
     say(f"Extended file system {info.fstype} on {vgname}/{lvname}.")
 
 
-async def reduce(info, vgname: str, lvname: str, dm: str, nbytes: int) -> None:
+async def reduce(info, vgname: str, lvname: str, dm: str, nbytes: int, mounted: bool) -> None:
     """Before the LV shrinks to nbytes: shrink the filesystem on it to fit, or refuse."""
     if info is None:
         say("File system not found for --resizefs, skipping resize.")
         return
-    where = fsprobe.mounted_at(fsprobe.lv_sources(vgname, lvname, dm))
+    where = _mount_point(mounted, vgname, lvname, dm)
     say(f"File system {info.fstype} found on {vgname}/{lvname}"
         + (f" mounted at {where}." if where else "."))
     if info.last_byte <= nbytes:

@@ -276,7 +276,7 @@ async def lvextend(k, args) -> None:
             await _reload_linear_linux(k, kern, vg, lv, top)
             await st.commit(vg)
             if resize_fs:
-                await _extend_fs(k, vg, lv, top)
+                await _extend_fs(k, vg, lv, top, kern)
             say(f"Logical volume {vg.name}/{name} successfully resized.")
             return
         elif kern.active(top):
@@ -284,17 +284,19 @@ async def lvextend(k, args) -> None:
         await st.commit(vg)
         if resize_fs:
             _say_size_changed(vg, name, old, n)
-            await _extend_fs(k, vg, lv, top)
+            await _extend_fs(k, vg, lv, top, kern)
             say(f"Logical volume {vg.name}/{name} successfully resized.")
             return
         _say_resized(vg, name, old, n)
 
 
-async def _extend_fs(k, vg, lv, top) -> None:
+async def _extend_fs(k, vg, lv, top, kern) -> None:
     """lvm2's fs step after the LV grew (its metadata is committed: a filesystem that
     cannot grow leaves a larger LV, as lvm2 does)."""
     info = await _probe_lv(k, vg, lv)
-    await fsresize.extend(info, vg.name, lv.name, top, lv.extents * vg.extent_bytes())
+    await kern.refresh()
+    await fsresize.extend(info, vg.name, lv.name, top, lv.extents * vg.extent_bytes(),
+                          kern.in_use(top) == "fs")
 
 
 def _check_fs_options(args, mode: str) -> bool:
@@ -361,7 +363,8 @@ async def _reduce(k, st, vg, kern, lv, origin, n: int, args, resize_fs: bool = F
     fsopt = "" if origin is not None else "resize" if resize_fs else (args.fs or "checksize")
     if fsopt == "resize":
         # the filesystem shrinks first; a refusal leaves the LV untouched
-        await fsresize.reduce(await _probe_lv(k, vg, lv), vg.name, name, top, n * eb)
+        await fsresize.reduce(await _probe_lv(k, vg, lv), vg.name, name, top, n * eb,
+                              kern.in_use(top) == "fs")
     elif fsopt == "checksize":
         if not active:
             if args.fs is None:
