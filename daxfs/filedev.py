@@ -58,6 +58,11 @@ class FileBlockDevice:
         self.nr_sectors = st.st_size // SECTOR
         self.sync_inline = _fstype(st.st_dev) in MEMORY_FSTYPES
 
+    def refresh_size(self) -> None:
+        """Take in a file grown since it was opened (before an online grow). A file cut
+        short under a mount is not taken in: the filesystem still spans the old size."""
+        self.nr_sectors = max(self.nr_sectors, os.fstat(self.fd).st_size // SECTOR)
+
     def _check(self, sector: int, nbytes: int) -> None:
         if sector < 0 or sector * SECTOR + nbytes > self.nr_sectors * SECTOR:
             raise FsError(errno.EIO, f"{self.name}: I/O beyond end of device")

@@ -591,6 +591,13 @@ FC_ENTRY_FMT = struct.Struct("<QII")
 FC_SPACE = BLOCK_SIZE - FC_START
 
 
+# mkfs sizes the block bitmap for a filesystem this many times larger than the device
+# (a 64 MiB filesystem spends 8 more blocks, 32 KiB, and can grow to 1 GiB online), up to
+# 2^32 blocks (16 TiB)
+GROW_FACTOR = 16
+MAX_GROW_BLOCKS = 1 << 32
+
+
 @dataclass
 class Geometry:
     """Where mkfs puts the regions for a device of total_blocks blocks."""
@@ -603,7 +610,11 @@ class Geometry:
     fc_blocks: int = field(init=False)
 
     def __post_init__(self):
-        self.bbitmap_blocks = (self.total_blocks + BITMAP_BITS - 1) // BITMAP_BITS
+        # room for daxfs-resize to grow the filesystem GROW_FACTOR-fold without moving
+        # anything (ext4 reserves descriptor blocks for growth the same way): bits past the
+        # end are set, and a grow clears them
+        room = min(self.total_blocks * GROW_FACTOR, MAX_GROW_BLOCKS)
+        self.bbitmap_blocks = (max(room, self.total_blocks) + BITMAP_BITS - 1) // BITMAP_BITS
         self.ibitmap_blocks = (self.total_inodes + BITMAP_BITS - 1) // BITMAP_BITS
         self.itable_blocks = (self.total_inodes + INODES_PER_BLOCK - 1) // INODES_PER_BLOCK
         self.fc_blocks = max(16, min(1024, self.journal_blocks // 4))

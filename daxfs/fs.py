@@ -101,6 +101,7 @@ class Filesystem(InodeCache, Namespace, FileIO, Attributes, Xattrs, Transactions
         self.dirty_dirs: set[Inode] = set()
         self.dirty_xattrs: set[Inode] = set()
         self.sb_dirty = False
+        self.geometry_dirty = False        # a resize changed the size: rewrite backup 1 too
         self.data_meta_dirty = False       # dirty metadata other than timestamps
         # commit a running transaction before it outgrows a quarter of the journal
         self.commit_threshold = max(8, (sb.journal_blocks - 1) // 4)

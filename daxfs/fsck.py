@@ -91,6 +91,8 @@ class Checker:
         except CorruptError as e:
             self.problem(f"{e} (after journal replay); cannot check further")
             return EXIT_UNCORRECTED
+        # after the replay: a resize journals the first backup with the new size
+        await self._check_backups()
         await self.check_fast_commits()
         await self.load()
         self.check_inodes()
@@ -121,7 +123,7 @@ class Checker:
         sb = self.sb
         for blk in sb.backup_blocks:
             try:
-                b = fmt.Superblock.unpack(await read_blocks(self.dev, blk), blk)
+                b = fmt.Superblock.unpack(await self.read(blk), blk)
                 same = (b.uuid, b.total_blocks, b.total_inodes, b.data_start) == \
                     (sb.uuid, sb.total_blocks, sb.total_inodes, sb.data_start)
                 why = None if same else "does not match the primary"
@@ -132,7 +134,6 @@ class Checker:
 
     async def check_journal(self) -> None:
         sb = self.sb
-        await self._check_backups()
         j = Journal(self.dev, sb.journal_start, sb.journal_blocks, sb.uuid)
         try:
             images = await j.scan()

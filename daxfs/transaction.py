@@ -146,6 +146,10 @@ class Transactions:
             bmap.dirty_blocks.clear()
         sb.free_blocks, sb.free_inodes = self.balloc.free, self.ialloc.free
         images[0] = sb.pack(0, lsn)
+        if self.geometry_dirty:
+            # a resize: the first backup carries the geometry too, in the same transaction
+            images[1] = sb.pack(1, lsn)
+            self.geometry_dirty = False
         self.dirty_inodes.clear()
         self.dirty_dirs.clear()
         self.dirty_xattrs.clear()

@@ -9,6 +9,7 @@ import stat
 
 from . import acl
 from . import daxattr
+from . import resize
 from . import format as fmt
 from .cred import ROOT, Ctx
 from .errors import CorruptError, FsError
@@ -19,7 +20,12 @@ DAX_XATTR = daxattr.DAX_FLAG_XATTR.encode()
 DAX_STATE_XATTR = daxattr.DAX_STATE_XATTR.encode()
 SYNC_XATTR = daxattr.SYNC_XATTR.encode()
 MOUNT_DAX_XATTR = daxattr.MOUNT_DAX_XATTR.encode()
-VIRTUAL_XATTRS = (DAX_XATTR, DAX_STATE_XATTR, SYNC_XATTR, MOUNT_DAX_XATTR)
+# On the root of a mount: reading it gives "size max device uuid" (in blocks: the
+# filesystem's size, the most its block bitmap can describe, the device's size; then the
+# filesystem's uuid, so a caller can tell it is the filesystem it means); writing a larger size
+# grows the mounted filesystem (daxfs-resize's online grow, as xfs_growfs's ioctl)
+RESIZE_XATTR = b"user.daxfs.resize"
+VIRTUAL_XATTRS = (DAX_XATTR, DAX_STATE_XATTR, SYNC_XATTR, MOUNT_DAX_XATTR, RESIZE_XATTR)
 
 
 class Xattrs:
@@ -58,6 +64,10 @@ class Xattrs:
             return b"1" if inode.sync_mode else b"0"
         if name == MOUNT_DAX_XATTR and ino == self.sb.root_ino:
             return self.dax.mode.encode()
+        if name == RESIZE_XATTR and ino == self.sb.root_ino:
+            self._refresh_device_size()
+            return (f"{self.sb.total_blocks} {resize.max_blocks(self.sb)} "
+                    f"{self.dev.nr_sectors // fmt.BLOCK_SECTORS} {self.sb.uuid.hex()}").encode()
         self._check_xattr_name(inode, name)
         v = (await self._xattrs(inode)).get(name)
         if v is None:
@@ -70,6 +80,9 @@ class Xattrs:
 
     async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0,
                        ctx: Ctx = ROOT) -> None:
+        if name == RESIZE_XATTR and ino == self.sb.root_ino:
+            await self._grow_online(value, ctx)
+            return
         async with self.lock:
             self._writable()
             inode = await self.iget(ino)
@@ -187,3 +200,23 @@ class Xattrs:
             self._touch(inode)
             self._fc_ineligible(inode)
             await self._maybe_commit()
+
+    def _refresh_device_size(self) -> None:
+        """A dmemu device learns its new size from the table event; an image file grows
+        under the mount without telling anyone, so it is asked again."""
+        refresh = getattr(self.dev, "refresh_size", None)
+        if refresh is not None:
+            refresh()
+
+    async def _grow_online(self, value: bytes, ctx: Ctx) -> None:
+        if ctx.uid != 0:
+            raise FsError(errno.EPERM, "only root resizes a filesystem")
+        try:
+            new = int(value.decode())
+        except (UnicodeDecodeError, ValueError):
+            raise FsError(errno.EINVAL, "the new size is a number of blocks") from None
+        if new < self.sb.total_blocks:
+            raise FsError(errno.EOPNOTSUPP, "on-line shrinking is not supported")
+        self._refresh_device_size()
+        await resize.resize(self, new)
+

@@ -144,10 +144,10 @@ def build(cmd: str, prog: str) -> ArgumentParser:
         sign = {"extend": "+SIZE to add", "reduce": "-SIZE to remove", "any": "+SIZE or -SIZE"}[mode]
         _size_opts(p, f"new size, or {sign} (default unit MiB)")
         p.add_argument("-r", "--resizefs", action="store_true",
-                       help="refused: daxfs has no resize tool yet")
+                       help="resize the filesystem with the LV (daxfs-resize), as --fs resize")
         p.add_argument("--fs", choices=("checksize", "ignore", "resize", "resize_fsadm"),
                        help="checksize (lvreduce's default): refuse to cut a filesystem; "
-                            "ignore: do not look")
+                            "ignore: do not look; resize, resize_fsadm: resize it with the LV")
         if mode != "extend":
             p.add_argument("-f", "--force", action="count", default=0,
                            help="do not ask before reducing an LV that holds a filesystem")

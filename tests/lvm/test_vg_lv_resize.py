@@ -168,16 +168,17 @@ def test_lvresize_and_lvreduce_with_and_without_a_filesystem(pmem, mnt):
     ok("mkfs.daxfs", "/dev/vg0/lv0")
     refusal = ("  File system daxfs found on vg0/lv0{}.\n"
                "  File system size (24.00 MiB) is larger than the requested size (16.00 MiB).\n")
-    err = "  File system reduce is required and not supported (daxfs).\n"
+    err = "  File system reduce is required (see --resizefs or cmd line options.)\n"
     run("lvreduce", "-L", "16M", "vg0/lv0", rc=5, out=refusal.format(""), err=err)
     run("daxfs", "/dev/vg0/lv0", mnt)
     before = state()
     with open(f"{mnt}/f", "w") as f:
         f.write("data")
     run("lvresize", "-L", "-8M", "vg0/lv0", rc=5, out=refusal.format(f" mounted at {mnt}"), err=err)
-    run("lvreduce", "-r", "-L", "-8M", "vg0/lv0", rc=3,
-        err="  File system resize is not supported here: daxfs has no resize tool yet. Resize "
-            "without -r/--fs resize and keep the filesystem inside the LV.\n")
+    # a mounted daxfs only grows: -r refuses to shrink it, as lvm2 needs ext4 unmounted
+    run("lvreduce", "-r", "-L", "-8M", "vg0/lv0", rc=5,
+        out=refusal.format(f" mounted at {mnt}") + "  File system reduce is required using daxfs-resize.\n",
+        err=f"  File system unmount is needed for reduce: unmount {mnt} and run the command again.\n")
     run("lvreduce", "--fs", "ignore", "-L", "-8M", "vg0/lv0", rc=5, input="n\n",
         err="  WARNING: Reducing active and open logical volume to 16.00 MiB.\n"
             "  THIS MAY DESTROY YOUR DATA (filesystem etc.)\n"

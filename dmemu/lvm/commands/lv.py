@@ -5,6 +5,7 @@ import time
 from ...errors import DmemuError
 from .. import activate as act
 from .. import fsprobe, merge
+from . import fsresize
 from ..activate import Kernel, Transaction, dm_name, linear_table
 from ..errors import EINVALID_CMD_LINE, LvmError
 from ..lock import locked
@@ -209,7 +210,7 @@ async def lvrename(k, args) -> None:
 async def lvextend(k, args) -> None:
     """lvextend, lvreduce and lvresize (args.resize says which: 'extend', 'reduce' or 'any')."""
     mode = getattr(args, "resize", "extend")
-    _check_fs_options(args, mode)
+    resize_fs = _check_fs_options(args, mode)
     vgname, name = parse_lv(args.lv)
     async with locked(vgname):
         st, vg = await vg_locked(k, vgname, write=True)
@@ -248,8 +249,12 @@ async def lvextend(k, args) -> None:
             raise LvmError("Snapshot origin volumes cannot be reduced in size yet.")
         if vg.is_origin(name) and kern.active(top):
             raise LvmError("Snapshot origin volumes can be resized only while inactive: try lvchange -an.")
+        # the filesystem of a COW store is the origin's: -r resizes filesystems of plain LVs
+        resize_fs = resize_fs and origin is None
+        if resize_fs:
+            fsresize.require_active(kern.active(top), vg.name, name)
         if n < old:
-            await _reduce(k, st, vg, kern, lv, origin, n, args)
+            await _reduce(k, st, vg, kern, lv, origin, n, args, resize_fs)
             return
         last = lv.segments[-1].stripes[0] if lv.segments else None
         after = (last[0], last[1] + lv.segments[-1].extent_count) if last else None
@@ -270,25 +275,38 @@ async def lvextend(k, args) -> None:
                 f"({old} extents) to {long_size(n * eb)} ({n} extents).")
             await _reload_linear_linux(k, kern, vg, lv, top)
             await st.commit(vg)
+            if resize_fs:
+                await _extend_fs(k, vg, lv, top, kern)
             say(f"Logical volume {vg.name}/{name} successfully resized.")
             return
         elif kern.active(top):
             await _reload_linear(k, vg, lv, top)
         await st.commit(vg)
+        if resize_fs:
+            _say_size_changed(vg, name, old, n)
+            await _extend_fs(k, vg, lv, top, kern)
+            say(f"Logical volume {vg.name}/{name} successfully resized.")
+            return
         _say_resized(vg, name, old, n)
 
 
-def _check_fs_options(args, mode: str) -> None:
-    """-r/--resizefs and --fs as lvm2 reads them; resizing needs daxfs-resize, which this
-    version does not have, so asking for it is refused before anything is looked at."""
+async def _extend_fs(k, vg, lv, top, kern) -> None:
+    """lvm2's fs step after the LV grew (its metadata is committed: a filesystem that
+    cannot grow leaves a larger LV, as lvm2 does)."""
+    info = await _probe_lv(k, vg, lv)
+    await kern.refresh()
+    await fsresize.extend(info, vg.name, lv.name, top, lv.extents * vg.extent_bytes(),
+                          kern.in_use(top) == "fs")
+
+
+def _check_fs_options(args, mode: str) -> bool:
+    """-r/--resizefs and --fs as lvm2 reads them: True when the filesystem is to be
+    resized with the LV (daxfs-resize, as fsadm runs resize2fs)."""
     fs = getattr(args, "fs", None)
     if getattr(args, "resizefs", False) and fs is not None:
         raise LvmError("Options --fs and --resizefs cannot be used together.\n"
                        "  --resizefs is equivalent to --fs resize.", EINVALID_CMD_LINE)
-    if getattr(args, "resizefs", False) or fs in ("resize", "resize_fsadm"):
-        raise LvmError("File system resize is not supported here: daxfs has no resize tool "
-                       "yet. Resize without -r/--fs resize and keep the filesystem inside "
-                       "the LV.", EINVALID_CMD_LINE)
+    return bool(getattr(args, "resizefs", False) or fs in ("resize", "resize_fsadm"))
 
 
 async def _reload_linear(k, vg, lv, top) -> None:
@@ -320,14 +338,18 @@ async def _reload_linear_linux(k, kern, vg, lv, top) -> None:
     tx.commit()
 
 
-def _say_resized(vg, name: str, old: int, n: int) -> None:
+def _say_size_changed(vg, name: str, old: int, n: int) -> None:
     eb = vg.extent_bytes()
     say(f"Size of logical volume {vg.name}/{name} changed from {long_size(old * eb)} "
         f"({old} extents) to {long_size(n * eb)} ({n} extents).")
+
+
+def _say_resized(vg, name: str, old: int, n: int) -> None:
+    _say_size_changed(vg, name, old, n)
     say(f"Logical volume {vg.name}/{name} successfully resized.")
 
 
-async def _reduce(k, st, vg, kern, lv, origin, n: int, args) -> None:
+async def _reduce(k, st, vg, kern, lv, origin, n: int, args, resize_fs: bool = False) -> None:
     """Shrink an LV to n extents, after lvm2's --fs checksize (the default): a filesystem
     that reaches past the new end refuses the reduce; with --fs ignore the user is warned
     and asked, as lvm2's _lv_reduce_confirmation, unless -f or -y."""
@@ -338,8 +360,12 @@ async def _reduce(k, st, vg, kern, lv, origin, n: int, args) -> None:
         raise LvmError(f"Snapshot {vg.name}/{name} can be reduced only while inactive: "
                        f"try lvchange -an {vg.name}/{origin.name}.")
     eb = vg.extent_bytes()
-    fsopt = "" if origin is not None else (args.fs or "checksize")
-    if fsopt == "checksize":
+    fsopt = "" if origin is not None else "resize" if resize_fs else (args.fs or "checksize")
+    if fsopt == "resize":
+        # the filesystem shrinks first; a refusal leaves the LV untouched
+        await fsresize.reduce(await _probe_lv(k, vg, lv), vg.name, name, top, n * eb,
+                              kern.in_use(top) == "fs")
+    elif fsopt == "checksize":
         if not active:
             if args.fs is None:
                 raise LvmError("The LV must be active to safely reduce (see --fs options.)")
@@ -360,6 +386,9 @@ async def _reduce(k, st, vg, kern, lv, origin, n: int, args) -> None:
             say(f"File system size ({long_size(info.last_byte)}) is {cmp} the requested size "
                 f"({long_size(n * eb)}).")
             if info.last_byte > n * eb:
+                if info.fstype == "daxfs":       # daxfs-resize can: lvm2 points at -r
+                    raise LvmError("File system reduce is required (see --resizefs or cmd "
+                                   "line options.)")
                 raise LvmError(f"File system reduce is required and not supported ({info.fstype}).")
             say("File system reduce is not needed, skipping.")
     elif fsopt == "ignore" and active:
