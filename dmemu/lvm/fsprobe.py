@@ -50,7 +50,9 @@ def _fs_bytes(fstype: str, head: bytes) -> int:
 
 
 def mounted_at(sources: set[str]) -> str | None:
-    """The mount point of the first mount whose source is one of ``sources``."""
+    """The mount point of the first mount whose source is one of ``sources`` and, for a
+    dmemu device, whose daxfs is served from this state directory: /dev/vg0/lv0 of another
+    dmemud (another DMEMU_ROOT) shows in the one mount table under the same name."""
     try:
         with open("/proc/self/mountinfo") as f:
             lines = f.read().splitlines()
@@ -60,8 +62,35 @@ def mounted_at(sources: set[str]) -> str | None:
         left, _, right = line.partition(" - ")
         fields, rfields = left.split(), right.split()
         if len(fields) > 4 and len(rfields) > 1 and rfields[1] in sources:
-            return fields[4].replace("\\040", " ")
+            where = fields[4].replace("\\040", " ")
+            if not rfields[1].startswith("/dev/") or _served_from_here(where):
+                return where
     return None
+
+
+def _served_from_here(mountpoint: str) -> bool:
+    """Whether the daxfs daemon serving ``mountpoint`` (its command line names it) uses
+    this process's state directory; True when that cannot be told."""
+    want = os.fsencode(mountpoint)
+    ours = os.environ.get("DMEMU_ROOT")
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            if want not in argv or not any(b"daxfs.cli.mount" in a for a in argv):
+                continue
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:
+            continue
+        theirs = next((os.fsdecode(e[len(b"DMEMU_ROOT="):]) for e in env
+                       if e.startswith(b"DMEMU_ROOT=")), None)
+        if theirs is None or ours is None:
+            return theirs is None and ours is None
+        return os.path.abspath(theirs) == os.path.abspath(ours)
+    return True
 
 
 def lv_sources(vg: str, lv: str, dm: str) -> set[str]:
