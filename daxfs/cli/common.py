@@ -36,4 +36,19 @@ def hint_for(e: OSError) -> str:
                             else "repair it with fsck.daxfs -y")}.get(e.errno, "")
 
 
-__all__ = ["setup_logging", "fail", "hint_for", "FsError", "UsageError"]
+def run_tool(prog: str, run, args, device: str) -> int:
+    """Run a command's async ``run(args)`` and turn what it raises into one line and an exit
+    code: the one convention of mkfs.daxfs and daxfs-resize."""
+    import trio
+    try:
+        trio.run(run, args)
+    except UsageError as e:
+        return fail(prog, str(e), code=e.exit_code)
+    except FsError as e:
+        return fail(prog, e.strerror or str(e), hint_for(e))
+    except OSError as e:
+        return fail(prog, f"{device}: {e.strerror}", hint_for(e))
+    return 0
+
+
+__all__ = ["setup_logging", "fail", "hint_for", "run_tool", "FsError", "UsageError"]

@@ -8,7 +8,7 @@ import trio
 from ..errors import FsError, UsageError
 from ..mkfs import detect_signature, mkfs
 from ..source import open_source
-from .common import fail, hint_for, setup_logging
+from .common import run_tool, setup_logging
 
 PROG = "mkfs.daxfs"
 
@@ -49,12 +49,4 @@ async def run(args) -> None:
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     setup_logging(args.verbose)
-    try:
-        trio.run(run, args)
-    except UsageError as e:
-        return fail(PROG, str(e), code=e.exit_code)
-    except FsError as e:
-        return fail(PROG, e.strerror or str(e), hint_for(e))
-    except OSError as e:
-        return fail(PROG, f"{args.device}: {e.strerror}", hint_for(e))
-    return 0
+    return run_tool(PROG, run, args, args.device)
