@@ -6,6 +6,7 @@ import time
 
 from . import format as fmt
 from .cred import ROOT, Ctx
+from .killpriv import CAPABILITY_XATTR, killed_mode
 from .errors import FsError
 from .inode import Inode
 
@@ -35,19 +36,39 @@ def _times(now: int, atime_ns, mtime_ns, old_ctime: int):
 
 class Attributes:
     async def setattr(self, ino: int, *, mode=None, uid=None, gid=None, size=None,
-                      atime_ns=None, mtime_ns=None, ctime_ns=None, ctx: Ctx = ROOT) -> Inode:
+                      atime_ns=None, mtime_ns=None, ctime_ns=None, ctx: Ctx = ROOT,
+                      kill: bool = False) -> Inode:
+        """kill: the kernel asks to kill set-id bits (a truncation or chown by a caller
+        without CAP_FSETID, FUSE_HANDLE_KILLPRIV_V2; killpriv.py)."""
         if size is not None:
             # truncation changes the file's data and size: wait for its writes in progress
             async with self._inode_lock(await self.iget(ino)):
                 return await self._setattr(ino, mode=mode, uid=uid, gid=gid, size=size,
                                            atime_ns=atime_ns, mtime_ns=mtime_ns,
-                                           ctime_ns=ctime_ns, ctx=ctx)
+                                           ctime_ns=ctime_ns, ctx=ctx, kill=kill)
         return await self._setattr(ino, mode=mode, uid=uid, gid=gid, size=size,
                                    atime_ns=atime_ns, mtime_ns=mtime_ns, ctime_ns=ctime_ns,
-                                   ctx=ctx)
+                                   ctx=ctx, kill=kill)
+
+    async def _kill_privs(self, inode: Inode) -> None:
+        """What file_remove_privs does for a caller without CAP_FSETID, when the kernel
+        leaves it to the filesystem (killpriv.py): set-user-ID goes, set-group-ID with group
+        execute, and the file capability. Lock held."""
+        if not inode.is_reg:
+            return
+        mode = killed_mode(inode.mode)
+        if mode != inode.mode:
+            inode.mode = mode
+            self._touch(inode)
+        if inode.xattr_block and CAPABILITY_XATTR in await self._xattrs(inode):
+            new = dict(inode.xattrs)
+            del new[CAPABILITY_XATTR]
+            await self._store_xattrs(inode, new)
+            self._touch(inode)
+            self._fc_ineligible(inode)      # a fast-commit record carries no xattrs
 
     async def _setattr(self, ino: int, *, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns,
-                       ctx: Ctx) -> Inode:
+                       ctx: Ctx, kill: bool = False) -> Inode:
         async with self.lock:
             self._writable()
             inode = await self.iget(ino)
@@ -74,6 +95,8 @@ class Attributes:
                 inode.mode &= ~stat.S_ISUID
                 if inode.mode & stat.S_IXGRP:
                     inode.mode &= ~stat.S_ISGID
+            if kill:
+                await self._kill_privs(inode)
             if atime_ns is not None:
                 atime_ns = fmt.clamp_time_ns(atime_ns)
             if mtime_ns is not None:

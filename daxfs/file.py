@@ -51,7 +51,9 @@ class FileIO:
             raise FsError(errno.EBADF, "bad file handle")
         return h
 
-    async def open(self, ino: int, flags: int) -> int:
+    async def open(self, ino: int, flags: int, kill: bool = False) -> int:
+        """kill: an O_TRUNC open by a caller without CAP_FSETID, whose truncation kills
+        set-id bits (FUSE_OPEN_KILL_SUIDGID, killpriv.py)."""
         inode = await self.iget(ino)
         if inode.is_dir and flags & os.O_ACCMODE != os.O_RDONLY:
             raise FsError(errno.EISDIR, "is a directory")
@@ -59,8 +61,8 @@ class FileIO:
             self._writable()
         self._alive()
         fh = self._open_handle(inode, flags)
-        if flags & os.O_TRUNC and inode.is_reg and inode.size:
-            await self.setattr(ino, size=0)
+        if flags & os.O_TRUNC and inode.is_reg and (inode.size or kill):
+            await self.setattr(ino, size=0, kill=kill)
         return fh
 
     async def release(self, fh: int) -> None:
@@ -144,7 +146,10 @@ class FileIO:
             pos = stop
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    async def write(self, fh: int, off: int, data) -> int:
+    async def write(self, fh: int, off: int, data, kill: bool = False) -> int:
+        """kill: the writer lacks CAP_FSETID and the kernel left killing the file's set-id
+        bits to us (FUSE_WRITE_KILL_SUIDGID, killpriv.py); done before the data is
+        written, as file_remove_privs does."""
         h = self.handle(fh)
         inode = h.inode
         if not inode.is_reg:
@@ -166,6 +171,8 @@ class FileIO:
             async with self.lock:
                 self._writable()
                 self._alive()
+                if kill:
+                    await self._kill_privs(inode)
                 n = await self._fit_to_space(inode, off, len(data))
                 if n < len(data):       # a short write when the device fills up, as Linux
                     data = memoryview(data)[:n]

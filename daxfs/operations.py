@@ -12,10 +12,12 @@ import errno
 import functools
 import json
 import logging
+import os
 
 import pyfuse3
 import trio
 
+from . import killpriv
 from .errors import FsError
 from .fs import Ctx, Filesystem
 
@@ -78,6 +80,7 @@ class Operations(pyfuse3.Operations):
         self.fs = fs
         self.requests: dict[str, int] = {}
         self.write_bytes = 0
+        self._v2: bool | None = None
         # inodes whose kernel-cached attributes are stale, once each, in order: a set
         # cannot overflow, so no invalidation is ever dropped, and a thousand changes to
         # one inode before the invalidator runs cost one invalidation
@@ -128,6 +131,13 @@ class Operations(pyfuse3.Operations):
             await trio.to_thread.run_sync(_invalidate_batch, batch)
 
 
+    def _killpriv_v2(self) -> bool:
+        """Whether the kernel flags the requests that must kill set-id bits (negotiated
+        at INIT by daxfs/native/fusecaps.c, before any request that asks this)."""
+        if self._v2 is None:
+            self._v2 = "handle_killpriv_v2" in killpriv.negotiated()
+        return self._v2
+
     # -- namespace -----------------------------------------------------------------------
     @_handler
     async def lookup(self, parent_inode, name, ctx=None):
@@ -160,7 +170,8 @@ class Operations(pyfuse3.Operations):
             kw["mtime_ns"] = attr.st_mtime_ns
         if fields.update_ctime:
             kw["ctime_ns"] = attr.st_ctime_ns
-        return self.attrs(await self.fs.setattr(inode, ctx=_ctx(ctx), **kw))
+        _, kill = killpriv.split_fh(fh)
+        return self.attrs(await self.fs.setattr(inode, ctx=_ctx(ctx), kill=kill, **kw))
 
     @_handler
     async def readlink(self, inode, ctx):
@@ -208,10 +219,19 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def open(self, inode, flags, ctx):
-        return self._file_info(await self.fs.open(inode, flags))
+        flags, kill = killpriv.split_flags(flags)
+        if flags & os.O_TRUNC and not kill and ctx is not None and not self._killpriv_v2():
+            # Without FUSE_HANDLE_KILLPRIV_V2 the kernel truncates an O_TRUNC open through
+            # the open itself (atomic_o_trunc) and kills nothing: take a caller other than
+            # root for one without CAP_FSETID, which is what the flag would have said
+            kill = ctx.uid != 0
+        return self._file_info(await self.fs.open(inode, flags, kill=kill))
 
     @_handler
     async def create(self, parent_inode, name, mode, flags, ctx):
+        # the file is new (the kernel's dentry cache knows every name, so CREATE never
+        # meets an existing file): no set-id bits of an old file to kill
+        flags, _ = killpriv.split_flags(flags)
         fh, inode = await self.fs.create(parent_inode, name, mode, flags, _ctx(ctx))
         return self._file_info(fh), self._entry(inode)
 
@@ -222,7 +242,8 @@ class Operations(pyfuse3.Operations):
     @_handler
     async def write(self, fh, off, buf):
         self.write_bytes += len(buf)
-        return await self.fs.write(fh, off, buf)
+        fh, kill = killpriv.split_fh(fh)
+        return await self.fs.write(fh, off, buf, kill=kill)
 
     @_handler
     async def flush(self, fh):
@@ -302,6 +323,7 @@ class Operations(pyfuse3.Operations):
         if name == STATS_XATTR and inode == pyfuse3.ROOT_INODE:
             return json.dumps({"requests": self.requests,
                                "write_bytes": self.write_bytes,
+                               "fuse_caps": killpriv.negotiated(),
                                "commits": self.fs.journal.commits}).encode()
         return await self.fs.getxattr(inode, name)
 

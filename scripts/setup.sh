@@ -48,10 +48,11 @@ if [ -f tools/mount.fuse.daxfs ] && [ "$(id -u)" = 0 ]; then
     ln -sf "$top/tools/mount.fuse.daxfs" /sbin/mount.fuse.daxfs
 fi
 
-# The library through which the daxfs daemon asks the kernel for FUSE_DONT_MASK (POSIX
-# default ACLs need the caller's mode unmasked; pyfuse3 cannot ask): tools/_run preloads it.
-lib=daxfs/native/libdaxfs-dontmask.so
-if [ ! -f "$lib" ] || [ daxfs/native/dontmask.c -nt "$lib" ]; then
-    gcc -shared -fPIC -O2 -Wall -o "$lib" daxfs/native/dontmask.c \
+# The library through which the daxfs daemon asks the kernel for what pyfuse3 cannot:
+# FUSE_DONT_MASK (POSIX default ACLs need the caller's mode unmasked) and
+# FUSE_HANDLE_KILLPRIV_V2 (no GETXATTR before every write): tools/_run preloads it.
+lib=daxfs/native/libdaxfs-fusecaps.so
+if [ ! -f "$lib" ] || [ daxfs/native/fusecaps.c -nt "$lib" ]; then
+    gcc -shared -fPIC -O2 -Wall -o "$lib" daxfs/native/fusecaps.c \
         $(pkg-config fuse3 --cflags --libs) -ldl
 fi

@@ -296,8 +296,8 @@ def test_posix_acls(m):
 
     # a default ACL, not the umask, decides (needs FUSE_DONT_MASK: scripts/setup.sh builds
     # the library that asks for it); without one, the umask applies as always
-    assert (TOOLS.parent / "daxfs/native/libdaxfs-dontmask.so").exists(), \
-        "run scripts/setup.sh: it builds daxfs/native/libdaxfs-dontmask.so"
+    assert (TOOLS.parent / "daxfs/native/libdaxfs-fusecaps.so").exists(), \
+        "run scripts/setup.sh: it builds daxfs/native/libdaxfs-fusecaps.so"
     g = m.mnt / "g"
     g.mkdir()
     run("setfacl", "-d", "--set", "u::rwx,g::rwx,o::-", g)
