@@ -138,6 +138,14 @@ class Operations(pyfuse3.Operations):
             self._v2 = "handle_killpriv_v2" in killpriv.negotiated()
         return self._v2
 
+    async def _mode_changed(self, ino: int) -> None:
+        """A write or an O_TRUNC open killed set-id bits. Their replies carry no attributes
+        and the kernel then invalidates size and times, not the mode: without this, stat(1)
+        (statx of the mode alone) would show the bits for the whole attribute timeout. Sent
+        before the reply, from a thread (it waits for the kernel, which may need this loop
+        meanwhile), attributes only."""
+        await trio.to_thread.run_sync(_invalidate_batch, [ino])
+
     # -- namespace -----------------------------------------------------------------------
     @_handler
     async def lookup(self, parent_inode, name, ctx=None):
@@ -225,7 +233,13 @@ class Operations(pyfuse3.Operations):
             # the open itself (atomic_o_trunc) and kills nothing: take a caller other than
             # root for one without CAP_FSETID, which is what the flag would have said
             kill = ctx.uid != 0
-        return self._file_info(await self.fs.open(inode, flags, kill=kill))
+        if not kill:
+            return self._file_info(await self.fs.open(inode, flags))
+        mode = (await self.fs.getattr(inode)).mode
+        fh = await self.fs.open(inode, flags, kill=True)
+        if self.fs.handle(fh).inode.mode != mode:
+            await self._mode_changed(inode)
+        return self._file_info(fh)
 
     @_handler
     async def create(self, parent_inode, name, mode, flags, ctx):
@@ -243,7 +257,14 @@ class Operations(pyfuse3.Operations):
     async def write(self, fh, off, buf):
         self.write_bytes += len(buf)
         fh, kill = killpriv.split_fh(fh)
-        return await self.fs.write(fh, off, buf, kill=kill)
+        if not kill:
+            return await self.fs.write(fh, off, buf)
+        inode = self.fs.handle(fh).inode
+        mode = inode.mode
+        n = await self.fs.write(fh, off, buf, kill=True)
+        if inode.mode != mode:
+            await self._mode_changed(inode.ino)
+        return n
 
     @_handler
     async def flush(self, fh):
