@@ -14,8 +14,10 @@ the checkout's .venv: `pip download` fetches it at benchmark time into a cache d
 Workloads (fio from Debian, buffered I/O, psync engine; metadata through os calls):
   seq write 1 MiB (+ final fsync) / seq read 1 MiB cold / rand read 4 KiB cold /
   rand write 4 KiB + final fsync / 4 KiB write + fsync each (IOPS, p99 fsync latency) /
+  rand write 4 KiB O_DIRECT / mmap 4 KiB store + msync(MS_SYNC) of its page /
   create, stat (warm), rename, unlink on N files / list a directory of M entries /
-  peak RSS of the filesystem daemon (VmHWM).
+  peak RSS of the filesystem daemon (VmHWM); FUSE requests per operation where the
+  daemon counts them (daxfs).
 "Cold" means `echo 3 > /proc/sys/vm/drop_caches` right before the job (kernel tmpfs
 cannot drop its pages: it stays the in-memory ceiling). Every subject is measured in
 each of R interleaved rounds (subject order rotates) and the table shows medians.
@@ -25,7 +27,7 @@ manager that yields a Mounted(path, pid); add the project's own filesystem by wr
 one more (see FuseCommandSubject) and passing it to run_benchmark(). Everything mounted
 is unmounted and every process started is stopped, also on errors and Ctrl-C.
 
-Usage: bench_peers.py [--quick] [--runs R] [--json FILE|-] [--only NAME,...]
+Usage: bench_peers.py [--quick] [--runs R] [--json FILE|-] [--chart PNG] [--only NAME,...]
 Needs root (mounts, drop_caches), /dev/fuse, fusermount3 and fio.
 """
 import argparse
@@ -92,34 +94,70 @@ class Metric:
     label: str
     unit: str
     higher_is_better: bool = True
+    # daxfs's target (the durable-speed issue, design.md section 6): a ratio to the
+    # reference for rates ("ratio"), or a value in the metric's own unit ("value")
+    target: float | None = None
+    target_kind: str = "ratio"
+    charted: bool = True        # a bar in the chart of ratios
+
+
+def target_text(m: Metric) -> str:
+    if m.target is None:
+        return ""
+    sign = "≥" if m.higher_is_better else "≤"
+    if m.target_kind == "ratio":
+        return f"{sign} {m.target:g}×"
+    return f"{sign} {m.target:,g} {m.unit}"
+
+
+def target_met(m: Metric, value, ratio) -> bool | None:
+    if m.target is None:
+        return None
+    x = ratio if m.target_kind == "ratio" else value
+    if x is None:
+        return None
+    return x >= m.target if m.higher_is_better else x <= m.target
 
 
 METRICS = [
-    Metric("seq_write", "seq write 1 MiB", "MiB/s"),
-    Metric("seq_read_cold", "seq read 1 MiB, cold", "MiB/s"),
-    Metric("rand_read_cold", "rand read 4 KiB, cold", "IOPS"),
-    Metric("rand_write_fsync", "rand write 4 KiB + final fsync", "IOPS"),
-    Metric("write_fsync_each", "4 KiB write + fsync each", "IOPS"),
-    Metric("write_fsync_write_p99", "  p99 write latency", "µs", higher_is_better=False),
-    Metric("write_fsync_p99", "  p99 fsync latency", "µs", higher_is_better=False),
-    Metric("create", "create", "ops/s"),
-    Metric("stat_warm", "stat, warm", "ops/s"),
-    Metric("rename", "rename", "ops/s"),
-    Metric("unlink", "unlink", "ops/s"),
-    Metric("list_dir", "list directory", "entries/s"),
-    Metric("peak_rss", "daemon peak RSS", "MiB", higher_is_better=False),
+    Metric("seq_write", "seq write 1 MiB", "MiB/s", target=1.2),
+    Metric("seq_read_cold", "seq read 1 MiB, cold", "MiB/s", target=1.2),
+    Metric("rand_read_cold", "rand read 4 KiB, cold", "IOPS", target=2.0),
+    Metric("rand_write_fsync", "rand write 4 KiB + final fsync", "IOPS", target=1.5),
+    Metric("write_fsync_each", "4 KiB write + fsync each", "IOPS", target=1.0),
+    Metric("write_fsync_write_p99", "  p99 write latency", "µs", higher_is_better=False,
+           charted=False),
+    Metric("write_fsync_p99", "  p99 fsync latency", "µs", higher_is_better=False,
+           target=1000, target_kind="value", charted=False),
+    Metric("mmap_msync", "mmap 4 KiB store + msync(MS_SYNC)", "IOPS", target=1.0),
+    Metric("odirect_randwrite", "rand write 4 KiB, O_DIRECT", "IOPS", target=1.5),
+    Metric("create", "create", "ops/s", target=2.0),
+    Metric("stat_warm", "stat, warm", "ops/s", target=4.0),
+    Metric("rename", "rename", "ops/s", target=2.0),
+    Metric("unlink", "unlink", "ops/s", target=2.0),
+    Metric("list_dir", "list directory", "entries/s", target=100.0),
+    Metric("peak_rss", "daemon peak RSS", "MiB", higher_is_better=False, charted=False),
     # at the end of the run: the daemon's private memory, and the pages of shared mappings
     # it counts (daxfs maps the pmem image: page cache, not the daemon's memory)
-    Metric("rss_anon", "  private (RssAnon), at the end", "MiB", higher_is_better=False),
+    Metric("rss_anon", "  private (RssAnon), at the end", "MiB", higher_is_better=False,
+           charted=False),
     Metric("rss_shared", "  shared mappings (RssFile + RssShmem)", "MiB",
-           higher_is_better=False),
+           higher_is_better=False, charted=False),
     # FUSE requests the daemon served per operation (daxfs counts them and serves the
     # counts as the root's trusted.daxfs.stats; peers do not): a request costs ~100 µs of
     # a Python daemon, so an extra one per write cannot come back unnoticed
     Metric("reqs_write_fsync", "FUSE requests per 4 KiB write+fsync", "req",
-           higher_is_better=False),
-    Metric("getxattr_write_fsync", "  of which GETXATTR", "req", higher_is_better=False),
-    Metric("reqs_create", "FUSE requests per create", "req", higher_is_better=False),
+           higher_is_better=False, charted=False),
+    Metric("getxattr_write_fsync", "  of which GETXATTR", "req", higher_is_better=False,
+           charted=False),
+    Metric("reqs_rand_write", "FUSE requests per 4 KiB rand write", "req",
+           higher_is_better=False, charted=False),
+    Metric("reqs_mmap_msync", "FUSE requests per mmap store + msync", "req",
+           higher_is_better=False, charted=False),
+    Metric("reqs_odirect", "FUSE requests per O_DIRECT 4 KiB write", "req",
+           higher_is_better=False, charted=False),
+    Metric("reqs_create", "FUSE requests per create", "req", higher_is_better=False,
+           charted=False),
 ]
 
 STATS_XATTR = "trusted.daxfs.stats"
@@ -367,10 +405,18 @@ def io_workloads(path: Path, sizes: Sizes) -> dict:
     rand_io = f"--io_size={min(written, sizes.rand_io_mib)}M"
     job = fio(path, "randread", "data", "--rw=randread", "--bs=4k", size, rand_io, cap)
     r["rand_read_cold"] = _rate(job, "read", "IOPS")
+    before = fuse_requests(path)
     job = fio(path, "randwrite", "data", "--rw=randwrite", "--bs=4k", size, rand_io, cap,
               "--end_fsync=1")
+    r["reqs_rand_write"] = per_op(before, fuse_requests(path), job["write"]["total_ios"])
     r["rand_write_fsync"] = _rate(job, "write", "IOPS")
+    before = fuse_requests(path)
+    job = fio(path, "odirect", "data", "--rw=randwrite", "--bs=4k", "--direct=1", size,
+              rand_io, cap)
+    r["reqs_odirect"] = per_op(before, fuse_requests(path), job["write"]["total_ios"])
+    r["odirect_randwrite"] = _rate(job, "write", "IOPS")
     os.unlink(path / "data")
+    r.update(mmap_msync(path, sizes))
     before = fuse_requests(path)
     job = fio(path, "fsynceach", "sync", "--rw=write", "--bs=4k",
               f"--size={sizes.fsync_file_mib}M", cap, "--fsync=1")
@@ -383,6 +429,43 @@ def io_workloads(path: Path, sizes: Sizes) -> dict:
     r["write_fsync_p99"] = job["sync"]["lat_ns"]["percentile"]["99.000000"] / 1000
     os.unlink(path / "sync")
     return r
+
+
+def mmap_msync(path: Path, sizes: Sizes) -> dict:
+    """Stores of 4 KiB into a shared mapping of a written file, each made durable with
+    msync(MS_SYNC) of its page before the next (what an application without MAP_SYNC
+    does), in a random page order; as many as fit the runtime cap."""
+    import mmap
+    import random
+    size = sizes.fsync_file_mib << 20
+    f = path / "mapped"
+    with open(f, "wb") as out:
+        out.write(os.urandom(1 << 20) * (size >> 20))
+        out.flush()
+        os.fsync(out.fileno())
+    pages = list(range(size // 4096))
+    random.Random(12).shuffle(pages)
+    block = os.urandom(4096)
+    fd = os.open(f, os.O_RDWR)
+    try:
+        m = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        before = fuse_requests(path)
+        done, start = 0, time.perf_counter()
+        deadline = start + sizes.runtime_s
+        for page in pages:
+            off = page * 4096
+            m[off:off + 4096] = block
+            m.flush(off, 4096)              # msync(MS_SYNC)
+            done += 1
+            if time.perf_counter() > deadline:
+                break
+        elapsed = time.perf_counter() - start
+        reqs = per_op(before, fuse_requests(path), done)
+        m.close()
+    finally:
+        os.close(fd)
+    os.unlink(f)
+    return {"mmap_msync": done / elapsed, "reqs_mmap_msync": reqs}
 
 
 def _timed(ops) -> float:
@@ -521,11 +604,17 @@ def format_table(median: dict, reference: str = REFERENCE) -> str:
     names = list(median)
     rat = ratios(median, reference)
     others = [n for n in names if n != reference]
-    header = ["workload", "unit", *names, *[f"{n} / {reference}" for n in others]]
+    header = ["workload", "unit", *names, *[f"{n} / {reference}" for n in others],
+              "daxfs target"]
     rows = [header]
     for m in METRICS:
         row = [m.label, m.unit, *[_fmt(median[n][m.key], m.unit) for n in names]]
-        row += [("—" if rat[n][m.key] is None else f"{rat[n][m.key]:.2f}×") for n in others]
+        for n in others:
+            cell = "—" if rat[n][m.key] is None else f"{rat[n][m.key]:.2f}×"
+            if n.startswith("daxfs") and target_met(m, median[n][m.key], rat[n][m.key]):
+                cell += " ✓"
+            row.append(cell)
+        row.append(target_text(m))
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = []
@@ -535,8 +624,47 @@ def format_table(median: dict, reference: str = REFERENCE) -> str:
         lines.append("  ".join(cells))
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
-    lines.append(f"ratios: value / {reference}; above 1 is better, except for latency and RSS")
+    lines.append(f"ratios: value / {reference}; above 1 is better, except for latency and RSS;"
+                 f" ✓: a daxfs target met")
     return "\n".join(lines)
+
+
+def draw_chart(info: dict, out: Path, reference: str = REFERENCE) -> None:
+    """A bar chart of every subject's ratio to the reference, one group of bars per
+    workload, with daxfs's targets marked: what the table says, at a glance."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    median = info["median"]
+    rat = ratios(median, reference)
+    names = [n for n in median if n != reference]
+    metrics = [m for m in METRICS if m.charted]
+    fig, ax = plt.subplots(figsize=(12, 5.5))
+    width = 0.8 / max(1, len(names))
+    for i, name in enumerate(names):
+        xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(metrics))]
+        ys = [rat[name][m.key] or 0 for m in metrics]
+        ax.bar(xs, ys, width, label=name)
+        for x, y in zip(xs, ys):
+            if y:
+                ax.annotate(f"{y:.2g}", (x, y), ha="center", va="bottom", fontsize=7,
+                            xytext=(0, 1), textcoords="offset points")
+    for j, m in enumerate(metrics):
+        if m.target is not None and m.target_kind == "ratio":
+            ax.hlines(m.target, j - 0.45, j + 0.45, colors="black", linestyles="dashed",
+                      linewidth=1, label="daxfs target" if j == 0 else None)
+    ax.axhline(1.0, color="grey", linewidth=0.8)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(metrics)))
+    ax.set_xticklabels([m.label for m in metrics], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(f"ratio to {reference} (log scale; above 1 is better)")
+    load = f"load average {info['loadavg_before'][0]:.1f} -> {info['loadavg_after'][0]:.1f}"
+    ax.set_title(f"bench_peers {info['date']}, medians of {info['runs']} interleaved "
+                 f"round(s){' (--quick sizes)' if info['quick'] else ''}, {load}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
 
 
 def check_requirements() -> None:
@@ -560,6 +688,8 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     p.add_argument("--runs", type=int, default=3, help="interleaved rounds (default 3)")
     p.add_argument("--json", metavar="FILE", help="also write results as JSON ('-': stdout)")
+    p.add_argument("--chart", metavar="PNG", type=Path,
+                   help="also draw the ratios to passthroughfs as a bar chart (matplotlib)")
     p.add_argument("--only", metavar="NAMES", help="comma-separated subset of subjects")
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
                    help=f"where the pyfuse3 examples are kept (default {DEFAULT_CACHE})")
@@ -600,6 +730,9 @@ def main(argv=None) -> int:
                   f"of random I/O, {own['fsync_file_mib']} MiB written with fsync each) "
                   f"instead of {sizes.file_mib}/{sizes.rand_io_mib}/{sizes.fsync_file_mib} MiB",
                   file=log)
+    if args.chart:
+        draw_chart(info, args.chart)
+        print(f"chart: {args.chart}", file=log)
     if args.json == "-":
         json.dump(info, sys.stdout, indent=2)
         print()
