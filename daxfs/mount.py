@@ -170,6 +170,7 @@ async def serve(source: str, mountpoint: str, mo: MountOptions, *, ready=None) -
             fs.writeback_cache = True
         stack.callback(lambda: log.info("requests served: %s; %d bytes written",
                                         dict(sorted(ops.requests.items())), ops.write_bytes))
+        ops.after_init = lambda: _widen_readahead(mountpoint)
         pyfuse3.init(ops, mountpoint, mo.fuse)
         unmounted = False
 
@@ -198,6 +199,34 @@ async def serve(source: str, mountpoint: str, mo: MountOptions, *, ready=None) -
 
 
 _terminated = False
+
+# The kernel reads ahead at most read_ahead_kb of the mount's bdi per READ request: 128 KiB
+# by default, so a 1 MiB read(2) costs eight requests. libfuse offers 1 MiB requests
+# (max_pages 256), so the readahead window is widened to match: a cold sequential read
+# then costs one request per MiB instead of eight (measured: 64 MiB read in 64 READs
+# instead of 512). Random reads are not read ahead by the kernel either way. It is set once
+# the kernel has taken the reply to INIT, which caps the readahead at what it offered.
+READAHEAD_KB = 1024
+
+
+def _widen_readahead(mountpoint: str) -> None:
+    """Set the mount's bdi readahead (root only; the mount works without it). Found in
+    /proc/self/mountinfo, never by a stat(2) of the mount point, which would wait for a
+    reply from this very process: only its parent directory is resolved."""
+    parent, name = os.path.split(os.path.abspath(mountpoint))
+    target = os.path.join(os.path.realpath(parent), name)
+    majmin = None
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                if fields[4] == target:
+                    majmin = fields[2]          # the last one is ours
+        if majmin is not None:
+            with open(f"/sys/class/bdi/{majmin}/read_ahead_kb", "w") as f:
+                f.write(f"{READAHEAD_KB}\n")
+    except OSError as e:
+        log.info("readahead of %s left as it was: %s", mountpoint, e)
 
 
 def _write_back_page_cache(mountpoint: str) -> None:

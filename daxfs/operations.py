@@ -88,6 +88,16 @@ class Operations(pyfuse3.Operations):
         self._inval_wake = trio.Event()
         fs.on_invalidate = self.invalidate
 
+    # called once the kernel has taken the reply to INIT, which sets what the mount's
+    # settings (its readahead) start from
+    after_init = None
+
+    def init(self) -> None:
+        """Called by pyfuse3 while it answers INIT, before the reply goes out: what must
+        follow the reply runs from the trio loop once this request is done."""
+        if self.after_init is not None:
+            trio.lowlevel.current_trio_token().run_sync_soon(self.after_init)
+
     # -- helpers -------------------------------------------------------------------------
     def attrs(self, inode) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()

@@ -361,6 +361,23 @@ def test_request_counts(m):
     assert s1["readdir"] - s0.get("readdir", 0) <= 2000 // 20
 
 
+def test_cold_sequential_reads_come_in_big_requests(m):
+    """The mount's readahead matches libfuse's 1 MiB requests: a cold 16 MiB sequential
+    read reaches the daemon as about 16 READs, not the 128 of the kernel's default."""
+    f = m.mnt / "f"
+    f.write_bytes(os.urandom(16 << 20))
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)     # cold: drop its pages
+        s0 = stats(m.mnt)["requests"].get("read", 0)
+        while os.read(fd, 1 << 20):
+            pass
+        reads = stats(m.mnt)["requests"].get("read", 0) - s0
+    finally:
+        os.close(fd)
+    assert 16 <= reads <= 24, f"{reads} READ requests for 16 MiB"
+
+
 def test_mount_t_fuse_daxfs(image, mntdir):
     """mount(8) finds the helper as /sbin/mount.fuse.daxfs (scripts/setup.sh links it)."""
     link = Path("/sbin/mount.fuse.daxfs")
