@@ -74,6 +74,9 @@ class Operations(pyfuse3.Operations):
     # POSIX ACLs: the kernel checks permissions against them and caches them; we store
     # them and keep them in step with the mode (daxfs/acl.py)
     enable_acl = True
+    # called once the kernel has taken the reply to INIT, which sets what the mount's
+    # settings (its readahead) start from
+    after_init = None
 
     def __init__(self, fs: Filesystem):
         super().__init__()
@@ -87,10 +90,6 @@ class Operations(pyfuse3.Operations):
         self._inval_pending: dict[int, None] = {}
         self._inval_wake = trio.Event()
         fs.on_invalidate = self.invalidate
-
-    # called once the kernel has taken the reply to INIT, which sets what the mount's
-    # settings (its readahead) start from
-    after_init = None
 
     def init(self) -> None:
         """Called by pyfuse3 while it answers INIT, before the reply goes out: what must
@@ -139,7 +138,6 @@ class Operations(pyfuse3.Operations):
             batch = list(self._inval_pending)
             self._inval_pending.clear()
             await trio.to_thread.run_sync(_invalidate_batch, batch)
-
 
     def _killpriv_v2(self) -> bool:
         """Whether the kernel flags the requests that must kill set-id bits (negotiated
