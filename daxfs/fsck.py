@@ -920,7 +920,7 @@ class Checker:
         """The bitmaps say exactly which blocks and inodes are in use."""
         sb = self.sb
         used = self.used
-        nbad = sum(bin(a ^ b).count("1") for a, b in zip(self.bbm.data, used.data))
+        nbad = _differ(self.bbm.data, used.data)
         if nbad or self.bad_bitmap:
             if nbad:
                 self.fix(f"block bitmap: {nbad} block(s) marked wrongly")
@@ -928,12 +928,13 @@ class Checker:
                 blk = sb.bbitmap_start + i
                 self.writes[blk] = fmt.seal(fmt.pack_bitmap_block(used.data, i, "block bitmap"),
                                             blk, sb.uuid)
-        iused = bytearray(len(self.ibm.data))
+        imap = Bitmap(bytearray(len(self.ibm.data)), sb.total_inodes)
+        imap.dirty_blocks = None
+        iused = imap.data
         for ino in list(self.inodes) + [0]:
             iused[ino >> 3] |= 1 << (ino & 7)
-        for b in range(sb.total_inodes, len(iused) * 8):
-            iused[b >> 3] |= 1 << (b & 7)
-        nbad = sum(bin(a ^ b).count("1") for a, b in zip(self.ibm.data, iused))
+        imap.set_run(sb.total_inodes, len(iused) * 8 - sb.total_inodes, True)
+        nbad = _differ(self.ibm.data, iused)
         if nbad or self.bad_bitmap:
             if nbad:
                 self.fix(f"inode bitmap: {nbad} inode(s) marked wrongly")
@@ -973,6 +974,11 @@ class Checker:
                     raw = fmt.seal_inode(raw, ino, sb.uuid)
                 buf[off:off + fmt.INODE_SIZE] = raw
             self.writes[blk] = bytes(buf)
+
+
+def _differ(a, b) -> int:
+    """Bits that differ between two bitmaps of the same length."""
+    return (int.from_bytes(a, "little") ^ int.from_bytes(b, "little")).bit_count()
 
 
 def _contiguous(blocks: list[int]) -> list[tuple[int, int, int]]:
