@@ -27,6 +27,7 @@ nothing. Exit codes are e2fsck's: 0 clean, 1 errors fixed, 4 errors left uncorre
 operational error.
 """
 import logging
+import re
 import stat
 import struct
 
@@ -50,6 +51,7 @@ PARSE_ERRORS = (CorruptError, struct.error, ValueError, IndexError, OverflowErro
 LOST_FOUND = b"lost+found"
 ITABLE_CHUNK = 64               # inode-table blocks read at a time in pass 1
 _MODE_OFF = fmt.INODE_FIXED_OFF
+_ERRNO = re.compile(r"\[Errno \d+\] ")
 
 
 class Checker:
@@ -70,6 +72,7 @@ class Checker:
     def problem(self, msg: str, fixable: bool = False) -> bool:
         """Record a problem; True when the caller should repair it. With -n a fixable
         problem is still counted as an error: nothing is changed."""
+        msg = _ERRNO.sub("", msg)       # the reason, not how Python prints an OSError
         if fixable and self.repair:
             self.fixed.append(msg)
             self.out(f"{msg}: fixed")

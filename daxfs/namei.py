@@ -35,6 +35,7 @@ class Namespace:
             nblocks = inode.size // BS
             blocks = []
             bad: set[int] = set()       # blocks that fail verification: nothing read there
+            errs: list[CorruptError] = []
             lblk = 0
             while lblk < nblocks:
                 pblk, run = inode.map(lblk)
@@ -50,10 +51,11 @@ class Namespace:
                         fmt.verify(buf, "directory", pblk + i, self.sb.uuid)
                     except CorruptError as e:
                         bad.add(len(blocks))
-                        self._meta_error(e)
+                        errs.append(e)
                     blocks.append(buf)
                 lblk += run
             d = Directory(blocks, f"directory {inode.ino}", bad)
+            d.errors[:0] = errs
             for e in d.errors:
                 self._meta_error(e)
             inode.dir = d
@@ -88,6 +90,10 @@ class Namespace:
             raise FsError(errno.ENAMETOOLONG, "file name too long")
         e = d.lookup(name)
         if e is None:
+            if d.errors:
+                # the name may be in what could not be read: not "no such file" (ext4
+                # answers a lookup in a block that fails its checksum the same way)
+                raise CorruptError(d.errors[0].strerror)
             raise FsError(errno.ENOENT, "no such file or directory")
         return await self.iget(e[0])
 
