@@ -298,11 +298,13 @@ class Checker:
         try:
             inode = Inode.unpack(ino, raw, sb.uuid)
         except PARSE_ERRORS as e:
-            if self.ibm.test(ino):
+            if self.ibm.test(ino) or _sealed(raw, ino, sb.uuid):
+                # in use by the bitmap, or sealed as ours with a mode the allocator would
+                # refuse to hand out: either way it must become a free slot
                 self.fix(f"inode {ino}: {e}; clearing it")
                 self.freed.add(ino)
-            # a slot the bitmap calls free holds nothing to keep (a stale slot of another
-            # filesystem, or one the damage also reached); it is never read
+            # otherwise the slot holds nothing to keep (a stale slot of another filesystem,
+            # or garbage) and is handed out as free, never read
             return
         n = inode.nextents_on_disk(raw)
         if n > fmt.INLINE_EXTENTS:
@@ -977,6 +979,13 @@ class Checker:
                     raw = fmt.seal_inode(raw, ino, sb.uuid)
                 buf[off:off + fmt.INODE_SIZE] = raw
             self.writes[blk] = bytes(buf)
+
+
+def _sealed(raw, ino: int, uuid: bytes) -> bool:
+    try:
+        return fmt.verify_inode(raw, ino, uuid)
+    except CorruptError:
+        return False
 
 
 def _differ(a, b) -> int:
