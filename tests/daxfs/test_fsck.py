@@ -553,3 +553,22 @@ async def test_mount_goes_read_only_on_an_inode_in_use_marked_free(caplog):
     fs = await Filesystem.mount(dev)
     assert fs.read_only
     assert "in use are marked free" in caplog.text
+
+
+async def test_a_sealed_slot_that_does_not_decode_is_cleared_even_when_marked_free():
+    """The allocator refuses a slot sealed as this filesystem's with a mode (it could be an
+    inode in use), so fsck must not leave one behind, whatever the bitmap says."""
+    dev, w = await populated()
+    sb = w["sb"]
+    fs = await Filesystem.mount(dev, read_only=True)
+    ino = fs.ialloc.bitmap.find_free(1, sb.total_inodes)   # the next inode a create takes
+    raw = bytearray(fmt.INODE_SIZE)
+    fmt.INODE_FMT.pack_into(raw, fmt.INODE_FIXED_OFF, 0o100644, 0, 0, 1, 0, 0, 0, 0, 0,
+                            2 * 10**9, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0)
+    poke(dev, inode_off(sb, ino), fmt.seal_inode(raw, ino, sb.uuid))   # nsec out of range
+    await repaired(dev)
+    fs = await Filesystem.mount(dev)
+    fh, f = await fs.create(R, b"new", 0o644, os.O_RDWR)
+    await fs.release(fh)
+    assert f.ino == ino and not fs.read_only
+    await fs.unmount()
