@@ -275,12 +275,14 @@ class Checker:
         self.dirty: set[int] = set()          # inodes to write (in use or freed)
         self.freed: set[int] = set()          # slots to write as free
         self.rechain: set[int] = set()        # inodes whose extent chain is written anew
-        self.itable: dict[int, bytearray] = {}
+        zero = bytes(BS)
         for first in range(0, sb.itable_blocks, ITABLE_CHUNK):
             n = min(ITABLE_CHUNK, sb.itable_blocks - first)
             chunk = await self.read(sb.itable_start + first, n)
             for bi in range(n):
                 blk = chunk[bi * BS:(bi + 1) * BS]
+                if blk == zero:
+                    continue                    # never written (most of a young table)
                 base = (first + bi) * fmt.INODES_PER_BLOCK
                 for slot in range(fmt.INODES_PER_BLOCK):
                     ino = base + slot
