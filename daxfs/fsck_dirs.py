@@ -9,7 +9,7 @@ directory again from that list, as ``e2fsck -D`` rebuilds a directory.
 from dataclasses import dataclass
 
 from . import format as fmt
-from .directory import DT_DIR, dtype, empty_block
+from .directory import dtype, empty_block
 
 BS = fmt.BLOCK_SIZE
 HDR = fmt.DIRENT_HDR
@@ -112,7 +112,3 @@ def _stretch(buf: bytearray, last: int, end: int) -> None:
     """The last record of a block takes the rest of it (records chain to byte 4096)."""
     ino, h, rec_len, ftype, nlen = fmt.DIRENT_FMT.unpack_from(buf, last)
     fmt.DIRENT_FMT.pack_into(buf, last, ino, h, BS - last, ftype, nlen)
-
-
-__all__ = ["Entry", "salvage_records", "illegal", "legal_name", "blocks_needed",
-           "pack_directory", "DT_DIR"]
