@@ -52,9 +52,16 @@ def parse_block(buf, where: str):
 
 
 class Directory:
-    __slots__ = ("blocks", "index", "dirty", "roomy", "_slack", "_last")
+    __slots__ = ("blocks", "index", "dirty", "roomy", "_slack", "_last", "errors", "bad",
+                 "skipped")
 
-    def __init__(self, blocks: list[bytearray], where: str = "directory"):
+    def __init__(self, blocks: list[bytearray], where: str = "directory",
+                 bad: set | None = None):
+        """``bad``: indices of blocks that failed verification. Damage never makes the
+        whole directory unreadable: a bad block, or a block whose records do not chain,
+        contributes nothing, a bad record (an illegal or duplicate name, a wrong hash) is
+        left out, and each is listed in ``errors`` for the filesystem to log (it then goes
+        read-only, so nothing is ever added to a damaged directory)."""
         self.blocks = blocks
         # name -> record position; the record itself holds ino and type (saves memory)
         self.index: dict[bytes, int] = {}
@@ -62,17 +69,33 @@ class Directory:
         self._slack = [0] * len(blocks)     # free bytes per block (maybe not contiguous)
         self._last = [START] * len(blocks)  # offset of the last record of each block
         self.roomy: set[int] = set()        # blocks that may fit a maximal record
+        self.errors: list[CorruptError] = []
+        self.bad: set[int] = set(bad or ())       # blocks not read for entries
+        self.skipped: set[int] = set()            # positions of records left out
         for bi, buf in enumerate(blocks):
+            if bi in self.bad:
+                continue
+            try:
+                recs = list(parse_block(buf, f"{where} block {bi}"))
+            except CorruptError as e:
+                self.errors.append(e)
+                self.bad.add(bi)
+                continue
             slack = 0
-            for off, ino, h, rec_len, ftype, name in parse_block(buf, f"{where} block {bi}"):
+            for off, ino, h, rec_len, ftype, name in recs:
                 self._last[bi] = off
                 if ino:
-                    if not name or b"/" in name or name in (b".", b".."):
-                        raise CorruptError(f"{where}: invalid name {name!r}")
-                    if h != fmt.name_hash(name):
-                        raise CorruptError(f"{where}: hash mismatch for {name!r}")
-                    if name in self.index:
-                        raise CorruptError(f"{where}: duplicate entry {name!r}")
+                    why = None
+                    if not name or b"/" in name or b"\0" in name or name in (b".", b".."):
+                        why = "invalid name"
+                    elif h != fmt.name_hash(name):
+                        why = "hash mismatch for"
+                    elif name in self.index:
+                        why = "duplicate entry"
+                    if why:
+                        self.errors.append(CorruptError(f"{where}: {why} {name!r}"))
+                        self.skipped.add(bi * BS + off)
+                        continue
                     self.index[name] = bi * BS + off
                     slack += rec_len - fmt.dirent_size(len(name))
                 else:
@@ -193,6 +216,9 @@ class Directory:
         bi = start // BS
         nblocks = len(self.blocks)
         while bi < nblocks:
+            if bi in self.bad:
+                bi += 1
+                continue
             # a snapshot: the caller may await between entries while records change
             buf = bytes(self.blocks[bi])
             base = bi * BS
@@ -200,7 +226,7 @@ class Directory:
             while off < BS:
                 ino, _, rec_len, _, nlen = _unpack(buf, off)
                 pos = base + off
-                if ino and pos >= start:
+                if ino and pos >= start and not (self.skipped and pos in self.skipped):
                     yield bytes(buf[off + HDR:off + HDR + nlen]), ino, pos + 1
                 off += rec_len
             bi += 1

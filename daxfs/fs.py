@@ -32,6 +32,7 @@ from .file import RELATIME_NS, Handle, FileIO
 from .freeze import Freeze, GateLock
 from .icache import ITABLE_CACHE, InodeCache
 from .inode import Inode
+from .itable_scan import check_unmarked_inodes
 from .journal import Journal, read_blocks, write_blocks
 from .namei import LINK_MAX, RENAME_EXCHANGE, RENAME_NOREPLACE, Namespace
 from .transaction import OP_MAX_BLOCKS, Transactions
@@ -140,6 +141,7 @@ class Filesystem(InodeCache, Namespace, FileIO, Attributes, Xattrs, Transactions
             await fs.journal.reset()
         await fs._load_bitmaps()
         await fs._crosscheck_bitmaps()
+        await check_unmarked_inodes(fs)
         root = await fs.iget(fs.sb.root_ino)
         if not root.is_dir:
             raise CorruptError("root inode is not a directory")
@@ -248,7 +250,8 @@ async def read_superblock(dev) -> tuple[fmt.Superblock, str | None]:
     refused with the way out (VersionError), never read through a backup."""
     total = dev.nr_sectors // fmt.BLOCK_SECTORS
     raw = await read_blocks(dev, 0)
-    if raw[:8] != fmt.SB_MAGIC and (await read_blocks(dev, 1))[:8] != fmt.SB_MAGIC:
+    if raw[:8] != fmt.SB_MAGIC and (await read_blocks(dev, 1))[:8] != fmt.SB_MAGIC and \
+            (await read_blocks(dev, total - 1))[:8] != fmt.SB_MAGIC:
         raise CorruptError("superblock: bad magic (not a daxfs filesystem)")
     try:
         sb = fmt.Superblock.unpack(raw)

@@ -8,10 +8,18 @@ import uuid as uuidlib
 
 from . import format as fmt
 from .errors import FsError
+from .directory import DT_DIR, Directory, empty_block
 from .inode import Inode
 from .journal import header_block, write_blocks
 
 log = logging.getLogger(__name__)
+
+# lost+found, where fsck.daxfs puts the inodes it finds with no name, is made by mkfs as
+# mke2fs makes it: inode 2 (the first after the root), with blocks preallocated so fsck
+# need not allocate to reconnect the first few hundred inodes (mke2fs gives it 16 KiB too)
+LOST_FOUND = b"lost+found"
+LOST_FOUND_INO = 2
+LOST_FOUND_BLOCKS = 4
 
 # Signatures of filesystems and volume labels mkfs must not overwrite without -f:
 # (byte offset, magic, name), as blkid knows them.
@@ -52,10 +60,14 @@ async def mkfs(dev, *, label: str = "", fs_uuid: bytes | None = None,
         raise FsError(errno.ENOSPC, "device too small for the metadata")
     now = time.time_ns()
     fs_uuid = fs_uuid or uuidlib.uuid4().bytes
+    # the data area starts with lost+found's blocks, then the root's one block
+    lf_blk = geo.data_start
+    root_blk = lf_blk + LOST_FOUND_BLOCKS
+    nmeta = LOST_FOUND_BLOCKS + 1
     sb = fmt.Superblock(
         uuid=fs_uuid, label=label, total_blocks=total_blocks,
-        free_blocks=total_blocks - geo.data_start - 1, total_inodes=geo.total_inodes,
-        free_inodes=geo.total_inodes - 2, journal_start=geo.journal_start,
+        free_blocks=total_blocks - geo.data_start - 1 - nmeta, total_inodes=geo.total_inodes,
+        free_inodes=geo.total_inodes - 3, journal_start=geo.journal_start,
         journal_blocks=geo.journal_blocks, fc_start=geo.fc_start, fc_blocks=geo.fc_blocks,
         bbitmap_start=geo.bbitmap_start,
         bbitmap_blocks=geo.bbitmap_blocks, ibitmap_start=geo.ibitmap_start,
@@ -67,22 +79,35 @@ async def mkfs(dev, *, label: str = "", fs_uuid: bytes | None = None,
     # (the second backup superblock); so are the bits past the end of the device in the
     # last bitmap block, so the allocator never hands them out.
     bbm = bytearray(geo.bbitmap_blocks * fmt.PAYLOAD)
-    _set_bits(bbm, 0, geo.data_start)
+    _set_bits(bbm, 0, geo.data_start + nmeta)
     _set_bits(bbm, total_blocks - 1, len(bbm) * 8 - total_blocks + 1)
     ibm = bytearray(geo.ibitmap_blocks * fmt.PAYLOAD)
-    _set_bits(ibm, 0, 2)                        # inode 0 never exists; 1 is the root
+    _set_bits(ibm, 0, 3)                # inode 0 never exists; 1 is the root, 2 lost+found
     _set_bits(ibm, geo.total_inodes, len(ibm) * 8 - geo.total_inodes)
 
-    root = Inode(fmt.ROOT_INO)
-    root.mode = stat.S_IFDIR | 0o755
-    root.nlink = 2
-    root.uid, root.gid = os.getuid(), os.getgid()
-    root.atime_ns = root.mtime_ns = root.ctime_ns = root.crtime_ns = now
-    root.parent = fmt.ROOT_INO
-    root.generation = 1
+    def directory(ino, mode, nlink, blk, nblocks):
+        d = Inode(ino)
+        d.mode = stat.S_IFDIR | mode
+        d.nlink = nlink
+        d.uid, d.gid = os.getuid(), os.getgid()
+        d.atime_ns = d.mtime_ns = d.ctime_ns = d.crtime_ns = now
+        d.parent = fmt.ROOT_INO
+        d.generation = 1
+        d.add_extent(0, nblocks, blk)
+        d.size = nblocks * fmt.BLOCK_SIZE
+        return d
+
+    root = directory(fmt.ROOT_INO, 0o755, 3, root_blk, 1)
+    lost = directory(LOST_FOUND_INO, 0o700, 2, lf_blk, LOST_FOUND_BLOCKS)
     itable0 = bytearray(fmt.BLOCK_SIZE)
-    _, off = fmt.inode_location(fmt.ROOT_INO)
-    itable0[off:off + fmt.INODE_SIZE] = root.pack(fs_uuid)
+    for inode in (root, lost):
+        _, off = fmt.inode_location(inode.ino)
+        itable0[off:off + fmt.INODE_SIZE] = inode.pack(fs_uuid)
+    root_dir = Directory([empty_block()])
+    root_dir.add(LOST_FOUND, LOST_FOUND_INO, DT_DIR)
+    dir_blocks = b"".join(fmt.seal(empty_block(), lf_blk + i, fs_uuid)
+                          for i in range(LOST_FOUND_BLOCKS))
+    dir_blocks += fmt.seal(root_dir.blocks[0], root_blk, fs_uuid)
 
     def bitmap(data, start, n, kind):
         return b"".join(fmt.seal(fmt.pack_bitmap_block(data, i, kind), start + i, fs_uuid)
@@ -104,6 +129,7 @@ async def mkfs(dev, *, label: str = "", fs_uuid: bytes | None = None,
     # an older filesystem, which carry its uuid and are never trusted (a slot is read only
     # when the inode bitmap says it is in use, and written whole when allocated)
     await write_blocks(dev, geo.itable_start, itable0)
+    await write_blocks(dev, lf_blk, dir_blocks)
     # the backups, then the primary last, so an interrupted mkfs leaves no valid-looking
     # filesystem at block 0
     for b in sb.backup_blocks:

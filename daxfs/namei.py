@@ -34,6 +34,8 @@ class Namespace:
                 raise FsError(errno.ENOTDIR, "not a directory")
             nblocks = inode.size // BS
             blocks = []
+            bad: set[int] = set()       # blocks that fail verification: nothing read there
+            errs: list[CorruptError] = []
             lblk = 0
             while lblk < nblocks:
                 pblk, run = inode.map(lblk)
@@ -42,10 +44,21 @@ class Namespace:
                 run = min(run, nblocks - lblk)
                 if not self.sb.data_start <= pblk or pblk + run >= self.sb.total_blocks:
                     raise CorruptError(f"directory {inode.ino}: block {pblk} out of range")
-                data = await self._read_meta(pblk, run, "directory")
-                blocks.extend(bytearray(data[i * BS:(i + 1) * BS]) for i in range(run))
+                data = await self._read_meta(pblk, run)
+                for i in range(run):
+                    buf = bytearray(data[i * BS:(i + 1) * BS])
+                    try:
+                        fmt.verify(buf, "directory", pblk + i, self.sb.uuid)
+                    except CorruptError as e:
+                        bad.add(len(blocks))
+                        errs.append(e)
+                    blocks.append(buf)
                 lblk += run
-            inode.dir = Directory(blocks, f"directory {inode.ino}")
+            d = Directory(blocks, f"directory {inode.ino}", bad)
+            d.errors[:0] = errs
+            for e in d.errors:
+                self._meta_error(e)
+            inode.dir = d
         return inode.dir
 
     async def _dir_add(self, parent: Inode, name: bytes, inode: Inode) -> None:
@@ -77,6 +90,10 @@ class Namespace:
             raise FsError(errno.ENAMETOOLONG, "file name too long")
         e = d.lookup(name)
         if e is None:
+            if d.errors:
+                # the name may be in what could not be read: not "no such file" (ext4
+                # answers a lookup in a block that fails its checksum the same way)
+                raise CorruptError(d.errors[0].strerror)
             raise FsError(errno.ENOENT, "no such file or directory")
         return await self.iget(e[0])
 
@@ -340,10 +357,19 @@ class Namespace:
         d = await self._dir(inode)
         for name, child, nxt in d.entries_from(cookie):
             try:
-                yield name, await self.iget(child), nxt
-            except FsError:
-                if d.lookup(name) is not None:    # still there: the entry is broken
+                target = await self.iget(child)
+            except FsError as e:
+                if d.lookup(name) is None:
+                    continue                    # removed meanwhile
+                if e.errno not in (errno.EUCLEAN, errno.ENOENT):
                     raise
+                # a damaged inode (logged, read-only now) or an entry naming a free one:
+                # the rest of the directory stays listable
+                if e.errno == errno.ENOENT:
+                    self._meta_error(CorruptError(f"directory {ino}: entry {name!r} names "
+                                                  f"inode {child}, which is not in use"))
+                continue
+            yield name, target, nxt
 
     async def listdir(self, ino: int) -> list[bytes]:
         return [name async for name, _, _ in self.readdir(ino)]

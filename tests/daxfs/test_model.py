@@ -153,7 +153,7 @@ class FsModel(RuleBasedStateMachine):
                         fh = await self.fs.open(inode.ino, os.O_RDONLY)
                         seen[p] = await self.fs.read(fh, 0, inode.size + 10)
                         await self.fs.release(fh)
-            want = {p: None for p in self.dirs if p} | self.files
+            want = {p: None for p in self.dirs if p} | self.files | {"lost+found": None}
             assert seen == want
         self.run(go)
 

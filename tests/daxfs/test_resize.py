@@ -70,7 +70,8 @@ def write_files(mnt: Path, sizes) -> dict:
 
 
 def read_sums(mnt: Path) -> dict:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in mnt.iterdir()}
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in mnt.iterdir()
+            if p.is_file()}
 
 
 @needs_fuse

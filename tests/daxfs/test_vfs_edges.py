@@ -236,7 +236,7 @@ async def test_a_failure_inside_a_commit_never_kills_the_daemon(image, mntdir, m
             except OSError as e:
                 assert e.errno in (errno.EROFS, errno.EIO), e
             assert await sync((mntdir / "kept").read_text) == "committed before"
-            assert sorted(await sync(os.listdir, mntdir)) == ["kept", "lost"]
+            assert sorted(await sync(os.listdir, mntdir)) == ["kept", "lost", "lost+found"]
             await trio.sleep(0.5)           # a few more periodic commits: still serving
             assert await sync(os.path.ismount, mntdir)
             assert (await sync(os.statvfs, mntdir)).f_bsize == 4096
@@ -455,7 +455,7 @@ def test_rename_whiteout(m):
     assert dst.read_text() == "moved"
     s = os.lstat(src)
     assert st.S_ISCHR(s.st_mode) and s.st_rdev == 0
-    assert sorted(os.listdir(m.mnt)) == ["dst", "src"]
+    assert sorted(os.listdir(m.mnt)) == ["dst", "lost+found", "src"]
     try:
         renameat2(dst, src, RENAME_WHITEOUT | RENAME_EXCHANGE)
         raise AssertionError("whiteout with exchange accepted")
