@@ -55,12 +55,13 @@ class MountOptions:
     skip_dax_flush: bool = False                # x-crashcheck-skip-dax-flush: likewise
     writeback: bool = False                     # FUSE writeback cache (-o writeback)
     log_file: str | None = None                 # where this mount logs, told to dmemud
+    given: str = ""                             # the -o options as given, for a remount
 
 
 def parse_options(opts: list[str], source: str) -> MountOptions:
     """Split -o options into ours and FUSE's (fsname is SOURCE; no subtype, so /proc/mounts
     shows plain 'fuse' as fstests requires)."""
-    mo = MountOptions()
+    mo = MountOptions(given=",".join(o for o in opts if o))
     for o in opts:
         if not o:
             continue
@@ -163,6 +164,7 @@ async def serve(source: str, mountpoint: str, mo: MountOptions, *, ready=None) -
         fs.strictatime = mo.strictatime and not mo.read_only
         stack.push_async_callback(fs.unmount)
         ops = Operations(fs)
+        ops.mount_options = mo.given
         if mo.writeback:
             # the kernel merges small writes into large ones and sends them at writeback
             # or fsync; fsync still commits, so durability rules do not change

@@ -25,6 +25,9 @@ ATTR_TIMEOUT = 60.0
 # Read-only counters of the daemon (requests per kind, commits) on the root directory, for
 # tests and benchmarks that count requests per operation; not listed by listxattr.
 STATS_XATTR = b"trusted.daxfs.stats"
+# The -o options the mount was made with, on the root directory, so a tool that unmounts it
+# for a while (lvreduce -r) can mount it again as it was; not listed by listxattr.
+OPTIONS_XATTR = b"trusted.daxfs.mount_options"
 # readdir offsets 1 and 2 are "after `.`" and "after `..`"; the directory's own cookies
 # (record position + 1) are handed to the kernel shifted by this much
 DOT_COOKIES = 2
@@ -76,6 +79,7 @@ class Operations(pyfuse3.Operations):
     def __init__(self, fs: Filesystem):
         super().__init__()
         self.fs = fs
+        self.mount_options = ""            # as given to -o, for OPTIONS_XATTR
         self.requests: dict[str, int] = {}
         self.write_bytes = 0
         # inodes whose kernel-cached attributes are stale, once each, in order: a set
@@ -303,6 +307,8 @@ class Operations(pyfuse3.Operations):
             return json.dumps({"requests": self.requests,
                                "write_bytes": self.write_bytes,
                                "commits": self.fs.journal.commits}).encode()
+        if name == OPTIONS_XATTR and inode == pyfuse3.ROOT_INODE:
+            return self.mount_options.encode()
         return await self.fs.getxattr(inode, name)
 
     @_handler
