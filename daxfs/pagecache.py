@@ -4,10 +4,10 @@ freeze_super syncs the filesystem, so the stores of mmap writers (and, with ``-o
 writeback``, of write(2)) that the kernel still holds in its page cache belong in the frozen
 image. A FUSE server cannot count on syncfs(2) for that: the kernel has long treated FUSE
 mappings as having no data-integrity semantics, so syncfs may start the writeback of a dirty
-mapping and return before its writes reach us, or not write it at all, depending on the
-kernel (6.16 made it wait, the 6.18 stable series stopped waiting for writeback-cache
-mounts; measured here, a 1 MiB mapping dirtied before syncfs arrived after it about one
-freeze in eight under load). fsync(2) is the call that does wait, on every kernel: it
+mapping and return before its writes reach us, depending on the kernel (the removal of
+FUSE's temporary writeback pages made it wait; the 6.18 stable series stopped waiting again
+for writeback-cache mounts; measured here on 6.18, a 1 MiB mapping dirtied before syncfs
+arrived after it about one freeze in eight under load). fsync(2) is the call that does wait, on every kernel: it
 writes the mapping's dirty pages, waits for their FUSE writes to be answered, and only then
 returns. So after syncfs, every file open for writing (a shared writable mapping keeps its
 open file until munmap) is reopened through its file handle and fsynced.
