@@ -51,6 +51,15 @@ class FileIO:
             raise FsError(errno.EBADF, "bad file handle")
         return h
 
+    def open_for_writing(self) -> list[tuple[int, int]]:
+        """(ino, generation) of each regular file open for writing: the files whose pages
+        the kernel may hold dirty (a shared writable mapping keeps its file open)."""
+        found = {}
+        for h in self.handles.values():
+            if h.inode.is_reg and h.flags & os.O_ACCMODE != os.O_RDONLY:
+                found[h.inode.ino] = h.inode.generation
+        return list(found.items())
+
     async def open(self, ino: int, flags: int, kill: bool = False) -> int:
         """kill: an O_TRUNC open by a caller without CAP_FSETID, whose truncation kills
         set-id bits (FUSE_OPEN_KILL_SUIDGID, killpriv.py)."""

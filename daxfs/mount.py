@@ -5,7 +5,6 @@ is closed first, then the filesystem commits, flushes and marks itself clean, th
 device is released. Background work (the periodic commit, kernel cache invalidations)
 runs in a nursery that ends with the mount.
 """
-import ctypes
 import logging
 import os
 import signal
@@ -15,6 +14,7 @@ from dataclasses import dataclass, field
 import pyfuse3
 import trio
 
+from . import pagecache
 from .dax import DaxPolicy, check_mount, parse_dax_option
 from .fs import Filesystem
 from .kmsg import KernelLog
@@ -55,12 +55,13 @@ class MountOptions:
     skip_dax_flush: bool = False                # x-crashcheck-skip-dax-flush: likewise
     writeback: bool = False                     # FUSE writeback cache (-o writeback)
     log_file: str | None = None                 # where this mount logs, told to dmemud
+    given: str = ""                             # the -o options as given, for a remount
 
 
 def parse_options(opts: list[str], source: str) -> MountOptions:
     """Split -o options into ours and FUSE's (fsname is SOURCE; no subtype, so /proc/mounts
     shows plain 'fuse' as fstests requires)."""
-    mo = MountOptions()
+    mo = MountOptions(given=",".join(o for o in opts if o))
     for o in opts:
         if not o:
             continue
@@ -163,6 +164,7 @@ async def serve(source: str, mountpoint: str, mo: MountOptions, *, ready=None) -
         fs.strictatime = mo.strictatime and not mo.read_only
         stack.push_async_callback(fs.unmount)
         ops = Operations(fs)
+        ops.mount_options = mo.given
         if mo.writeback:
             # the kernel merges small writes into large ones and sends them at writeback
             # or fsync; fsync still commits, so durability rules do not change
@@ -229,23 +231,6 @@ def _widen_readahead(mountpoint: str) -> None:
         log.info("readahead of %s left as it was: %s", mountpoint, e)
 
 
-def _write_back_page_cache(mountpoint: str) -> None:
-    """syncfs(2) on our own mount: the kernel writes back the dirty pages of mmap writers and
-    of the writeback cache, which arrive here as ordinary writes. Runs in a thread while the
-    trio loop keeps serving those writes."""
-    fd = os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        if _libc.syncfs(fd) != 0:
-            e = ctypes.get_errno()
-            raise OSError(e, f"syncfs {mountpoint}: {os.strerror(e)}")
-    finally:
-        os.close(fd)
-
-
-# os.syncfs arrived only in Python 3.12
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
 def _follow_device(dev, fs: Filesystem, mountpoint: str) -> None:
     """Answer dmemud's events for the device under the mount: freeze and thaw around a
     suspend (a snapshot being taken), and the device going away (removal, power failure)."""
@@ -257,7 +242,8 @@ def _follow_device(dev, fs: Filesystem, mountpoint: str) -> None:
                 # frozen image, so it must reach us while the gate is still open.
                 if not fs.read_only and not fs.dead:
                     try:
-                        await trio.to_thread.run_sync(_write_back_page_cache, mountpoint)
+                        await trio.to_thread.run_sync(pagecache.write_back, mountpoint,
+                                                      fs.open_for_writing())
                     except OSError as e:
                         log.error("writing back the page cache before a freeze failed: %s", e)
                 await fs.freeze()

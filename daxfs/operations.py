@@ -27,6 +27,9 @@ ATTR_TIMEOUT = 60.0
 # Read-only counters of the daemon (requests per kind, commits) on the root directory, for
 # tests and benchmarks that count requests per operation; not listed by listxattr.
 STATS_XATTR = b"trusted.daxfs.stats"
+# The -o options the mount was made with, on the root directory, so a tool that unmounts it
+# for a while (lvreduce -r) can mount it again as it was; not listed by listxattr.
+OPTIONS_XATTR = b"trusted.daxfs.mount_options"
 # readdir offsets 1 and 2 are "after `.`" and "after `..`"; the directory's own cookies
 # (record position + 1) are handed to the kernel shifted by this much
 DOT_COOKIES = 2
@@ -81,6 +84,7 @@ class Operations(pyfuse3.Operations):
     def __init__(self, fs: Filesystem):
         super().__init__()
         self.fs = fs
+        self.mount_options = ""            # as given to -o, for OPTIONS_XATTR
         self.requests: dict[str, int] = {}
         self.write_bytes = 0
         self._v2: bool | None = None
@@ -354,6 +358,8 @@ class Operations(pyfuse3.Operations):
                                "write_bytes": self.write_bytes,
                                "fuse_caps": killpriv.negotiated(),
                                "commits": self.fs.journal.commits}).encode()
+        if name == OPTIONS_XATTR and inode == pyfuse3.ROOT_INODE:
+            return self.mount_options.encode()
         return await self.fs.getxattr(inode, name)
 
     @_handler

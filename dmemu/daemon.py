@@ -278,18 +278,21 @@ class Server:
         size = parse_size(req.get("size", ""), what="size")
         align = parse_size(req["align"], what="align") if req.get("align") is not None else None
         spec = self.kernel.create_namespace(size, align, req.get("mode") or "fsdax",
-                                            req.get("name") or "", req.get("persistence") or "eadr")
-        return {"namespace": spec_json(spec)}
+                                            req.get("name") or "", req.get("persistence") or "eadr",
+                                            _sector_size(req))
+        return {"namespace": spec_json(spec, self.kernel.devices.get(spec.blockdev))}
 
     async def op_reconfigure_namespace(self, conn, req, payload):
         spec = self.kernel.reconfigure_namespace(str(req.get("namespace", "")),
                                                  str(req.get("mode") or "fsdax"),
-                                                 bool(req.get("force")), req.get("name"))
-        return {"namespace": spec_json(spec)}
+                                                 bool(req.get("force")), req.get("name"),
+                                                 _sector_size(req))
+        return {"namespace": spec_json(spec, self.kernel.devices.get(spec.blockdev))}
 
     async def op_list(self, conn, req, payload):
         kind = req.get("kind")
-        return {"devices": [spec_json(s) for s in self.kernel.specs if not kind or s.kind == kind]}
+        return {"devices": [spec_json(s, self.kernel.devices.get(s.blockdev))
+                            for s in self.kernel.specs if not kind or s.kind == kind]}
 
     async def op_destroy(self, conn, req, payload):
         spec = self.kernel.destroy(_str(req, "device"), req.get("kind") or "pmem")
@@ -463,13 +466,24 @@ class Server:
         return {"lines": lines}
 
 
-def spec_json(spec) -> dict:
+def _sector_size(req) -> int | None:
+    v = req.get("sector_size")
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise DmemuError(errno.EINVAL, "sector_size must be a number")
+    return v
+
+
+def spec_json(spec, dev=None) -> dict:
     d = {"kind": spec.kind, "blockdev": spec.blockdev, "devno": spec.devno, "size": spec.size,
          "uuid": spec.uuid, "model": spec.model, "dax": spec.dax_capable, "enabled": spec.enabled,
          "badblocks": spec.badblocks}
     if spec.kind == "pmem":
         d.update(dev=spec.dev, name=spec.name, mode=spec.mode, align=spec.align,
-                 chardev=spec.chardev)
+                 chardev=spec.chardev, sector_size=spec.sector_size)
+        if getattr(dev, "btt", None) is not None:
+            d["btt_size"] = dev.nr_sectors * 512     # what the block device exports
     return d
 
 

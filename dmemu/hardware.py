@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .blockdev import SECTOR_SIZE
+from .btt import Btt, BttError
 from .errors import DmemuError, io_error
 from .media import Media
 
@@ -49,6 +50,7 @@ class BaseSpec:
     align: int = 0
     enabled: bool = True
     badblocks: list = field(default_factory=list)   # [[sector, count], ...], sorted, merged
+    sector_size: int = SECTOR_SIZE     # a sector namespace's BTT sector size (512 or 4096)
 
     @property
     def devno(self) -> str:
@@ -74,12 +76,30 @@ class BaseDevice:
     fua/preflush, flush), with media errors failing reads as the pmem driver does.
     """
 
-    def __init__(self, spec: BaseSpec, image_base: str, *, create: bool = False):
+    def __init__(self, spec: BaseSpec, image_base: str, *, create: bool = False,
+                 format_btt: bool = False):
         self.spec = spec
         self.media_spec = Media.spec_for(spec.model, image_base, spec.size)
         self.media = Media(self.media_spec, create=create)
         self.removed = False
         self._unheld = None         # a trio.Event while resolutions are held (trace start/stop)
+        # sector mode: the BTT on the media, formatted when the namespace is made (or
+        # reconfigured) and recovered at every start; damaged metadata makes every I/O
+        # fail with the reason instead of stopping dmemud
+        self.btt: Btt | None = None
+        self.btt_error = ""
+        if spec.kind == "pmem" and spec.mode == "sector":
+            try:
+                self.btt = (Btt.format(self.media, spec.size, spec.sector_size) if format_btt
+                            else Btt.open(self.media, spec.size))
+            except BttError as e:
+                if format_btt:
+                    self.media.close()
+                    raise
+                self.btt_error = (f"{spec.blockdev}: {e.message}: reconfigure the namespace "
+                                  f"to format a new BTT (ndctl create-namespace -f -e {spec.dev} "
+                                  f"-m sector), which loses its data")
+                log.error("%s", self.btt_error)
 
     def set_trace(self, path: str | None) -> None:
         """Reopen the media with (or without) a persistence trace; callers hold the device."""
@@ -90,13 +110,24 @@ class BaseDevice:
         self.media.close()
         self.media_spec = spec
         self.media = Media(spec)
+        if self.btt is not None:
+            self.btt.media = self.media
 
     name = property(lambda self: self.spec.blockdev)
     devno = property(lambda self: self.spec.devno)
-    nr_sectors = property(lambda self: self.spec.size // SECTOR_SIZE)
+    @property
+    def nr_sectors(self) -> int:
+        if self.spec.kind == "pmem" and self.spec.mode == "sector":
+            # damaged metadata: the raw size, so I/O gets as far as the reason it fails
+            return self.btt.nr_sectors if self.btt is not None else self.spec.size // SECTOR_SIZE
+        return self.spec.size // SECTOR_SIZE
+
+    @property
+    def logical_block_size(self) -> int:
+        return self.btt.lbasize if self.btt is not None else SECTOR_SIZE
+
     dax_capable = property(lambda self: self.spec.dax_capable)
     chardev = property(lambda self: self.spec.chardev)
-    logical_block_size = SECTOR_SIZE
 
     kind = property(lambda self: self.spec.kind)
 
@@ -106,6 +137,10 @@ class BaseDevice:
         if self.removed:
             raise io_error(f"{self.name}: device removed")
         end, segs, pos = self.nr_sectors, [], 0
+        if self.spec.kind == "pmem" and self.spec.mode == "sector":
+            # every sector moves through the BTT: dmemud carries out each bio, nobody maps
+            self._btt()
+            return Region(0, end, [Seg(0, end, "bio")])
         for s, c in self.spec.badblocks:
             if s > pos:
                 segs.append(Seg(pos, s, "map", self, pos))
@@ -128,6 +163,17 @@ class BaseDevice:
     def read(self, sector: int, nbytes: int) -> bytes:
         if self.removed:
             raise io_error(f"{self.name}: device removed").as_oserror()
+        if self.spec.mode == "sector" and self.spec.kind == "pmem":
+            try:
+                btt = self._btt()
+                blocks = btt.read_blocks(sector, nbytes)
+            except DmemuError as e:
+                raise e.as_oserror() from None
+            for lba, block in blocks:
+                if self.poisoned(*btt.data_range(block)):
+                    raise io_error(f"{self.name}: media error in sector "
+                                   f"{lba * btt.lbasize // SECTOR_SIZE}").as_oserror()
+            return btt.read(sector, nbytes)
         if self.poisoned(sector, -(-nbytes // SECTOR_SIZE)):
             raise io_error(f"{self.name}: media error in sectors {sector}+{nbytes // SECTOR_SIZE}").as_oserror()
         return self.media.read(sector * SECTOR_SIZE, nbytes)
@@ -138,7 +184,22 @@ class BaseDevice:
             raise io_error(f"{self.name}: device removed").as_oserror()
         if preflush:
             self.media.flush()
+        if self.spec.mode == "sector" and self.spec.kind == "pmem":
+            try:
+                btt = self._btt()
+                written = btt.write(sector, data)
+            except DmemuError as e:
+                raise e.as_oserror() from None
+            for block in written:
+                # written whole: poison under the block is gone, as the pmem driver clears it
+                clear_badblocks(self.spec, *btt.data_range(block))
+            return
         self.media.write(sector * SECTOR_SIZE, data, fua)
+
+    def _btt(self) -> Btt:
+        if self.btt is None:
+            raise io_error(self.btt_error or f"{self.name}: no BTT")
+        return self.btt
 
     def flush(self) -> None:
         self.media.flush()
@@ -209,6 +270,8 @@ def spec_from_json(d) -> BaseSpec:
     for key, k in (("name", str), ("mode", str), ("align", int), ("enabled", bool), ("badblocks", list)):
         if key in d:
             want(key, k)
+    if "sector_size" in d:
+        want("sector_size", int, lambda v: v in (512, 4096))
     if d.get("mode", "fsdax") not in MODES:
         raise ValueError(f"mode {d['mode']!r} is invalid")
     for run in d.get("badblocks", []):

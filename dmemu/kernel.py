@@ -212,7 +212,11 @@ class Kernel(LeaseManager):
 
     def _add(self, spec: BaseSpec) -> BaseDevice:
         self._check_space(spec.size, spec.model)
-        dev = BaseDevice(spec, self._image_base(spec), create=True)
+        try:
+            dev = BaseDevice(spec, self._image_base(spec), create=True, format_btt=True)
+        except DmemuError:          # e.g. too small for a BTT: leave no image behind
+            self._remove_images(spec)
+            raise
         self.specs.append(spec)
         try:
             self._save()
@@ -234,9 +238,10 @@ class Kernel(LeaseManager):
                 pass
 
     def create_namespace(self, size: int, align: int | None, mode: str, name: str,
-                         persistence: str) -> BaseSpec:
+                         persistence: str, sector_size: int | None = None) -> BaseSpec:
         align = DEFAULT_ALIGN if align is None else align
         self._check_mode(mode)
+        sector_size = self._check_sector_size(mode, sector_size)
         if persistence not in ("eadr", "adr"):
             raise invalid(f"persistence '{persistence}' is unknown: use eadr or adr")
         if align not in ALIGNMENTS:
@@ -259,7 +264,7 @@ class Kernel(LeaseManager):
         idx = next(i for i in range(len(used) + 1) if i not in used)
         spec = BaseSpec(kind="pmem", blockdev=device_name(mode, idx), dev=f"namespace0.{idx}", size=size,
                         minor=idx, uuid=new_uuid(), model=persistence, name=name or "",
-                        mode=mode, align=align)
+                        mode=mode, align=align, sector_size=sector_size)
         self._add(spec)
         return spec
 
@@ -270,11 +275,27 @@ class Kernel(LeaseManager):
                           f"DAX-capable), sector (atomic sectors, not DAX-capable) or devdax "
                           f"(a DAX character device)")
 
-    def reconfigure_namespace(self, ident: str, mode: str, force: bool, name: str | None) -> BaseSpec:
+    @staticmethod
+    def _check_sector_size(mode: str, sector_size: int | None) -> int:
+        """ndctl -l: a sector namespace's BTT has 512 or 4096-byte sectors; the other modes
+        address the pmem in 512-byte sectors only."""
+        if sector_size is None:
+            return SECTOR_SIZE
+        if mode == "sector" and sector_size in (512, 4096):
+            return sector_size
+        if sector_size == SECTOR_SIZE:
+            return sector_size
+        raise invalid(f"sector size {sector_size} is not supported for mode {mode}: "
+                      + ("use 512 or 4096" if mode == "sector"
+                         else "only sector mode (a BTT) takes 4096; other modes use 512"))
+
+    def reconfigure_namespace(self, ident: str, mode: str, force: bool, name: str | None,
+                              sector_size: int | None = None) -> BaseSpec:
         """ndctl create-namespace -e: the same capacity (and contents) in another mode; an
         enabled namespace needs force, one in use is refused whatever."""
         spec = self.find_spec(ident, kind="pmem")
         self._check_mode(mode)
+        sector_size = self._check_sector_size(mode, sector_size)
         if name is not None and name != spec.name:
             check_user_name(name, "namespace name")
             if any(s.name == name for s in self.specs):
@@ -290,13 +311,21 @@ class Kernel(LeaseManager):
                            + "; unmount or close it first")
             dev.close()
             del self.devices[spec.blockdev]
-        spec.mode = mode
+        old = (spec.mode, spec.blockdev, spec.sector_size)
+        spec.mode, spec.sector_size = mode, sector_size
         spec.blockdev = device_name(mode, spec.minor)
+        try:
+            # a BTT is formatted on the media now (the others keep the contents)
+            dev = BaseDevice(spec, self._image_base(spec), create=True, format_btt=True)
+        except DmemuError:
+            spec.mode, spec.blockdev, spec.sector_size = old
+            self.devices[spec.blockdev] = BaseDevice(spec, self._image_base(spec))
+            raise
         if name is not None:
             spec.name = name
         spec.enabled = True
         self._save()
-        self.devices[spec.blockdev] = BaseDevice(spec, self._image_base(spec), create=True)
+        self.devices[spec.blockdev] = dev
         log.info("reconfigured %s as %s (%s)", spec.dev, mode, spec.blockdev)
         return spec
 
@@ -498,7 +527,8 @@ class Kernel(LeaseManager):
             dev.write(sector, data, fua=fua, preflush=preflush)
         else:
             dev.write(sector, data, fua=fua, preflush=preflush)
-            clear_badblocks(dev.spec, sector, len(data) // SECTOR_SIZE)
+            if getattr(dev, "btt", None) is None:      # a BTT clears under what it wrote
+                clear_badblocks(dev.spec, sector, len(data) // SECTOR_SIZE)
 
     async def revoke(self, predicate, why: str) -> list:
         """Ask every holder of a lease matching ``predicate`` to drop it; wait for them.

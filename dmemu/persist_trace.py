@@ -62,11 +62,15 @@ def copy_sparse(src: str, dst: str) -> None:
 
 
 def materialize(base: str, records: list, fence: int, out: str, *,
-                unflushed: float = 0.0, tear: bool = False, seed: int | None = None) -> int:
+                unflushed: float = 0.0, tear: bool = False, seed: int | None = None,
+                in_flight: int | None = None) -> int:
     """Write to ``out`` the media after a power failure right after fence ``fence``
     (0 = before the first record). With ``unflushed`` > 0, each line that a later record
-    flushes survives with that probability (torn at 8-byte words if ``tear``). Returns the
-    number of such lines that survived."""
+    flushes survives with that probability (torn at 8-byte words if ``tear``). With
+    ``in_flight`` N, only the next N records may have been stored yet: a bio write is
+    stored and flushed as one record, so a power failure can catch the one in flight
+    (``in_flight=1``) but none issued after it. Returns the number of such lines that
+    survived."""
     copy_sparse(base, out)
     rng = random.Random(seed)
     survived = 0
@@ -77,7 +81,8 @@ def materialize(base: str, records: list, fence: int, out: str, *,
         if unflushed <= 0:
             return 0
         seen = set()
-        for offset, data in records[fence:]:
+        later = records[fence:] if in_flight is None else records[fence:fence + in_flight]
+        for offset, data in later:
             first = offset - offset % CACHELINE
             for line in range(first, offset + len(data), CACHELINE):
                 if line in seen or rng.random() >= unflushed:

@@ -45,6 +45,9 @@ def build_parser(prog: str) -> ArgumentParser:
                     help="probability that a line stored but not yet flushed survived")
     ci.add_argument("--tear", action="store_true", help="surviving unflushed lines tear at 8 bytes")
     ci.add_argument("--seed", type=int)
+    ci.add_argument("--in-flight", type=int, metavar="N",
+                    help="only the next N fences' stores may have survived (1: the bio write "
+                         "the power failure interrupted)")
     pr = sub.add_parser("profile", help="show or choose how the stack behaves: 'fixed' (DAX "
                         "snapshots, clear refusals; the default) or 'linux' (Linux 6.1 and LVM "
                         "2.03.16, their texts and exit codes); kept across restarts")
@@ -78,7 +81,7 @@ async def _main(args) -> int:
         elif args.cmd == "lsblk":
             print(f"{'NAME':<12} {'MAJ:MIN':<8} {'SIZE':>7} {'DAX':<3} {'MODEL':<5} STATE")
             for d in (await k.call("list"))["devices"]:
-                print(f"{d['blockdev']:<12} {d['devno']:<8} {human(d['size']):>7} "
+                print(f"{d['blockdev']:<12} {d['devno']:<8} {human(d.get('btt_size', d['size'])):>7} "
                       f"{'yes' if d['dax'] else 'no':<3} {d['model']:<5} "
                       f"{'live' if d['enabled'] else 'removed'}")
         elif args.cmd == "power-fail":
@@ -105,12 +108,16 @@ async def _main(args) -> int:
             if not (tdir / f"{name}.trace").exists():
                 from ..errors import no_device
                 raise no_device(f"{args.device}: no trace recorded: run 'dmemu trace start {name}' first")
+            if args.in_flight is not None and args.in_flight < 0:
+                from ..errors import invalid
+                raise invalid(f"--in-flight {args.in_flight}: give a number of fences, 0 or more")
             records = read_trace(str(tdir / f"{name}.trace"))
             if not 0 <= args.fence <= len(records):
                 from ..errors import invalid
                 raise invalid(f"fence {args.fence} out of range: the trace has {len(records)} fences")
             n = materialize(str(tdir / f"{name}.base"), records, args.fence, args.output,
-                            unflushed=args.unflushed, tear=args.tear, seed=args.seed)
+                            unflushed=args.unflushed, tear=args.tear, seed=args.seed,
+                            in_flight=args.in_flight)
             print(f"{args.output}: media after fence {args.fence} of {len(records)}"
                   + (f", {n} unflushed lines survived" if args.unflushed else ""))
         elif args.cmd == "profile":

@@ -20,7 +20,9 @@ def namespace_json(d: dict, *, media_errors: bool = False, human_units: bool = F
     """A namespace as `ndctl list` prints it (util_namespace_to_json): fsdax and devdax
     say how their pages are mapped, sector and raw do not; a devdax namespace has a
     character device (or, with -X, its dax region) instead of a block device."""
-    size = human(d["size"]) if human_units else d["size"]
+    # a sector namespace is as big as its BTT exports, as ndctl reports it
+    size = d.get("btt_size", d["size"])
+    size = human(size) if human_units else size
     mode = d["mode"]
     out = {"dev": d["dev"], "mode": mode}
     if mode in ("fsdax", "devdax"):
@@ -32,7 +34,7 @@ def namespace_json(d: dict, *, media_errors: bool = False, human_units: bool = F
         else:
             out["chardev"] = d["blockdev"]
     else:
-        out["sector_size"] = 512
+        out["sector_size"] = d.get("sector_size", 512)
     if mode in ("fsdax", "devdax"):
         out["align"] = d["align"]
     if mode != "devdax":
@@ -121,7 +123,7 @@ def build_parser(prog: str) -> ArgumentParser:
     c.add_argument("-f", "--force", action="store_true",
                    help="reconfigure an enabled namespace")
     c.add_argument("-l", "--sector-size", type=int,
-                   help="logical sector size: only 512 here")
+                   help="logical sector size: 512, or 4096 for sector mode (the BTT's)")
     c.add_argument("-n", "--name", default="", help="a label for the namespace")
     c.add_argument("--persistence", default="eadr", choices=("eadr", "adr"),
                    help="eadr: stores durable when they land (default); adr: stores are lost "
@@ -179,14 +181,10 @@ async def _main(args) -> int:
             if args.region != "region0":
                 from ..errors import no_device
                 raise no_device(f"region '{args.region}' not found: only region0 exists")
-            if args.sector_size not in (None, 512):
-                from ..errors import invalid
-                raise invalid(f"sector size {args.sector_size} is not supported: dmemu "
-                              f"devices have 512-byte sectors (use -l 512 or leave it out)")
             if args.reconfig:
                 r = await k.call("reconfigure_namespace", namespace=args.reconfig,
                                  mode=args.mode or "fsdax", force=args.force,
-                                 name=args.name or None)
+                                 name=args.name or None, sector_size=args.sector_size)
             else:
                 if args.force:
                     from ..errors import invalid
@@ -194,7 +192,7 @@ async def _main(args) -> int:
                 size = parse_size(args.size)
                 r = await k.call("create_namespace", size=str(size), align=args.align,
                                  mode=args.mode or "fsdax", name=args.name,
-                                 persistence=args.persistence)
+                                 persistence=args.persistence, sector_size=args.sector_size)
             print(dump(namespace_json(r["namespace"])))
         elif cmd == "destroy-namespace":
             if not args.force:

@@ -101,15 +101,22 @@ def test_lvresize_r_grows_an_unmounted_daxfs_and_lvreduce_r_shrinks_it(lv0, mnt)
     assert r.returncode == 0, r.stderr
     assert "  Extended file system daxfs on vg0/lv0.\n" in r.stdout
     fsck_clean()
-    r = tool("lvreduce", "-r", "-L", "32M", "vg0/lv0")
+    r = tool("lvreduce", "-r", "-L", "32M", "vg0/lv0", input="y\n")
     assert r.returncode == 0, r.stderr
+    assert r.stderr == "Continue with daxfs file system reduce steps: fsck, daxfs-resize? [y/n]:"
     assert r.stdout == (
         "  File system daxfs found on vg0/lv0.\n"
         "  File system size (96.00 MiB) is larger than the requested size (32.00 MiB).\n"
         "  File system reduce is required using daxfs-resize.\n"
+        "  File system fsck will be run before reduce.\n"
         "  Reducing file system daxfs to 32.00 MiB (33554432 bytes) on vg0/lv0...\n"
+        f"fsck.daxfs {LV}\n"
+        f"{LV}: clean\n"
+        "fsck.daxfs done\n"
+        f"daxfs-resize {LV} 32768k\n"
         f"Resizing the filesystem on {LV} to 8192 (4k) blocks.\n"
         f"The filesystem on {LV} is now 8192 (4k) blocks long.\n"
+        "daxfs-resize done\n"
         "  Reduced file system daxfs on vg0/lv0.\n"
         "  Size of logical volume vg0/lv0 changed from 96.00 MiB (24 extents) to 32.00 MiB (8 extents).\n"
         "  Logical volume vg0/lv0 successfully resized.\n")
@@ -126,11 +133,63 @@ def test_lvreduce_r_refuses_when_the_filesystem_cannot_shrink(lv0, mnt):
     (mnt / "big").write_bytes(os.urandom(40 * MiB))
     unmount(mnt)
     before = state()
-    r = tool("lvreduce", "-r", "-L", "16M", "vg0/lv0")
+    r = tool("lvreduce", "-y", "-r", "-L", "16M", "vg0/lv0")
     assert r.returncode == 5
-    assert r.stderr.startswith(f"  daxfs-resize: {LV}: cannot shrink to 4096 blocks: ")
+    assert r.stderr.startswith(f"daxfs-resize: {LV}: cannot shrink to 4096 blocks: ")
     assert r.stderr.endswith("\n  File system reduce error: vg0/lv0 was not reduced.\n")
+    assert "daxfs-resize failed\n" in r.stdout
     assert state() == before
+    fsck_clean()
+
+
+def test_lvreduce_r_unmounts_checks_shrinks_and_mounts_again(lv0, mnt):
+    """As lvm2 2.03 does for a mounted ext4: unmount, fsck, shrink, mount again where it
+    was with the options it had (here its DAX mode), then shrink the LV."""
+    r = tool("daxfs", LV, mnt, "-o", "dax=always")
+    assert r.returncode == 0, r.stderr
+    (mnt / "keep").write_bytes(content(3))
+    r = tool("lvreduce", "-y", "-r", "-L", "32M", "vg0/lv0")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.replace(str(mnt), "MNT")
+    assert out.startswith(
+        "  File system daxfs found on vg0/lv0 mounted at MNT.\n"
+        "  File system size (64.00 MiB) is larger than the requested size (32.00 MiB).\n"
+        "  File system reduce is required using daxfs-resize.\n"
+        "  File system unmount is needed for reduce.\n"
+        "  File system fsck will be run before reduce.\n"
+        "  Reducing file system daxfs to 32.00 MiB (33554432 bytes) on vg0/lv0...\n"
+        "unmount MNT\nunmount done\n"
+        f"fsck.daxfs {LV}\n{LV}: clean\nfsck.daxfs done\n"
+        f"daxfs-resize {LV} 32768k\n")
+    assert out.endswith(
+        "daxfs-resize done\n"
+        f"remount {LV} MNT\nremount done\n"
+        "  Reduced file system daxfs on vg0/lv0.\n"
+        "  Size of logical volume vg0/lv0 changed from 64.00 MiB (16 extents) to 32.00 MiB (8 extents).\n"
+        "  Logical volume vg0/lv0 successfully resized.\n")
+    assert os.path.ismount(mnt)
+    assert (mnt / "keep").read_bytes() == content(3)
+    assert os.getxattr(mnt / "keep", "user.daxfs.dax_effective") == b"1"
+    assert os.statvfs(mnt).f_blocks * os.statvfs(mnt).f_frsize == 32 * MiB
+    unmount(mnt)
+    fsck_clean()
+
+
+def test_lvreduce_r_of_a_busy_or_unconfirmed_mount_changes_nothing(lv0, mnt):
+    mount(mnt)
+    before = state()
+    r = tool("lvreduce", "-r", "-L", "32M", "vg0/lv0")       # no -y, no answer
+    assert r.returncode == 5
+    assert r.stderr.endswith("unmount, fsck, daxfs-resize? [y/n]:[n]\n"
+                             "  File system not reduced.\n")
+    with open(mnt / "held", "w"):                            # a file open: umount is refused
+        r = tool("lvreduce", "-y", "-r", "-L", "32M", "vg0/lv0")
+    assert r.returncode == 5
+    assert "unmount failed\n" in r.stdout
+    assert r.stderr.endswith(f"  Failed to unmount {mnt}.\n"
+                             "  File system reduce error: vg0/lv0 was not reduced.\n")
+    assert state() == before and os.path.ismount(mnt)
+    unmount(mnt)
     fsck_clean()
 
 

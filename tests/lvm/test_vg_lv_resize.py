@@ -175,10 +175,14 @@ def test_lvresize_and_lvreduce_with_and_without_a_filesystem(pmem, mnt):
     with open(f"{mnt}/f", "w") as f:
         f.write("data")
     run("lvresize", "-L", "-8M", "vg0/lv0", rc=5, out=refusal.format(f" mounted at {mnt}"), err=err)
-    # a mounted daxfs only grows: -r refuses to shrink it, as lvm2 needs ext4 unmounted
-    run("lvreduce", "-r", "-L", "-8M", "vg0/lv0", rc=5,
-        out=refusal.format(f" mounted at {mnt}") + "  File system reduce is required using daxfs-resize.\n",
-        err=f"  File system unmount is needed for reduce: unmount {mnt} and run the command again.\n")
+    # a mounted daxfs only grows online: -r would unmount it to shrink it, as lvm2 does
+    # ext4, and asks first; the answer no changes nothing
+    run("lvreduce", "-r", "-L", "-8M", "vg0/lv0", rc=5, input="n\n",
+        out=refusal.format(f" mounted at {mnt}") + "  File system reduce is required using daxfs-resize.\n"
+            "  File system unmount is needed for reduce.\n"
+            "  File system fsck will be run before reduce.\n",
+        err="Continue with daxfs file system reduce steps: unmount, fsck, daxfs-resize? [y/n]:"
+            "  File system not reduced.\n")
     run("lvreduce", "--fs", "ignore", "-L", "-8M", "vg0/lv0", rc=5, input="n\n",
         err="  WARNING: Reducing active and open logical volume to 16.00 MiB.\n"
             "  THIS MAY DESTROY YOUR DATA (filesystem etc.)\n"

@@ -15,6 +15,7 @@ chunks (``allocated == metadata``), which is what LVM polls for.
 """
 import errno
 import logging
+import os
 
 import trio
 
@@ -27,6 +28,15 @@ log = logging.getLogger(__name__)
 
 # Chunks copied per step: kcopyd's job size bounds the kernel's run in the same way.
 MAX_MERGE_CHUNKS = 64
+
+
+def _pause_after() -> int | None:
+    """A test knob, read from dmemud's environment: stop merging once this many chunks
+    have been merged since the table was resumed, and hold there (I/O goes on) until the
+    device is suspended or removed, or the power fails. It lets a test cut the power while
+    a merge is certainly still under way. Unset: merge to the end."""
+    v = os.environ.get("DMEMU_MERGE_PAUSE_AFTER_CHUNKS")
+    return int(v) if v and v.isdigit() else None
 
 
 class SnapshotMergeTarget(SnapshotTarget):
@@ -109,6 +119,7 @@ class SnapshotMergeTarget(SnapshotTarget):
     async def _merge_all(self):
         with trio.CancelScope() as scope:
             self._scope = scope
+            pause, merged = _pause_after(), 0
             try:
                 while True:
                     nr, old, new = self.store.prepare_merge()
@@ -116,6 +127,13 @@ class SnapshotMergeTarget(SnapshotTarget):
                         log.info("%s: merge finished", self.md.name)
                         self.dm.table_event(self.md)
                         return
+                    if pause is not None:
+                        if merged >= pause:
+                            log.warning("%s: merge paused after %d chunks "
+                                        "(DMEMU_MERGE_PAUSE_AFTER_CHUNKS)", self.md.name, merged)
+                            await trio.sleep_forever()
+                        nr = min(nr, pause - merged)
+                    merged += min(nr, MAX_MERGE_CHUNKS)
                     await self._merge_run(nr, old, new)
                     await trio.sleep(0)          # let I/O in between runs
             except _MergeStop:

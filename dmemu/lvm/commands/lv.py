@@ -2,6 +2,8 @@
 snapshots (the snapshot-specific device-mapper steps are in snapshot.py)."""
 import time
 
+import trio
+
 from ...errors import DmemuError
 from .. import activate as act
 from .. import fsprobe, merge
@@ -349,6 +351,19 @@ def _say_resized(vg, name: str, old: int, n: int) -> None:
     say(f"Logical volume {vg.name}/{name} successfully resized.")
 
 
+async def _released(k, top: str) -> bool:
+    """The filesystem unmounted for a reduce has let go of the device (its daemon is
+    gone): up to 30 s, as umount returns before a FUSE server has finished."""
+    with trio.move_on_after(30):
+        while True:
+            kern = Kernel(k)
+            await kern.refresh()
+            if kern.in_use(top) is None:
+                return True
+            await trio.sleep(0.1)
+    return False
+
+
 async def _reduce(k, st, vg, kern, lv, origin, n: int, args, resize_fs: bool = False) -> None:
     """Shrink an LV to n extents, after lvm2's --fs checksize (the default): a filesystem
     that reaches past the new end refuses the reduce; with --fs ignore the user is warned
@@ -364,7 +379,8 @@ async def _reduce(k, st, vg, kern, lv, origin, n: int, args, resize_fs: bool = F
     if fsopt == "resize":
         # the filesystem shrinks first; a refusal leaves the LV untouched
         await fsresize.reduce(await _probe_lv(k, vg, lv), vg.name, name, top, n * eb,
-                              kern.in_use(top) == "fs")
+                              kern.in_use(top) == "fs", yes=bool(args.yes),
+                              released=lambda: _released(k, top))
     elif fsopt == "checksize":
         if not active:
             if args.fs is None:
