@@ -115,7 +115,7 @@ class BaseDevice:
             segs.append(Seg(pos, end, "map", self, pos))
         return Region(0, end, segs)
 
-    async def region(self, sector: int, write: bool):
+    async def region(self, sector: int, write: bool, nr: int = 1):
         while self._unheld is not None:
             await self._unheld.wait()
         return self.region_sync(sector, write)
