@@ -16,10 +16,10 @@ import trio
 log = logging.getLogger(__name__)
 
 # How far a write region may grow around the chunk asked for, over chunks every snapshot
-# already holds: forward far (a rewrite then costs one round trip per 4 MiB), backward a
+# already holds: forward far (a rewrite then costs one round trip per 64 MiB), backward a
 # little (enough for the new lease to replace the one before it; a long scan back on every
 # copy-on-write dominated the profile).
-MAX_AHEAD_CHUNKS = 1024
+MAX_AHEAD_CHUNKS = 16384
 MAX_BEHIND_CHUNKS = 64
 # The most one origin write copies in one go (4 MiB, at least one chunk): a FUSE write or a
 # DAX window is at most 2 MiB, so a batch covers it, while the daemon, which copies
