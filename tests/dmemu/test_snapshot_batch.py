@@ -134,3 +134,20 @@ async def test_power_failure_at_every_fence_of_a_batch_keeps_the_snapshot(dmemu_
     assert held[0] == 0 and held[-1] == NCHUNKS
     assert sorted(set(held)) == [0, 256, NCHUNKS]
     assert image[:NCHUNKS * PAGE] == data
+
+
+async def test_a_write_to_the_snapshot_copies_its_chunks_in_one_request(dmemu_root):
+    ok("ndctl", "create-namespace", "-s", "16M")
+    async with client.connect() as k:
+        await build(k)
+        origin, snap = await k.open_device("origin"), await k.open_device("snap")
+        counts = count_requests(snap)
+        # 64 chunks from the middle of chunk 10: the first and last are partly written,
+        # so their old data must have been copied before the write lands.
+        await snap.write(10 * CHUNK + 4, b"s" * (64 * PAGE))
+        assert counts == {"resolve": 1}
+        got = await snap.read(10 * CHUNK, 65 * PAGE)
+        assert got[:2048] == old_chunk(10)[:2048]
+        assert got[2048:2048 + 64 * PAGE] == b"s" * (64 * PAGE)
+        assert got[2048 + 64 * PAGE:] == old_chunk(74)[2048:]
+        assert await origin.read(10 * CHUNK, PAGE) == old_chunk(10)

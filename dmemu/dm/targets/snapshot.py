@@ -12,6 +12,7 @@ import logging
 
 from ...errors import DmemuError
 from ..errors import DMError, ExceptionStoreFull, TargetError
+from ..cow import BATCH_SECTORS
 from ..exception_store import create_exception_store
 from ..region import Remap
 from ..status import snapshot_status_text, snapshot_table_text
@@ -206,6 +207,11 @@ class SnapshotTarget(Target):
         return self._remap_chunk(offset >> self.shift)
 
     async def remap(self, offset, write):
+        return await self.remap_range(offset, 1, write)
+
+    async def remap_range(self, offset, nr, write):
+        """A write to the snapshot itself copies the origin chunks it covers first, all of
+        them in one batch (as an origin write does), then maps onto the copies."""
         if not self.valid:
             raise self._fail("I/O")
         if write and self.overflow:
@@ -214,23 +220,27 @@ class SnapshotTarget(Target):
         chunk = offset >> self.shift
         if not write or chunk in self.exceptions:
             return self._remap_chunk(chunk)
+        last = min((offset + max(nr, 1) - 1) >> self.shift,
+                   chunk + max(1, BATCH_SECTORS >> self.shift) - 1,
+                   (self.len - 1) >> self.shift)
         async with self.dm.origins.lock(self.origin):
-            if chunk not in self.exceptions:
+            todo = [c for c in range(chunk, last + 1) if c not in self.exceptions]
+            if todo:
                 if not self.valid:
                     raise self._fail("I/O")
-                if not self._copy([chunk])[1]:
+                if not self._copy(todo)[1]:
                     if self.store.type_name == "PO":
                         await self._overflowed()
                         raise self._fail("write")
                     self.invalidate("Unable to allocate exception.")
                     await self.revoke_all("snapshot invalidated")
                     raise self._fail("write")
-                # Read leases of this chunk still point at the origin: take them back.
-                first = self.begin + (chunk << self.shift)
+                # Read leases of these chunks still point at the origin: take them back.
+                first = self.begin + (todo[0] << self.shift)
+                end = self.begin + ((todo[-1] + 1) << self.shift)
                 md = self.md
-                await self.dm.leases.revoke(
-                    lambda lease: lease.covers(md, first, first + self.chunk_size),
-                    "snapshot write")
+                await self.dm.leases.revoke(lambda lease: lease.covers(md, first, end),
+                                            "snapshot write")
             if not self.valid:
                 raise self._fail("I/O")
             return self._remap_chunk(chunk)
