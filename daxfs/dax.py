@@ -152,6 +152,14 @@ class DaxIO:
         mappings is copied piece by piece straight into the buffer returned."""
         byte = sector * SECTOR_SIZE
         pgoff, inpage = divmod(byte, PAGE_SIZE)
+        lst = self._read.get(pgoff // WINDOW)
+        if lst:
+            # the usual case, spelt out: the window's one mapping, still valid, holds it all
+            m = lst[0]
+            off = (pgoff - m.pgoff) * PAGE_SIZE + inpage
+            if 0 <= off and off + nbytes <= m.nr_pages * PAGE_SIZE and m.lease.valid:
+                a = m.base + off
+                return m.media.view[a:a + nbytes]
         m = await self._read_mapping(pgoff)
         off = (pgoff - m.pgoff) * PAGE_SIZE + inpage
         if off + nbytes <= m.length:
