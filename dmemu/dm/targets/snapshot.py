@@ -11,7 +11,7 @@ import errno
 import logging
 
 from ...errors import DmemuError
-from ..errors import DMError, ExceptionStoreFull, TargetError
+from ..errors import DMError, ExceptionStoreError, TargetError
 from ..cow import BATCH_SECTORS
 from ..exception_store import create_exception_store
 from ..region import Remap
@@ -102,14 +102,12 @@ class SnapshotTarget(Target):
         there. Runs of chunks consecutive on both devices move as one read and one write.
         Returns (chunks committed, whether the store had room for all of them).
         """
-        pairs = []
-        room = True
-        for old in chunks:
-            try:
-                pairs.append((old, self.store.prepare_exception(old)))
-            except ExceptionStoreFull:
-                room = False
-                break
+        try:
+            news = self.store.prepare_batch(chunks)
+        except ExceptionStoreError:
+            news = []                   # the store was invalidated meanwhile
+        room = len(news) == len(chunks)
+        pairs = list(zip(chunks, news))
         copied = []
         i = 0
         while i < len(pairs):
@@ -130,13 +128,12 @@ class SnapshotTarget(Target):
             copied += [(o, w, ok) for o, w in pairs[i:j]]
             i = j
         done_count = 0
-        for old, new, ok in copied:
-            for done in self.store.commit_exception(old, new, valid=ok):
-                if done.success:
-                    self.exceptions[done.old_chunk] = done.new_chunk
-                    done_count += 1
-                else:
-                    self.invalidate("Error reading/writing.")
+        for done in self.store.commit_batch(copied):
+            if done.success:
+                self.exceptions[done.old_chunk] = done.new_chunk
+                done_count += 1
+            else:
+                self.invalidate("Error reading/writing.")
         return done_count, room
 
     def copy_origin_chunks(self, sector: int, end: int) -> tuple[int, int] | None:
