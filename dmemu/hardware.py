@@ -125,11 +125,15 @@ class BaseDevice:
         end = sector + nr
         return [(s, c) for s, c in self.spec.badblocks if s < end and s + c > sector]
 
-    def read(self, sector: int, nbytes: int) -> bytes:
+    def read(self, sector: int, nbytes: int, *, view: bool = False) -> bytes:
+        """With ``view``, a view of the media that changes with it rather than a copy, for
+        a caller that copies it on at once (a chunk copied on write into a snapshot)."""
         if self.removed:
             raise io_error(f"{self.name}: device removed").as_oserror()
         if self.poisoned(sector, -(-nbytes // SECTOR_SIZE)):
             raise io_error(f"{self.name}: media error in sectors {sector}+{nbytes // SECTOR_SIZE}").as_oserror()
+        if view:
+            return self.media.view_mv[sector * SECTOR_SIZE:sector * SECTOR_SIZE + nbytes]
         return self.media.read(sector * SECTOR_SIZE, nbytes)
 
     def write(self, sector: int, data, *, fua: bool = False, preflush: bool = False) -> None:

@@ -195,7 +195,10 @@ class MappedDevice:
             yield t, s - t.begin, pos, n
             pos += n
 
-    def read(self, sector: int, nbytes: int) -> bytes:
+    def read(self, sector: int, nbytes: int, *, view: bool = False) -> bytes:
+        """The daemon's own read. With ``view``, a range that one target maps onto one
+        device may come back as a view of the media rather than a copy: for a caller that
+        writes it elsewhere at once (a chunk copied on write)."""
         pieces = list(self._pieces(sector, nbytes))
         if len(pieces) == 1:
             # One target remapping the whole range (a chunk run copied on write): the
@@ -203,7 +206,8 @@ class MappedDevice:
             t, off, _, n = pieces[0]
             r = t.remap_sync(off, False)
             if r.kind == "remap" and (r.start + r.length - off) * SECTOR_SIZE >= n:
-                return r.lower.read(r.lower_start + off - r.start, n)
+                lower = r.lower_start + off - r.start
+                return r.lower.read(lower, n, view=True) if view else r.lower.read(lower, n)
         out = bytearray()
         for t, off, pos, n in pieces:
             while n > 0:
@@ -219,7 +223,7 @@ class MappedDevice:
         return bytes(out)
 
     def write(self, sector: int, data, *, fua: bool = False, preflush: bool = False) -> None:
-        data = memoryview(bytes(data))
+        data = memoryview(data if isinstance(data, (bytes, memoryview)) else bytes(data))
         if preflush:
             self.flush()
         for t, off, pos, n in self._pieces(sector, len(data)):

@@ -119,7 +119,8 @@ class SnapshotTarget(Target):
             first = old << self.shift
             n = min((j - i) << self.shift, self.origin.nr_sectors - first)
             try:
-                self.cow.write(new << self.shift, self.origin.read(first, n * 512))
+                # a view of the origin's media, copied once, into the COW device
+                self.cow.write(new << self.shift, self.origin.read(first, n * 512, view=True))
                 ok = True
             except OSError:
                 log.error("snapshot %s: copying chunks %d-%d failed", self.md.name, old,
