@@ -105,17 +105,17 @@ class InodeCacheModel(RuleBasedStateMachine):
         if self.handles and data.draw(st.booleans()):
             fh = data.draw(st.sampled_from(sorted(self.handles)))
             self.run(self.fs.write, fh, 0, b"w" * n)
-            ino = self.handles[fh]
+            ino, grow = self.handles[fh], True          # n bytes at offset 0
         else:
             live = sorted(self.size)
             if not live:
                 return
             name = data.draw(st.sampled_from(live))
             self.run(lambda: self.fs.setattr(self.ino[name], size=n))
-            ino = self.ino[name]
+            ino, grow = self.ino[name], False           # truncated (or extended) to n
         for name, i in self.ino.items():
             if i == ino and name in self.size:
-                self.size[name] = max(self.size[name], n) if self.handles.get(ino) else n
+                self.size[name] = max(self.size[name], n) if grow else n
 
     @rule(name=NAMES)
     def unlink(self, name):
