@@ -13,6 +13,7 @@ size, measured in the same run, interleaved.
 """
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -106,6 +107,7 @@ def main() -> int:
         r = trio.run(measure, args)
     finally:
         subprocess.run([sys.executable, "-m", "dmemu.cli.dmemud", "stop", "--force"], capture_output=True)
+        shutil.rmtree(os.environ["DMEMU_ROOT"], ignore_errors=True)    # the namespace image
     print(f"origin bio writes over {args.mib} MiB, median of {args.rounds} interleaved rounds; "
           f"load average {os.getloadavg()[0]:.1f}")
     print("ratios: against no snapshot, same bio size; the CPU ratio is no snapshot's CPU "
