@@ -10,6 +10,7 @@ open, so a flag change takes effect after the last close, as S_DAX does.
 Effective-DAX files load and store the pmem through direct_access mappings (no bios, no
 cache), and every store is flushed to the persistence domain before the write returns.
 """
+import bisect
 import errno
 import logging
 
@@ -56,64 +57,110 @@ class DaxPolicy:
 class DaxIO:
     """Loads and stores on a DAX-capable device through cached direct_access mappings.
 
-    Mappings are asked for a window at a time; the device may hand back less (a snapshot
-    origin maps writes a chunk run at a time, media errors cut a mapping short), so the
-    cache holds whatever came, per window. A mapping that dmemud revoked is dropped and
-    mapped again on its next use.
+    Mappings are cached per 2 MiB window of the device, for loads and for stores apart.
+    Read mappings are asked for from the window's start, so one mapping usually serves the
+    whole window and is found with one dict lookup and one range test. Write mappings are
+    asked for from the first page written: the device copies on write what the store
+    covers (a snapshot origin copies those chunks, in one batch, and no others) and may map
+    further over what needs no copy, up to the window's end. The device may answer with
+    less than asked (a media error, a snapshot origin whose next chunk is not copied yet);
+    a window then holds several mappings, kept sorted and disjoint, found by bisection. A
+    mapping dmemud revoked is dropped and mapped again on its next use.
     """
 
     def __init__(self, dev):
         self.dev = dev
-        # (window, write) -> mappings of that window, the one from its start first
-        self._maps: dict[tuple[int, bool], list] = {}
+        # window -> mappings inside it, sorted by pgoff, disjoint; one per table
+        self._read: dict[int, list] = {}
+        self._write: dict[int, list] = {}
         # A deliberately broken mode for testing the crash checker: stores are left in the
         # CPU caches, never flushed (what the 2015 thread warned fsync must not allow).
         self.skip_flush = False
 
     def drop(self) -> None:
-        self._maps.clear()
+        self._read.clear()
+        self._write.clear()
 
-    async def _mapping(self, pgoff: int, write: bool):
-        """The mapping that covers pgoff: one per window, found by the window's number. A
-        window is mapped from its start, so one mapping serves every page of it; only when
-        the device answers with less (a media error, a snapshot origin mapping writes a
-        chunk run at a time) does the window hold more than one, each from a page asked for."""
-        key = (pgoff // WINDOW, write)
-        lst = self._maps.get(key)
-        if lst:
-            m = lst[0]
-            if m.valid and m.pgoff <= pgoff < m.pgoff + m.nr_pages:
-                return m
-            for m in lst:
-                if m.valid and m.pgoff <= pgoff < m.pgoff + m.nr_pages:
+    @staticmethod
+    def _find(lst, pgoff: int):
+        """The valid cached mapping holding pgoff, or None."""
+        m = lst[0]
+        if m.pgoff <= pgoff < m.pgoff + m.nr_pages and m.lease.valid:
+            return m
+        if len(lst) > 1:
+            i = bisect.bisect_right(lst, pgoff, key=_pgoff) - 1
+            if i > 0:
+                m = lst[i]
+                if pgoff < m.pgoff + m.nr_pages and m.lease.valid:
                     return m
-            lst[:] = [m for m in lst if m.valid]
+        return None
+
+    @staticmethod
+    def _keep(lst, m) -> None:
+        """Cache ``m``: it is the device's latest word on its pages, so it replaces every
+        mapping it overlaps (and any that was revoked)."""
+        end = m.pgoff + m.nr_pages
+        lst[:] = [x for x in lst if x.lease.valid and (x.pgoff + x.nr_pages <= m.pgoff
+                                                       or x.pgoff >= end)]
+        bisect.insort(lst, m, key=_pgoff)
+
+    async def _read_mapping(self, pgoff: int):
+        window = pgoff // WINDOW
+        lst = self._read.get(window)
+        if lst:
+            m = self._find(lst, pgoff)
+            if m is not None:
+                return m
         else:
-            lst = self._maps.setdefault(key, [])
-        total = self.dev.nr_sectors // PAGE_SECTORS
-        start = key[0] * WINDOW
-        end = min(start + WINDOW, total)
+            lst = self._read[window] = []
+        start = window * WINDOW
+        end = min(start + WINDOW, self.dev.nr_sectors // PAGE_SECTORS)
+        # From the window's start when nothing of it is cached yet, else from pgoff
+        m = None
         if not lst:
             try:
-                m = await self.dev.direct_access(start, end - start, write=write)
+                m = await self.dev.direct_access(start, end - start, write=False)
             except OSError as e:
                 if e.errno != errno.EIO:
-                    raise
-                m = None                # a media error at the window's start
+                    raise       # a media error at the window's start: map from pgoff
             if m is not None:
-                lst.insert(0, m)
-                if m.pgoff <= pgoff < m.pgoff + m.nr_pages:
+                self._keep(lst, m)
+                if m.pgoff + m.nr_pages > pgoff:
                     return m
-        m = await self.dev.direct_access(pgoff, end - pgoff, write=write)
-        lst.append(m)
+        m = await self.dev.direct_access(pgoff, end - pgoff, write=False)
+        self._keep(lst, m)
         return m
 
-    async def read(self, sector: int, nbytes: int) -> bytes:
-        """Loads: a range inside one mapping is one copy; one that crosses windows is
-        copied piece by piece into one buffer (no join of pieces afterwards)."""
+    async def _write_mapping(self, pgoff: int, nr_store: int):
+        """A mapping to store into from pgoff on; nr_store pages are about to be stored."""
+        window = pgoff // WINDOW
+        lst = self._write.get(window)
+        if lst:
+            m = self._find(lst, pgoff)
+            if m is not None:
+                return m
+        else:
+            lst = self._write[window] = []
+        end = min((window + 1) * WINDOW, self.dev.nr_sectors // PAGE_SECTORS)
+        m = await self.dev.direct_access(pgoff, end - pgoff, write=True,
+                                         nr_store=min(nr_store, end - pgoff))
+        self._keep(lst, m)
+        return m
+
+    async def read(self, sector: int, nbytes: int):
+        """Loads: a range inside one mapping is one copy out of the pmem; one that crosses
+        mappings is copied piece by piece straight into the buffer returned."""
         byte = sector * SECTOR_SIZE
         pgoff, inpage = divmod(byte, PAGE_SIZE)
-        m = await self._mapping(pgoff, False)
+        lst = self._read.get(pgoff // WINDOW)
+        if lst:
+            # the usual case, spelt out: the window's one mapping, still valid, holds it all
+            m = lst[0]
+            off = (pgoff - m.pgoff) * PAGE_SIZE + inpage
+            if 0 <= off and off + nbytes <= m.nr_pages * PAGE_SIZE and m.lease.valid:
+                a = m.base + off
+                return m.media.view[a:a + nbytes]
+        m = await self._read_mapping(pgoff)
         off = (pgoff - m.pgoff) * PAGE_SIZE + inpage
         if off + nbytes <= m.length:
             try:
@@ -121,30 +168,36 @@ class DaxIO:
             except RevokedError:
                 pass
         out = bytearray(nbytes)
-        view = memoryview(out)
+        await self.readinto(sector, memoryview(out))
+        return out
+
+    async def readinto(self, sector: int, buf: memoryview) -> None:
+        nbytes = len(buf)
         pos = 0
         while pos < nbytes:
             byte = sector * SECTOR_SIZE + pos
             pgoff, inpage = divmod(byte, PAGE_SIZE)
-            m = await self._mapping(pgoff, False)
+            m = await self._read_mapping(pgoff)
             off = (pgoff - m.pgoff) * PAGE_SIZE + inpage
             n = min(nbytes - pos, m.length - off)
             try:
-                m.readinto(off, view[pos:pos + n])
+                m.readinto(off, buf[pos:pos + n])
             except RevokedError:     # taken back between lookup and use: map again
                 continue
             pos += n
-        return bytes(out)
 
     async def write(self, sector: int, data) -> None:
-        """Store and flush: durable when this returns, in adr mode too."""
+        """Store, and flush what the persistence model needs: durable when this returns.
+        On eadr the CPU caches are in the persistence domain, so a store is durable as it
+        lands and nothing is flushed; on adr each store is written back (clwb) and fenced."""
         data = memoryview(data)
+        flush = not self.skip_flush
         pos = 0
         while pos < len(data):
             byte = sector * SECTOR_SIZE + pos
             pgoff, inpage = divmod(byte, PAGE_SIZE)
             try:
-                m = await self._mapping(pgoff, True)
+                m = await self._write_mapping(pgoff, -(-(inpage + len(data) - pos) // PAGE_SIZE))
             except OSError as e:
                 if e.errno != errno.EIO:
                     raise
@@ -158,9 +211,12 @@ class DaxIO:
             n = min(len(data) - pos, m.length - off)
             try:
                 m.write(off, data[pos:pos + n])
-                # eADR: the CPU caches are in the persistence domain, nothing to flush
-                if not self.skip_flush and m.media.model != "eadr":
+                if flush and m.media.model != "eadr":
                     m.flush(off, n)
             except RevokedError:
                 continue
             pos += n
+
+
+def _pgoff(m) -> int:
+    return m.pgoff

@@ -30,6 +30,9 @@ class FastLock:
     async def __aexit__(self, *exc):
         self._lock.release()
 
+    def locked(self) -> bool:
+        return self._lock.locked()
+
 
 class GateLock:
     """The filesystem lock, with a gate a freeze closes: while the device under the mount is

@@ -18,39 +18,60 @@ from .errors import CorruptError, FsError
 from .inode import Inode
 
 ITABLE_CACHE = 2048         # inode-table blocks kept (8 MiB, 32k inodes)
-# inodes kept once nothing references them: the kernel's own cache holds what is in use
-# (it forgets the rest), this bounds the daemon's memory when it does not forget
+# Decoded inodes kept (about 1 KiB each in Python): beyond this, the least recently used
+# that nothing pins are evicted. A kernel lookup reference does not pin an inode: its count
+# stays in ``lookups`` and the inode is read again from the table on its next use (its
+# number is the FUSE nodeid), so the kernel's dentry cache of a 100,000-file directory does
+# not become the daemon's memory.
 INODE_CACHE = 32768
 
 
 class InodeCache:
+    _shrink_at = INODE_CACHE    # cache size at which the next eviction pass runs
+
     async def iget(self, ino: int) -> Inode:
-        inode = self.inodes.get(ino)
+        inode = self.inodes.pop(ino, None)
         if inode is not None:
+            self.inodes[ino] = inode        # most recently used last
+            if len(self.inodes) > self._shrink_at and self.track_lookups:
+                self._shrink()              # grown by creates, which add without iget
             return inode
         if not 0 < ino < self.sb.total_inodes or not self.ialloc.bitmap.test(ino):
             raise FsError(errno.ENOENT, f"inode {ino} does not exist")
         # an evicted inode an operation still changed is the one to keep, not a re-read
         inode = self.dirty_inodes.get(ino) or await self._read_inode(ino)
-        self.inodes[ino] = inode
-        if len(self.inodes) > INODE_CACHE and self.track_lookups:
+        inode = self.inodes.setdefault(ino, inode)      # another task may have read it too
+        if len(self.inodes) > self._shrink_at and self.track_lookups:
             self._shrink()
         return inode
 
     def _evictable(self, inode: Inode) -> bool:
-        """Nothing holds it: no kernel reference, no open handle, nothing uncommitted, not
-        an orphan, no in-core state (the synchronous mode) that re-reading would lose."""
+        """Nothing pins it: no open handle, nothing uncommitted (a commit writes a dirty
+        inode, after which it may go), not an orphan, no in-core state (the synchronous
+        mode, a held inode lock) that re-reading would lose. Kernel lookup references do
+        not pin it (see INODE_CACHE)."""
         ino = inode.ino
-        return not (inode.dirty or self.lookups.get(ino) or self.opens.get(ino)
+        return not (inode.dirty or self.opens.get(ino)
                     or ino == self.sb.root_ino or ino in self.orphans or inode.sync_mode
+                    or (inode.ilock is not None and inode.ilock.locked())
                     or inode in self.dirty_dirs or inode in self.dirty_xattrs
                     or inode.ino in self.dirty_inodes) and self.track_lookups
 
     def _shrink(self) -> None:
-        """Evict an eighth of the cache, oldest first, of what nothing holds."""
-        want = len(self.inodes) // 8
-        for ino in [i for i, inode in self.inodes.items() if self._evictable(inode)][:want]:
+        """Evict the least recently used inodes nothing pins, down to 7/8 of the bound.
+        Inodes an operation in progress holds were used last, so they are never reached.
+        When too much is pinned to get there, the next pass waits until the cache has grown
+        by another eighth, so iget stays O(1) amortised."""
+        want = len(self.inodes) - INODE_CACHE + INODE_CACHE // 8
+        gone = []
+        for ino, inode in self.inodes.items():
+            if len(gone) >= want:
+                break
+            if self._evictable(inode):
+                gone.append(ino)
+        for ino in gone:
             del self.inodes[ino]
+        self._shrink_at = max(INODE_CACHE, len(self.inodes) + INODE_CACHE // 8)
 
     async def _read_inode(self, ino: int) -> Inode:
         """Decode and verify an inode and its extent chain; damage turns the filesystem

@@ -409,8 +409,12 @@ class Device:
         if self.lost:
             await self.client.reattach()
 
-    async def lease(self, sector: int, write: bool) -> Lease:
+    async def lease(self, sector: int, write: bool, nr: int = 1) -> Lease:
+        """The lease covering ``sector``. For writing, ``nr`` says how many sectors from
+        there are about to be written: an origin with snapshots copies their chunks in one
+        batch, so one request serves the whole write."""
         await self._revive()
+        nr = max(1, min(nr, self.nr_sectors - sector))
         while True:
             lease = self._lease_at(sector, write)
             if lease is not None:
@@ -418,7 +422,7 @@ class Device:
             if self.dead:
                 raise OSError(errno.EIO, f"{self.name}: {self.dead}")
             try:
-                await self.client.call("resolve", handle=self.handle, sector=sector, nr=1, write=write,
+                await self.client.call("resolve", handle=self.handle, sector=sector, nr=nr, write=write,
                                        on_reply=lambda r: self._install(r, r.get("backings", {})))
             except DmemuError as e:
                 raise e.as_oserror() from None
@@ -483,7 +487,7 @@ class Device:
         pos = 0
         while pos < nbytes:
             s = sector + pos // SECTOR_SIZE
-            lease = self._lease_at(s, True) or await self.lease(s, True)
+            lease = self._lease_at(s, True) or await self.lease(s, True, -(-(nbytes - pos) // SECTOR_SIZE))
             seg = lease.segment(s)
             n = min(nbytes - pos, (seg.end - s) * SECTOR_SIZE)
             if seg.kind == "map":
@@ -524,12 +528,16 @@ class Device:
 
     # -- direct_access ---------------------------------------------------------------------
 
-    async def direct_access(self, pgoff: int, nr_pages: int, *, write: bool) -> "DaxMapping":
+    async def direct_access(self, pgoff: int, nr_pages: int, *, write: bool,
+                            nr_store: int | None = None) -> "DaxMapping":
         """Map pages of a DAX-capable device for loads (and stores, if ``write``).
 
         Like the kernel's dax_direct_access, the answer may cover fewer pages than asked
         for (up to the end of a contiguous, healthy stretch), and fails with EIO when the
-        first page holds a media error.
+        first page holds a media error. ``nr_store`` (default: all ``nr_pages``) is how
+        many pages from ``pgoff`` the caller is about to store to: a snapshot origin copies
+        their chunks first, in one batch, and maps further only over chunks already copied,
+        so asking for a whole window never copies chunks nobody writes.
         """
         if not self.dax:
             raise OSError(errno.EOPNOTSUPP, f"{self.name} is not DAX-capable")
@@ -539,7 +547,8 @@ class Device:
         if self.dead:
             await self._revive()
         self._check(sector, nr_pages * PAGE_SIZE, bio=False)
-        lease = await self.lease(sector, write)
+        lease = await self.lease(sector, write,
+                                 (nr_pages if nr_store is None else nr_store) * PAGE_SECTORS)
         seg = lease.segment(sector)
         if seg.kind != "map":
             raise OSError(errno.EIO, f"{self.name}: media error in page {pgoff}")

@@ -150,7 +150,7 @@ class BaseDevice:
             segs.append(Seg(pos, end, "map", self, pos))
         return Region(0, end, segs)
 
-    async def region(self, sector: int, write: bool):
+    async def region(self, sector: int, write: bool, nr: int = 1):
         while self._unheld is not None:
             await self._unheld.wait()
         return self.region_sync(sector, write)
@@ -160,7 +160,9 @@ class BaseDevice:
         end = sector + nr
         return [(s, c) for s, c in self.spec.badblocks if s < end and s + c > sector]
 
-    def read(self, sector: int, nbytes: int) -> bytes:
+    def read(self, sector: int, nbytes: int, *, view: bool = False) -> bytes:
+        """With ``view``, a view of the media that changes with it rather than a copy, for
+        a caller that copies it on at once (a chunk copied on write into a snapshot)."""
         if self.removed:
             raise io_error(f"{self.name}: device removed").as_oserror()
         if self.spec.mode == "sector" and self.spec.kind == "pmem":
@@ -176,6 +178,8 @@ class BaseDevice:
             return btt.read(sector, nbytes)
         if self.poisoned(sector, -(-nbytes // SECTOR_SIZE)):
             raise io_error(f"{self.name}: media error in sectors {sector}+{nbytes // SECTOR_SIZE}").as_oserror()
+        if view:
+            return self.media.view_mv[sector * SECTOR_SIZE:sector * SECTOR_SIZE + nbytes]
         return self.media.read(sector * SECTOR_SIZE, nbytes)
 
     def write(self, sector: int, data, *, fua: bool = False, preflush: bool = False) -> None:

@@ -445,7 +445,7 @@ class Kernel(LeaseManager):
         if sector < 0 or nr <= 0 or sector + nr > dev.nr_sectors:
             raise DmemuError(errno.EIO, f"{dev.name}: access beyond end of device "
                                         f"(sector {sector}+{nr}, size {dev.nr_sectors})")
-        region = await dev.region(sector, write)
+        region = await dev.region(sector, write, nr)
         if h.dead:
             raise DmemuError(errno.EIO, f"{dev.name}: {h.dead}")
         segments, backings = [], {}
@@ -483,7 +483,7 @@ class Kernel(LeaseManager):
             # revocations it needs), so the synchronous write below finds every chunk copied.
             pos = sector
             while pos < sector + n:
-                pos = (await dev.region(pos, True)).end
+                pos = (await dev.region(pos, True, sector + n - pos)).end
         bases = self.dm.base_devices(dev)
         before = {b.name: [list(x) for x in b.spec.badblocks] for b in bases}
         out = b""

@@ -121,7 +121,10 @@ class MappedDevice:
         if held is not None:
             held.set()
 
-    async def region(self, sector: int, write: bool) -> Region:
+    async def region(self, sector: int, write: bool, nr: int = 1) -> Region:
+        """The region around ``sector`` as its live table maps it. A write resolution
+        names the ``nr`` sectors about to be written, so targets that copy on write
+        (snapshot-origin) copy every chunk of them in one batch."""
         while self._resumed is not None:
             await self._resumed.wait()
         if self.removed or self.live is None:
@@ -129,11 +132,14 @@ class MappedDevice:
         self.inflight += 1
         try:
             t = self.live.target_at(sector)
+            off = sector - t.begin
+            nr = max(1, min(nr, t.len - off))
             try:
-                remap = await t.remap(sector - t.begin, write)
+                remap = await (t.remap_range(off, nr, write) if write and nr > 1
+                               else t.remap(off, write))
             except DMError as e:
                 raise DmemuError(e.errno, f"{self.name}: {e.message}") from None
-            r = await self._lift(remap, t.begin, sector, write, sync=False)
+            r = await self._lift(remap, t.begin, sector, write, nr)
         finally:
             self.inflight -= 1
             if self.inflight == 0 and self._drained is not None:
@@ -147,12 +153,13 @@ class MappedDevice:
         remap = t.remap_sync(sector - t.begin, write)
         return self._lift_sync(remap, t.begin, sector, write)
 
-    async def _lift(self, remap, begin, sector, write, sync):
+    async def _lift(self, remap, begin, sector, write, nr):
         if remap.kind != "remap":
             r = flat(remap, begin)
         else:
             lower_sector = remap.lower_start + (sector - begin - remap.start)
-            lower = await remap.lower.region(lower_sector, write)
+            nr = min(nr, remap.start + remap.length - (sector - begin))
+            lower = await remap.lower.region(lower_sector, write, nr)
             r = lift(lower, remap, begin, sector)
         r.path.append((self, r.start, r.end))
         return r
@@ -188,9 +195,21 @@ class MappedDevice:
             yield t, s - t.begin, pos, n
             pos += n
 
-    def read(self, sector: int, nbytes: int) -> bytes:
+    def read(self, sector: int, nbytes: int, *, view: bool = False) -> bytes:
+        """The daemon's own read. With ``view``, a range that one target maps onto one
+        device may come back as a view of the media rather than a copy: for a caller that
+        writes it elsewhere at once (a chunk copied on write)."""
+        pieces = list(self._pieces(sector, nbytes))
+        if len(pieces) == 1:
+            # One target remapping the whole range (a chunk run copied on write): the
+            # lower device's answer is returned as it is, not copied again.
+            t, off, _, n = pieces[0]
+            r = t.remap_sync(off, False)
+            if r.kind == "remap" and (r.start + r.length - off) * SECTOR_SIZE >= n:
+                lower = r.lower_start + off - r.start
+                return r.lower.read(lower, n, view=True) if view else r.lower.read(lower, n)
         out = bytearray()
-        for t, off, pos, n in self._pieces(sector, nbytes):
+        for t, off, pos, n in pieces:
             while n > 0:
                 r = t.remap_sync(off, False)
                 m = min(n, (r.start + r.length - off) * SECTOR_SIZE)
@@ -204,7 +223,7 @@ class MappedDevice:
         return bytes(out)
 
     def write(self, sector: int, data, *, fua: bool = False, preflush: bool = False) -> None:
-        data = memoryview(bytes(data))
+        data = memoryview(data if isinstance(data, (bytes, memoryview)) else bytes(data))
         if preflush:
             self.flush()
         for t, off, pos, n in self._pieces(sector, len(data)):
@@ -363,8 +382,10 @@ class DeviceMapper:
 
     # -- revocation helpers ----------------------------------------------------------------
 
-    async def revoke_reaching(self, dev, start: int, end: int, why: str, writes_only: bool = False):
-        """Revoke every lease that reaches the media under [start, end) of ``dev``."""
+    async def revoke_reaching(self, dev, start: int, end: int, why: str, writes_only: bool = False,
+                              through: list | None = None):
+        """Revoke every lease that reaches the media under [start, end) of ``dev`` (only
+        those resolved through one of the devices ``through``, when given)."""
         ranges = []
         if isinstance(dev, MappedDevice):
             pos = start
@@ -381,7 +402,9 @@ class DeviceMapper:
             return []
 
         def hit(lease):
-            return (lease.write or not writes_only) and any(lease.reaches(b, s, e) for b, s, e in ranges)
+            return ((lease.write or not writes_only)
+                    and (through is None or any(lease.through(md) for md in through))
+                    and any(lease.reaches(b, s, e) for b, s, e in ranges))
         return await self.leases.revoke(hit, why)
 
     async def reattach(self, dev) -> list[str]:

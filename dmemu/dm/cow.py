@@ -5,7 +5,8 @@ Snapshots register under the device they are snapshots *of* (the origin's lower 
 write to an origin chunk may proceed, every valid, active snapshot of that device gets a
 copy of the chunk; then every lease that still reads the old chunk through the origin (a
 snapshot's read mapping) is revoked, and only after the holders acknowledged is the write
-mapping handed out. One lock per origin serialises the copies, so no writer can ever be
+mapping handed out. A write over many chunks copies them all in one batch: one request,
+one copy per run of chunks, one exception-store commit, one revocation. One lock per origin serialises the copies, so no writer can ever be
 handed a mapping of a chunk whose copy is still on its way.
 """
 import logging
@@ -15,11 +16,15 @@ import trio
 log = logging.getLogger(__name__)
 
 # How far a write region may grow around the chunk asked for, over chunks every snapshot
-# already holds: forward far (a rewrite then costs one round trip per 4 MiB), backward a
+# already holds: forward far (a rewrite then costs one round trip per 64 MiB), backward a
 # little (enough for the new lease to replace the one before it; a long scan back on every
 # copy-on-write dominated the profile).
-MAX_AHEAD_CHUNKS = 1024
+MAX_AHEAD_CHUNKS = 16384
 MAX_BEHIND_CHUNKS = 64
+# The most one origin write copies in one go (4 MiB, at least one chunk): a FUSE write or a
+# DAX window is at most 2 MiB, so a batch covers it, while the daemon, which copies
+# synchronously, never stalls its other clients for long.
+BATCH_SECTORS = 8192
 
 
 class Origins:
@@ -51,11 +56,14 @@ class Origins:
     def _active(self, dev) -> list:
         return [s for s in self.snapshots_of(dev) if s.active and s.valid]
 
-    async def origin_write(self, dev, sector: int, limit: int) -> tuple[int, int]:
-        """Copy the chunk holding ``sector`` of ``dev`` to every snapshot that lacks it.
+    async def origin_write(self, dev, sector: int, limit: int, nr: int = 1) -> tuple[int, int]:
+        """Copy the chunks of ``dev`` under a write of [sector, sector+nr) to every snapshot
+        that lacks them: one batch per snapshot (one copy per run, one metadata commit).
 
         Returns the region [start, end) of ``dev`` around ``sector`` that may now be
-        written freely (every snapshot has its copy), clipped to [0, limit).
+        written freely (every snapshot has its copy), clipped to [0, limit). It covers the
+        whole write unless the write is longer than a batch (BATCH_SECTORS): the writer
+        then asks again where the region ends.
         """
         async with self.lock(dev):
             snaps = self._active(dev)
@@ -63,19 +71,25 @@ class Origins:
                 return 0, limit
             step = min(s.chunk_size for s in snaps)
             start = sector - sector % step
-            copied = False
+            end = min(sector + max(nr, 1), limit, start + max(step, BATCH_SECTORS))
+            lo = hi = None
             for snap in snaps:
-                if snap.copy_origin_chunk(sector):
-                    copied = True
+                span = snap.copy_origin_chunks(sector, end)
+                if span is not None:
+                    lo = span[0] if lo is None else min(lo, span[0])
+                    hi = span[1] if hi is None else max(hi, span[1])
             # A snapshot may have been invalidated by the copy (its store was full): its
             # mappings go before this write may proceed, so nobody reads it afterwards.
             for snap in snaps:
                 if not snap.valid:
                     await snap.revoke_all("snapshot invalidated")
+            if lo is not None:
+                # The snapshots' read mappings of those chunks still point at the origin:
+                # take them back. Mappings of the origin itself stay right (they read what
+                # the origin holds) and are left alone, so a writer keeps its read leases.
+                mds = [s.md for s in self.snapshots_of(dev)]
+                await self.dm.revoke_reaching(dev, lo, hi, "copy-on-write", through=mds)
             snaps = self._active(dev)
-            if copied:
-                lo, hi = self._chunk_span(snaps, sector, start, step)
-                await self.dm.revoke_reaching(dev, lo, hi, "copy-on-write")
             if not snaps:
                 return 0, limit
             return self._writable_region(snaps, start, step, limit)
@@ -93,24 +107,22 @@ class Origins:
         return self._writable_region(snaps, start, step, limit)
 
     @staticmethod
-    def _chunk_span(snaps, sector, start, step):
-        lo, hi = start, start + step
-        for s in snaps:
-            c = sector // s.chunk_size * s.chunk_size
-            lo, hi = min(lo, c), max(hi, c + s.chunk_size)
-        return lo, hi
-
-    @staticmethod
     def _writable_region(snaps, start: int, step: int, limit: int) -> tuple[int, int]:
-        def held(x):
-            return all(s.has_exception(x // s.chunk_size) for s in snaps)
-        lo, hi = start, min(start + step, limit)
-        n = 0
-        while hi < limit and n < MAX_AHEAD_CHUNKS and held(hi):
-            hi = min(hi + step, limit)
-            n += 1
-        n = 0
-        while lo > 0 and n < MAX_BEHIND_CHUNKS and held(lo - step):
-            lo -= step
-            n += 1
-        return lo, hi
+        """The run of chunks around the one at ``start`` (held by every snapshot) that every
+        snapshot holds, at most MAX_BEHIND_CHUNKS back and MAX_AHEAD_CHUNKS on."""
+        lo = max(0, start - MAX_BEHIND_CHUNKS * step)
+        hi = min(limit, start + (MAX_AHEAD_CHUNKS + 1) * step)
+        for s in snaps:
+            held, shift = s.exceptions, s.shift
+            first = start >> shift
+            c = first + 1
+            stop = -(-hi >> shift)
+            while c < stop and c in held:
+                c += 1
+            hi = min(hi, c << shift)
+            c = first
+            floor = lo >> shift
+            while c > floor and (c - 1) in held:
+                c -= 1
+            lo = max(lo, c << shift)
+        return lo, max(hi, min(start + step, limit))

@@ -24,7 +24,7 @@ import logging
 from collections import OrderedDict
 from typing import NamedTuple
 
-from .errors import DMError, ExceptionStoreError
+from .errors import DMError, ExceptionStoreError, ExceptionStoreFull
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +161,28 @@ class ExceptionStore(abc.ABC):
             del self._in_flight[head]
             del self._old_of[head]
             settled.extend(self._commit(done[0], head, done[1]))
+        return settled
+
+    # A batch: the snapshot target allocates chunks for several origin chunks, copies them
+    # all, then commits them all, with nothing else in between (dm-snap's kcopyd jobs of
+    # one bio finishing together). Stores may do it faster than one call per exception;
+    # the outcome must be the same as those calls in order.
+    def prepare_batch(self, old_chunks: list[int]) -> list[int]:
+        """prepare_exception for each of ``old_chunks`` in order, stopping at the first
+        that does not fit: returns the COW chunks allocated (fewer when the store filled)."""
+        out = []
+        for old in old_chunks:
+            try:
+                out.append(self.prepare_exception(old))
+            except ExceptionStoreFull:
+                break
+        return out
+
+    def commit_batch(self, done: list[tuple[int, int, bool]]) -> list[Completion]:
+        """commit_exception for each (old_chunk, new_chunk, copy_ok), in allocation order."""
+        settled = []
+        for old, new, ok in done:
+            settled.extend(self.commit_exception(old, new, valid=ok))
         return settled
 
     @property

@@ -81,6 +81,7 @@ class PersistentStore(ExceptionStore):
         self.exceptions_per_area = 0
         self.area = bytearray()
         self._callbacks: list[tuple[int, int]] = []
+        self._batch: tuple | None = None    # (old chunks, new chunks) from prepare_batch
 
     # -- I/O -------------------------------------------------------------------------
     def _chunk_bytes(self) -> int:
@@ -241,6 +242,66 @@ class PersistentStore(ExceptionStore):
         settled = [Completion(o, n, self.valid) for o, n in self._callbacks]
         self._callbacks.clear()
         return settled
+
+    # -- batches: the same bytes and writes as one call per exception, without the per-call
+    # bookkeeping of copies finishing out of order (nothing else is in flight meanwhile)
+
+    def prepare_batch(self, old_chunks: list[int]) -> list[int]:
+        if self._in_flight or not self.valid:
+            return super().prepare_batch(old_chunks)
+        out = []
+        room = self._cow_size() // self.chunk_size     # chunks the COW device holds
+        span = self.exceptions_per_area + 1
+        nxt = self.next_free
+        for _ in old_chunks:
+            if room < nxt + 1:
+                break
+            out.append(nxt)
+            nxt += 1
+            if nxt % span == NUM_SNAPSHOT_HDR_CHUNKS:
+                nxt += 1                                # the next area's metadata chunk
+        self.next_free = nxt
+        self._batch = (list(old_chunks[:len(out)]), out)
+        return out
+
+    def commit_batch(self, done: list[tuple[int, int, bool]]) -> list[Completion]:
+        batch = self._batch
+        if batch is None or [d[0] for d in done] != batch[0] or [d[1] for d in done] != batch[1]:
+            return super().commit_batch(done)
+        self._batch = None
+        if not all(ok for _, _, ok in done):
+            self.valid = False
+        E = self.exceptions_per_area
+        i = 0
+        while i < len(done):
+            # as many entries as the current area still takes, packed at once
+            n = min(len(done) - i, E - self.current_committed)
+            flat = [x for old, new, _ in done[i:i + n] for x in (old, new)]
+            struct.pack_into(f"<{2 * n}Q", self.area,
+                             self.current_committed * DISK_EXCEPTION.size, *flat)
+            self.current_committed += n
+            i += n
+            full = self.current_committed == E
+            if not full and i < len(done):
+                continue
+            if full:
+                try:
+                    self._zero_disk_area(self.current_area + 1)
+                except OSError:
+                    log.exception("zeroing metadata area %d failed", self.current_area + 1)
+                    self.valid = False
+            if self.valid:
+                try:
+                    self._chunk_write(self._area_location(self.current_area), self.area,
+                                      preflush=True, fua=True)
+                except OSError:
+                    log.exception("writing metadata area %d failed", self.current_area)
+                    self.valid = False
+            if full:
+                self.current_committed = 0
+                self.current_area += 1
+                self.area = bytearray(self._chunk_bytes())
+        return [Completion(old, new, self.valid) for old, new, _ in done]
 
     def drop_snapshot(self) -> None:
         """Rewrite the header with valid=0 (a plain write, as persistent_drop_snapshot)."""

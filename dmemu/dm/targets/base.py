@@ -39,6 +39,11 @@ class Target:
     async def remap(self, offset: int, write: bool) -> Remap:
         return self.remap_sync(offset, write)
 
+    async def remap_range(self, offset: int, nr: int, write: bool) -> Remap:
+        """A write of ``nr`` sectors from ``offset`` is coming: targets that copy on write
+        make every copy the range needs at once; the answer is as remap's."""
+        return await self.remap(offset, write)
+
     def remap_sync(self, offset: int, write: bool) -> Remap:
         raise DMError(errno.EIO, f"{self.name}: no mapping")
 

@@ -43,7 +43,10 @@ class OriginTarget(Target):
         return Remap(0, self.len, "remap", self.dev, 0)
 
     async def remap(self, offset, write):
+        return await self.remap_range(offset, 1, write)
+
+    async def remap_range(self, offset, nr, write):
         if not write:
             return Remap(0, self.len, "remap", self.dev, 0)
-        lo, hi = await self.dm.origins.origin_write(self.dev, offset, self.len)
+        lo, hi = await self.dm.origins.origin_write(self.dev, offset, self.len, nr)
         return Remap(lo, hi - lo, "remap", self.dev, lo)

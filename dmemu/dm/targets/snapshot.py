@@ -11,7 +11,8 @@ import errno
 import logging
 
 from ...errors import DmemuError
-from ..errors import DMError, ExceptionStoreFull, TargetError
+from ..errors import DMError, ExceptionStoreError, TargetError
+from ..cow import BATCH_SECTORS
 from ..exception_store import create_exception_store
 from ..region import Remap
 from ..status import snapshot_status_text, snapshot_table_text
@@ -91,37 +92,67 @@ class SnapshotTarget(Target):
 
     # -- copy-on-write ---------------------------------------------------------------------
 
-    def _copy(self, old: int) -> bool:
-        """Allocate an exception for origin chunk ``old`` and copy it; False if full."""
+    def _copy(self, chunks: list[int]) -> tuple[int, bool]:
+        """Copy origin ``chunks`` (ascending, none held yet) into the store as one batch.
+
+        The order is the persistent store's crash contract: every chunk's data is written
+        to the COW device first, then the exceptions are committed in allocation order, and
+        the store writes its metadata area once for the batch (once per area it fills),
+        with PREFLUSH|FUA, so no metadata on the media ever names a chunk whose data is not
+        there. Runs of chunks consecutive on both devices move as one read and one write.
+        Returns (chunks committed, whether the store had room for all of them).
+        """
         try:
-            new = self.store.prepare_exception(old)
-        except ExceptionStoreFull:
-            return False
-        first = old << self.shift
-        n = min(self.chunk_size, self.origin.nr_sectors - first)
-        ok = True
-        try:
-            data = self.origin.read(first, n * 512)
-            self.cow.write(new << self.shift, data)
-        except OSError:
-            log.error("snapshot %s: copying chunk %d failed", self.md.name, old)
-            ok = False
-        for done in self.store.commit_exception(old, new, valid=ok):
+            news = self.store.prepare_batch(chunks)
+        except ExceptionStoreError:
+            news = []                   # the store was invalidated meanwhile
+        room = len(news) == len(chunks)
+        pairs = list(zip(chunks, news))
+        copied = []
+        i = 0
+        while i < len(pairs):
+            j = i + 1
+            while j < len(pairs) and pairs[j][0] == pairs[j - 1][0] + 1 \
+                    and pairs[j][1] == pairs[j - 1][1] + 1:
+                j += 1
+            old, new = pairs[i]
+            first = old << self.shift
+            n = min((j - i) << self.shift, self.origin.nr_sectors - first)
+            try:
+                # a view of the origin's media, copied once, into the COW device
+                self.cow.write(new << self.shift, self.origin.read(first, n * 512, view=True))
+                ok = True
+            except OSError:
+                log.error("snapshot %s: copying chunks %d-%d failed", self.md.name, old,
+                          pairs[j - 1][0])
+                ok = False
+            copied += [(o, w, ok) for o, w in pairs[i:j]]
+            i = j
+        done_count = 0
+        for done in self.store.commit_batch(copied):
             if done.success:
                 self.exceptions[done.old_chunk] = done.new_chunk
+                done_count += 1
             else:
                 self.invalidate("Error reading/writing.")
-        return True
+        return done_count, room
 
-    def copy_origin_chunk(self, sector: int) -> bool:
-        """Called by the origin before a write: True if a copy was made just now."""
-        chunk = sector >> self.shift
-        if chunk in self.exceptions or not self.valid:
-            return False
-        if not self._copy(chunk):
+    def copy_origin_chunks(self, sector: int, end: int) -> tuple[int, int] | None:
+        """Called by the origin before a write to sectors [sector, end): copy every chunk
+        of them this snapshot lacks, in one batch. Returns the sector span of the chunks
+        copied just now, or None."""
+        if not self.valid:
+            return None
+        first, last = sector >> self.shift, (end - 1) >> self.shift
+        todo = [c for c in range(first, last + 1) if c not in self.exceptions]
+        if not todo:
+            return None
+        n, room = self._copy(todo)
+        if not room:
             self.invalidate("Unable to allocate exception.")
-            return False
-        return True
+        if not n:
+            return None
+        return todo[0] << self.shift, (todo[-1] + 1) << self.shift
 
     def invalidate(self, why: str) -> None:
         if not self.valid:
@@ -174,6 +205,11 @@ class SnapshotTarget(Target):
         return self._remap_chunk(offset >> self.shift)
 
     async def remap(self, offset, write):
+        return await self.remap_range(offset, 1, write)
+
+    async def remap_range(self, offset, nr, write):
+        """A write to the snapshot itself copies the origin chunks it covers first, all of
+        them in one batch (as an origin write does), then maps onto the copies."""
         if not self.valid:
             raise self._fail("I/O")
         if write and self.overflow:
@@ -182,23 +218,27 @@ class SnapshotTarget(Target):
         chunk = offset >> self.shift
         if not write or chunk in self.exceptions:
             return self._remap_chunk(chunk)
+        last = min((offset + max(nr, 1) - 1) >> self.shift,
+                   chunk + max(1, BATCH_SECTORS >> self.shift) - 1,
+                   (self.len - 1) >> self.shift)
         async with self.dm.origins.lock(self.origin):
-            if chunk not in self.exceptions:
+            todo = [c for c in range(chunk, last + 1) if c not in self.exceptions]
+            if todo:
                 if not self.valid:
                     raise self._fail("I/O")
-                if not self._copy(chunk):
+                if not self._copy(todo)[1]:
                     if self.store.type_name == "PO":
                         await self._overflowed()
                         raise self._fail("write")
                     self.invalidate("Unable to allocate exception.")
                     await self.revoke_all("snapshot invalidated")
                     raise self._fail("write")
-                # Read leases of this chunk still point at the origin: take them back.
-                first = self.begin + (chunk << self.shift)
+                # Read leases of these chunks still point at the origin: take them back.
+                first = self.begin + (todo[0] << self.shift)
+                end = self.begin + ((todo[-1] + 1) << self.shift)
                 md = self.md
-                await self.dm.leases.revoke(
-                    lambda lease: lease.covers(md, first, first + self.chunk_size),
-                    "snapshot write")
+                await self.dm.leases.revoke(lambda lease: lease.covers(md, first, end),
+                                            "snapshot write")
             if not self.valid:
                 raise self._fail("I/O")
             return self._remap_chunk(chunk)

@@ -77,6 +77,10 @@ class SnapshotMergeTarget(SnapshotTarget):
         new_lo, new_hi = (lo, a) if pos < a else (b, hi)
         return Remap(new_lo, new_hi - new_lo, r.kind, r.lower, r.lower_start + (new_lo - lo))
 
+    async def remap_range(self, offset, nr, write):
+        # not the snapshot's batch copy-on-write: a merging target copies nothing on write
+        return await self.remap(offset, write)
+
     async def remap(self, offset, write):
         chunk = offset >> self.shift
         while self.merging is not None and self.merging[0] <= chunk < self.merging[1]:
