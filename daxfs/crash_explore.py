@@ -10,6 +10,7 @@ The states, their names and their batches depend on the recording, the seed and 
 bounds only, never on the number or order of workers, so a cluster and one process check
 the same states and report the same failures.
 """
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -83,10 +84,17 @@ def check_batch(key: str, rec: Recording, batch: list) -> BatchResult:
     return res
 
 
-def batches(rec: Recording, seed: int, samples: int, size: int = BATCH_STATES):
-    """The recording's states in batches of about ``size``, in point order."""
+def batches(rec: Recording, seed: int, samples: int, size: int = BATCH_STATES,
+            bound: int | None = None):
+    """The recording's states in batches of about ``size``, in point order; at most
+    ``bound`` per point (the first ones: none, all, one-out, ...) when given."""
     cur = []
+    per_point = {}
     for s in states(rec, seed, samples):
+        if bound is not None:
+            per_point[s.point] = per_point.get(s.point, 0) + 1
+            if per_point[s.point] > bound:
+                continue
         cur.append(s)
         if len(cur) >= size:
             yield cur
@@ -99,6 +107,7 @@ class LocalRunner:
     """Batches checked in this process, one after the other (``--workers 0``), once the
     recordings are made (they run in their own event loop)."""
     workers = 0
+    stop = None
 
     def __init__(self):
         self.queue = []
@@ -107,7 +116,7 @@ class LocalRunner:
         self.queue.append((key, rec, batch, done))
 
     def wait(self):
-        while self.queue:
+        while self.queue and not (self.stop and self.stop.is_set()):
             key, rec, batch, done = self.queue.pop(0)
             done(check_batch(key, rec, batch))
 
@@ -132,36 +141,58 @@ class DaskRunner:
                                         dashboard_address=None, silence_logs=logging.ERROR)
             self.client = Client(self.cluster)
         self.workers = len(self.client.scheduler_info()["workers"])
-        self.scattered = {}
-        self.pending = []
+        self.stop = None
+        self.scattered = {}       # recording key -> [its future on the workers, batches]
+        self.futures = []
+        self.finished = 0
         self.errors = []
-        import threading
         self.lock = threading.Lock()
 
     def submit(self, key, rec, batch, done):
-        if key not in self.scattered:
-            self.scattered[key] = self.client.scatter(rec, broadcast=True, hash=False)
-        fut = self.client.submit(check_batch, key, self.scattered[key], batch, pure=False)
+        with self.lock:
+            if key not in self.scattered:
+                self.scattered[key] = [self.client.scatter(rec, broadcast=True, hash=False), 0]
+            self.scattered[key][1] += 1
+            data = self.scattered[key][0]
+        fut = self.client.submit(check_batch, key, data, batch, pure=False)
+        self.futures.append(fut)
+        self.done = done
+        fut.add_done_callback(lambda f: self._finished(key, f))
 
-        def finished(f):
-            try:
-                done(f.result())
-            except Exception as e:
-                with self.lock:
-                    self.errors.append(e)
-        fut.add_done_callback(finished)
-        self.pending.append(fut)
+    def _finished(self, key, fut):
+        """In the client's thread: hand the result on; forget a recording no batch needs
+        (dropping its future lets the workers free it)."""
+        try:
+            if not fut.cancelled():
+                self.done(fut.result())
+        except Exception as e:
+            self.errors.append(e)
+        with self.lock:
+            self.finished += 1
+            entry = self.scattered.get(key)
+            if entry is not None:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self.scattered[key]
 
     def wait(self):
-        from distributed import wait
-        wait(self.pending)
-        self.pending = []
+        """Until every batch is checked (or, with a stop event set, no more is wanted)."""
+        while self.finished < len(self.futures):
+            if self.errors:
+                raise self.errors[0]
+            if self.stop is not None and self.stop.is_set():
+                break
+            time.sleep(0.05)
         if self.errors:
             raise self.errors[0]
+        for fut in self.futures:
+            fut.cancel()
+        self.futures = []
+        self.scattered.clear()
 
     def close(self):
         """Shut the workers down (also on failure and Ctrl-C): nothing is left running."""
-        for fut in self.pending:
+        for fut in self.futures:
             fut.cancel()
         try:
             self.client.close(timeout=10)

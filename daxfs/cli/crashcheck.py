@@ -54,8 +54,14 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=1, help="seed of every sample (default 1)")
     p.add_argument("--samples", type=int, default=8,
                    help="random subsets per crash point beyond one-out/one-in (default 8)")
-    p.add_argument("--count", type=int, default=100,
-                   help="sequences sampled for seq-2 and seq-3 (default 100)")
+    p.add_argument("--bound", type=int, default=None, metavar="N",
+                   help="at most N states per crash point (the first of none, all, "
+                        "one-out, one-in, torn, samples; default: no bound)")
+    p.add_argument("-x", "--exitfirst", action="store_true",
+                   help="stop at the first failed state")
+    p.add_argument("--count", type=int, default=None,
+                   help="sequences sampled for seq-2 and seq-3 (default 100); for seq-1, "
+                        "this many of them evenly spread (default: all)")
     p.add_argument("--workers", type=int, default=None,
                    help="LocalCluster workers (default: one per core; 0: check here)")
     p.add_argument("--scheduler", metavar="ADDRESS",
@@ -73,8 +79,8 @@ def parse_args(argv):
         p.error("--workers must be 0 or more")
     if a.workers is not None and a.scheduler:
         p.error("--workers and --scheduler exclude each other")
-    if a.samples < 0 or a.count < 1:
-        p.error("--samples must be 0 or more and --count 1 or more")
+    if a.samples < 0 or (a.count is not None and a.count < 1) or (a.bound is not None and a.bound < 1):
+        p.error("--samples must be 0 or more, --count and --bound 1 or more")
     return a
 
 
@@ -117,7 +123,9 @@ def reproduce_cmd(args, name: str, mode: str, state: str | None) -> str:
     cmd += ["--seed", str(args.seed)]
     if args.samples != 8:
         cmd += ["--samples", str(args.samples)]
-    if name.startswith(("seq-2/", "seq-3/")) and args.count != 100:
+    if args.bound:
+        cmd += ["--bound", str(args.bound)]
+    if name.startswith(("seq-2/", "seq-3/")) and args.count not in (None, 100):
         cmd += ["--count", str(args.count)]
     if args.size:
         cmd += ["--size", str(args.size)]
@@ -137,6 +145,7 @@ class Run:
         self.checked = self.failed = self.total = 0
         self.progress = progress
         self.t0 = time.perf_counter()
+        self.stop = threading.Event()        # -x: a state failed, check no more
 
     def add(self, name, mode, description, rec=None, error=None, record_seconds=0.0):
         r = {"workload": name, "family": name.split("/")[0], "mode": mode,
@@ -151,6 +160,8 @@ class Run:
             self.order.append((name, mode))
             if error:
                 self.failed += 1
+                if self.args.exitfirst:
+                    self.stop.set()
         return r
 
     def expect(self, key, n, points):
@@ -172,6 +183,8 @@ class Run:
                                       "reproduce": reproduce_cmd(self.args, name, mode, sid)})
             self.checked += res.checked
             self.failed += len(res.failures)
+            if self.failed and self.args.exitfirst:
+                self.stop.set()
         self.progress.update(advance=res.checked, failed=self.failed,
                              rate=self.checked / max(time.perf_counter() - self.t0, 1e-9))
 
@@ -219,6 +232,8 @@ async def record_all(todo, args, runner, run: Run, progress: Progress):
     from ..crash_record import record_log, record_pmem
     async with client.connect(prog=PROG) as k:
         for name, mode, fn, alphabet, size, desc in todo:
+            if args.exitfirst and run.failed:
+                break
             progress.update(description=f"{name} ({mode})")
             record = record_pmem if mode == "fences" else record_log
             t0 = time.perf_counter()
@@ -239,11 +254,12 @@ async def record_all(todo, args, runner, run: Run, progress: Progress):
                                      "(the recording differs, or the seed or bounds do)")
                 all_batches = [[st]]
             else:
-                all_batches = list(batches(rec, args.seed, args.samples))
+                all_batches = list(batches(rec, args.seed, args.samples, bound=args.bound))
             points = len({s.point for b in all_batches for s in b})
             run.expect((name, mode), sum(len(b) for b in all_batches), points)
             for b in all_batches:
                 runner.submit(key, rec, b, run.done)
+        runner.stop = run.stop
 
 
 def print_results(run: Run, args) -> bool:
@@ -308,7 +324,8 @@ def main(argv=None) -> int:
             print(f"{PROG}: cannot write {args.json}: {d} is not a directory", file=sys.stderr)
             return 2
     root = tempfile.mkdtemp(prefix="crashcheck-", dir="/tmp")
-    os.environ["DMEMU_ROOT"] = root
+    caller_root = os.environ.get("DMEMU_ROOT")
+    os.environ["DMEMU_ROOT"] = root      # a dmemud of its own, which it stops at the end
     runner = None
     progress = Progress(args.quiet)
     run = Run(args, progress)
@@ -342,6 +359,10 @@ def main(argv=None) -> int:
             runner.close()
         subprocess.run([f"{TOOLS}/dmemud", "stop", "--force"], capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
+        if caller_root is None:
+            os.environ.pop("DMEMU_ROOT", None)
+        else:
+            os.environ["DMEMU_ROOT"] = caller_root
     seconds = time.perf_counter() - t0
     failed = print_results(run, args)
     print(f"{run.checked} states in {seconds:.1f} s ({run.checked / max(seconds, 1e-9):.0f} "
