@@ -335,10 +335,16 @@ def state_device(rec: Recording, state: State, builder: BaseBuilder) -> OverlayD
     if state.point < len(rec.ops):
         _, offset, data = rec.ops[state.point]
         for line, mask in state.chosen:
-            for w in range(8):
-                if mask & (1 << w):
-                    lo = max(line + w * WORD, offset)
-                    hi = min(line + (w + 1) * WORD, offset + len(data))
-                    if lo < hi:
-                        dev.put(lo, data[lo - offset:hi - offset])
+            w = 0
+            while w < 8:                     # each run of kept words in one piece
+                if not mask & (1 << w):
+                    w += 1
+                    continue
+                first = w
+                while w < 8 and mask & (1 << w):
+                    w += 1
+                lo = max(line + first * WORD, offset)
+                hi = min(line + w * WORD, offset + len(data))
+                if lo < hi:
+                    dev.put(lo, data[lo - offset:hi - offset])
     return dev
