@@ -74,7 +74,7 @@ class Checker:
         if raw[:8] != fmt.SB_MAGIC and (await read_blocks(self.dev, 1))[:8] != fmt.SB_MAGIC:
             self.out("no daxfs superblock found (bad magic); is this the right device?")
             return EXIT_OPERATIONAL
-        from .fs import read_superblock
+        from .fs import journal_rewrites_primary, read_superblock
         try:
             self.sb, why = await read_superblock(self.dev)
         except fmt.VersionError as e:
@@ -83,7 +83,10 @@ class Checker:
         except CorruptError as e:
             self.problem(f"{e}; cannot check further")
             return EXIT_UNCORRECTED
-        if why and self.problem(f"{why}; restoring the primary from it", fixable=True):
+        if why and await journal_rewrites_primary(self.dev, self.sb):
+            # a home write of the superblock torn by the crash: the replay rewrites it
+            self.out(f"{why}; the journal holds its last update")
+        elif why and self.problem(f"{why}; restoring the primary from it", fixable=True):
             await write_blocks(self.dev, 0, self.sb.pack(0), fua=True)
         await self.check_journal()
         try:
