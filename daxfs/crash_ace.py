@@ -339,11 +339,11 @@ def workload_for(seq):
     return run
 
 
-def generated(spec: str, seed: int, count: int | None) -> list:
-    """[(name, sequence)] of ``seq-1`` (all, or ``count`` of them evenly spread, which
+def generated(spec: str, seed: int, count: int | None, spread: int | None = None) -> list:
+    """[(name, sequence)] of ``seq-1`` (all, or ``spread`` of them evenly spread, which
     covers every kind of operation), ``seq-2``/``seq-3`` (``count`` sampled, 100 by
     default), or one of them by name: ``seq-2/17``. Names number the whole family, so a
-    name means the same sequence whatever ``count`` is."""
+    name means the same sequence whatever ``spread`` is."""
     family, _, index = spec.partition("/")
     length = int(family.split("-")[1])
     if length == 1:
@@ -351,8 +351,8 @@ def generated(spec: str, seed: int, count: int | None) -> list:
     else:
         seqs = sample_sequences(length, count or 100, seed)
     named = [(f"{family}/{i}", s) for i, s in enumerate(seqs)]
-    if length == 1 and count and not index and count < len(named):
-        named = [named[i * len(named) // count] for i in range(count)]
+    if length == 1 and spread and not index and spread < len(named):
+        named = [named[i * len(named) // spread] for i in range(spread)]
     if index:
         i = int(index)
         if not 0 <= i < len(named):

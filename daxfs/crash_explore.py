@@ -28,6 +28,7 @@ class BatchResult:
     checked: int = 0
     repaired: int = 0
     failures: list = field(default_factory=list)     # (state id, problems)
+    repairs: list = field(default_factory=list)      # (state id, fsck's findings): a few
     seconds: float = 0.0
 
 
@@ -43,8 +44,8 @@ def _builder(key: str, rec: Recording) -> BaseBuilder:
     return b
 
 
-async def check_state(rec: Recording, state: State, builder: BaseBuilder) -> tuple[list, bool]:
-    """(problems, whether fsck repaired it) of one state."""
+async def check_state(rec: Recording, state: State, builder: BaseBuilder) -> tuple[list, list]:
+    """(problems, what fsck repaired, if it had to) of one state."""
     dev = state_device(rec, state, builder)
     fsdev = OverlayDevice(dev.base, rec.fs_bytes)
     fsdev.blocks = dev.blocks
@@ -74,9 +75,12 @@ def check_batch(key: str, rec: Recording, batch: list) -> BatchResult:
             try:
                 problems, repaired = await check_state(rec, state, builder)
             except Exception as e:        # a crash of the checker on this state is a finding
-                problems, repaired = [f"checking raised {type(e).__name__}: {e}"], False
+                problems, repaired = [f"checking raised {type(e).__name__}: {e}"], []
             res.checked += 1
-            res.repaired += repaired
+            if repaired:
+                res.repaired += 1
+                if len(res.repairs) < 2:
+                    res.repairs.append((state.id, repaired))
             if problems:
                 res.failures.append((state.id, problems))
     trio.run(run)

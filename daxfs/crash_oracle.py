@@ -154,14 +154,15 @@ def _describe(v: str) -> str:
         ABSENT: "missing", DIR: "a directory", FILE: "a file"}.get(v, v)
 
 
-async def check_device(dev, want: dict, bounds: dict | None = None) -> tuple[list, bool]:
-    """fsck and the oracle on a crash state; (problems, whether fsck had to repair)."""
+async def check_device(dev, want: dict, bounds: dict | None = None) -> tuple[list, list]:
+    """fsck and the oracle on a crash state; (problems, what fsck repaired first, if it
+    had to)."""
     msgs = []
     code, _ = await check(dev, out=msgs.append)
-    repaired = False
+    repaired = []
     if code:
         if not hasattr(dev, "writable_copy"):
-            return [f"fsck exit {code}: " + "; ".join(msgs[:3])], False
+            return [f"fsck exit {code}: " + "; ".join(msgs[:3])], []
         dev = dev.writable_copy()
         fixmsgs = []
         await check(dev, repair=True, out=fixmsgs.append)
@@ -169,8 +170,8 @@ async def check_device(dev, want: dict, bounds: dict | None = None) -> tuple[lis
         code2, _ = await check(dev, out=again.append)
         if code2:
             return [f"fsck exit {code}: " + "; ".join(msgs[:3]) +
-                    f"; still exit {code2} after repair: " + "; ".join(again[:2])], False
-        repaired = True
+                    f"; still exit {code2} after repair: " + "; ".join(again[:2])], []
+        repaired = msgs[:3]
         dev.read_only = True
     problems = []
     try:

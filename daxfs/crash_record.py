@@ -36,6 +36,14 @@ def _sh(tools: str):
     return sh
 
 
+async def _mkfs(device: str) -> None:
+    """mkfs.daxfs, in this process: a recording's cost is mostly processes starting."""
+    from .mkfs import mkfs
+    from .source import open_source
+    async with open_source(device, exclusive=True, read_only=False) as dev:
+        await mkfs(dev)
+
+
 async def _run_workload(workload, mnt: str, oracle: Oracle) -> None:
     """The workload in a thread (its marks reach dmemud through this trio loop)."""
     oracle.observe()
@@ -98,7 +106,7 @@ async def record_log(k, name: str, workload, *, size_mib: int, tools: str,
         made_dm.append(lw)
         await k.call("dm_create", name=vol, table=f"0 {fs_sectors} linear {lw} 0")
         made_dm.append(vol)
-        await trio.to_thread.run_sync(sh, "mkfs.daxfs", f"/dev/mapper/{vol}")
+        await _mkfs(f"/dev/mapper/{vol}")
         await k.call("dm_message", name=lw, sector=0, words=["mark", "mkfs"])
         counter = itertools.count()
         token = trio.lowlevel.current_trio_token()
@@ -186,7 +194,7 @@ async def record_pmem(k, name: str, workload, *, size_mib: int, tools: str,
     dev = ns["blockdev"]
     mnt = None
     try:
-        await trio.to_thread.run_sync(sh, "mkfs.daxfs", f"/dev/{dev}")
+        await _mkfs(f"/dev/{dev}")
         paths = await k.call("trace", action="start", device=dev)
         counter = itertools.count()
         position = {}

@@ -60,8 +60,10 @@ def parse_args(argv):
     p.add_argument("-x", "--exitfirst", action="store_true",
                    help="stop at the first failed state")
     p.add_argument("--count", type=int, default=None,
-                   help="sequences sampled for seq-2 and seq-3 (default 100); for seq-1, "
-                        "this many of them evenly spread (default: all)")
+                   help="sequences sampled for seq-2 and seq-3 (default 100)")
+    p.add_argument("--spread", type=int, default=None, metavar="N",
+                   help="only N of the seq-1 sequences, evenly spread over its operations "
+                        "(default: all)")
     p.add_argument("--workers", type=int, default=None,
                    help="LocalCluster workers (default: one per core; 0: check here)")
     p.add_argument("--scheduler", metavar="ADDRESS",
@@ -73,14 +75,18 @@ def parse_args(argv):
     p.add_argument("--broken", action="store_true",
                    help="mount broken on purpose (the checker must fail): log mode commits "
                         "without their flush, fences mode never flushes DAX stores")
+    p.add_argument("--record-jobs", type=int, default=2, metavar="N",
+                   help="workloads recorded at once (default 2)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     if a.workers is not None and a.workers < 0:
         p.error("--workers must be 0 or more")
     if a.workers is not None and a.scheduler:
         p.error("--workers and --scheduler exclude each other")
-    if a.samples < 0 or (a.count is not None and a.count < 1) or (a.bound is not None and a.bound < 1):
-        p.error("--samples must be 0 or more, --count and --bound 1 or more")
+    if a.record_jobs < 1:
+        p.error("--record-jobs must be 1 or more")
+    if a.samples < 0 or (a.count is not None and a.count < 1) or (a.spread or 1) < 1 or (a.bound is not None and a.bound < 1):
+        p.error("--samples must be 0 or more, --count, --spread and --bound 1 or more")
     return a
 
 
@@ -94,7 +100,7 @@ def resolve(args) -> list:
         for spec in names:
             if crash_ace.is_generated(spec):
                 try:
-                    gen = crash_ace.generated(spec, args.seed, args.count)
+                    gen = crash_ace.generated(spec, args.seed, args.count, args.spread)
                 except ValueError as e:
                     raise UsageError(str(e)) from None
                 for name, seq in gen:
@@ -106,7 +112,7 @@ def resolve(args) -> list:
                 raise UsageError(f"unknown workload {spec}; choose from "
                                  f"{', '.join(sorted(table))}, seq-1, seq-2, seq-3")
             if mode == "fences" and spec == "snapshot-during-writes":
-                if specs:
+                if specs and args.mode == "fences":
                     raise UsageError(f"workload {spec} does not run in fences mode "
                                      "(it snapshots through device-mapper)")
                 continue
@@ -146,12 +152,17 @@ class Run:
         self.progress = progress
         self.t0 = time.perf_counter()
         self.stop = threading.Event()        # -x: a state failed, check no more
+        self.rank = {}
+
+    def ordered(self) -> list:
+        """The runs in the order the workloads were asked for, whatever finished first."""
+        return sorted(self.order, key=lambda k: self.rank.get(k, 0))
 
     def add(self, name, mode, description, rec=None, error=None, record_seconds=0.0):
         r = {"workload": name, "family": name.split("/")[0], "mode": mode,
              "description": description, "states": 0, "points": 0, "repaired": 0,
              "failures": [], "record_seconds": round(record_seconds, 3),
-             "check_seconds": 0.0, "expected": 0}
+             "check_seconds": 0.0, "expected": 0, "repairs": []}
         if error:
             r["failures"].append({"state": "workload", "problems": [error],
                                   "reproduce": reproduce_cmd(self.args, name, mode, None)})
@@ -177,6 +188,9 @@ class Run:
             r = self.runs[(name, mode)]
             r["states"] += res.checked
             r["repaired"] += res.repaired
+            for sid, found in res.repairs:
+                if len(r["repairs"]) < 3:
+                    r["repairs"].append({"state": sid, "fsck": found})
             r["check_seconds"] = round(r["check_seconds"] + res.seconds, 3)
             for sid, problems in res.failures:
                 r["failures"].append({"state": sid, "problems": problems,
@@ -227,46 +241,55 @@ class Progress:
 
 
 async def record_all(todo, args, runner, run: Run, progress: Progress):
+    """Record the workloads, a few at a time (a recording mostly waits for a daxfs process
+    to start and mount), and hand their states to the runner as each is ready."""
     from dmemu import client
     from ..crash_explore import batches
     from ..crash_record import record_log, record_pmem
-    async with client.connect(prog=PROG) as k:
-        for name, mode, fn, alphabet, size, desc in todo:
+    limiter = trio.CapacityLimiter(max(1, args.record_jobs))
+
+    async def one(name, mode, fn, alphabet, size, desc):
+        async with limiter:
             if args.exitfirst and run.failed:
-                break
+                return
             progress.update(description=f"{name} ({mode})")
             record = record_pmem if mode == "fences" else record_log
             t0 = time.perf_counter()
             try:
-                rec = await record(k, name, fn, size_mib=size, tools=TOOLS,
-                                   broken=args.broken, alphabet=alphabet)
+                async with client.connect(prog=PROG) as k:
+                    rec = await record(k, name, fn, size_mib=size, tools=TOOLS,
+                                       broken=args.broken, alphabet=alphabet)
             except Exception as e:
                 # a workload that fails on daxfs is a finding too
                 run.add(name, mode, desc, error=f"the workload failed: {e}")
-                continue
-            key = f"{name}|{mode}"
-            run.add(name, mode, desc, rec=rec, record_seconds=time.perf_counter() - t0)
-            if args.state:
-                from ..crash_states import find_state
-                st = find_state(rec, args.state, args.seed, args.samples)
-                if st is None:
-                    raise UsageError(f"{name} ({mode}) has no state {args.state} "
-                                     "(the recording differs, or the seed or bounds do)")
-                all_batches = [[st]]
-            else:
-                all_batches = list(batches(rec, args.seed, args.samples, bound=args.bound))
-            points = len({s.point for b in all_batches for s in b})
-            run.expect((name, mode), sum(len(b) for b in all_batches), points)
-            for b in all_batches:
-                runner.submit(key, rec, b, run.done)
-        runner.stop = run.stop
+                return
+        key = f"{name}|{mode}"
+        run.add(name, mode, desc, rec=rec, record_seconds=time.perf_counter() - t0)
+        if args.state:
+            from ..crash_states import find_state
+            st = find_state(rec, args.state, args.seed, args.samples)
+            if st is None:
+                raise UsageError(f"{name} ({mode}) has no state {args.state} "
+                                 "(the recording differs, or the seed or bounds do)")
+            all_batches = [[st]]
+        else:
+            all_batches = list(batches(rec, args.seed, args.samples, bound=args.bound))
+        points = len({s.point for b in all_batches for s in b})
+        run.expect((name, mode), sum(len(b) for b in all_batches), points)
+        for b in all_batches:
+            runner.submit(key, rec, b, run.done)
+
+    runner.stop = run.stop
+    async with trio.open_nursery() as nursery:
+        for item in todo:
+            nursery.start_soon(one, *item)
 
 
 def print_results(run: Run, args) -> bool:
     failed = False
     many = len(run.order) > 12
     families = {}
-    for key in run.order:
+    for key in run.ordered():
         r = run.runs[key]
         f = families.setdefault((r["family"], r["mode"]), [0, 0, 0, 0])
         f[0] += 1
@@ -300,7 +323,7 @@ def write_json(path: str, run: Run, args, seconds: float, workers: int) -> None:
            "broken": args.broken, "workers": workers, "seconds": round(seconds, 2),
            "states": run.checked, "failed": run.failed,
            "load": list(os.getloadavg()),
-           "runs": [run.runs[k] for k in run.order]}
+           "runs": [run.runs[k] for k in run.ordered()]}
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
         json.dump(doc, f, indent=1)
@@ -329,6 +352,7 @@ def main(argv=None) -> int:
     runner = None
     progress = Progress(args.quiet)
     run = Run(args, progress)
+    run.rank = {(name, mode): i for i, (name, mode, *_) in enumerate(todo)}
     t0 = time.perf_counter()
     try:
         from ..crash_explore import DaskRunner, LocalRunner
