@@ -141,7 +141,8 @@ async def record_log(k, name: str, workload, *, size_mib: int, tools: str,
         try:
             await _run_workload(workload, mnt, oracle)
         finally:
-            await trio.to_thread.run_sync(_unmount, mnt)
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(_unmount, mnt)
             mnt = None
         await _remove_all(k, made_dm)
         log = await k.open_device(log_dev, read_only=True)
@@ -150,11 +151,12 @@ async def record_log(k, name: str, workload, *, size_mib: int, tools: str,
         finally:
             await log.close()
     finally:
-        if mnt:
-            await trio.to_thread.run_sync(_unmount, mnt)
-        await _quietly(_remove_all(k, made_dm))
-        for d in made_disks:
-            await _quietly(k.call("destroy", device=d, kind="disk"))
+        with trio.CancelScope(shield=True):      # also when interrupted (Ctrl-C)
+            if mnt:
+                await trio.to_thread.run_sync(_unmount, mnt)
+            await _quietly(_remove_all(k, made_dm))
+            for d in made_disks:
+                await _quietly(k.call("destroy", device=d, kind="disk"))
     rec = Recording(workload=name, model="log", size=sectors * 512, fs_bytes=fs_sectors * 512,
                     initial=[], ops=ops, start=position["mkfs"], events=oracle.events,
                     position=position,
@@ -212,7 +214,8 @@ async def record_pmem(k, name: str, workload, *, size_mib: int, tools: str,
         try:
             await _run_workload(workload, mnt, oracle)
         finally:
-            await trio.to_thread.run_sync(_unmount, mnt)
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(_unmount, mnt)
             mnt = None
         await k.call("trace", action="stop", device=dev)
         records = read_trace(paths["trace"])
@@ -224,10 +227,11 @@ async def record_pmem(k, name: str, workload, *, size_mib: int, tools: str,
             except OSError:
                 pass
     finally:
-        if mnt:
-            await trio.to_thread.run_sync(_unmount, mnt)
-        await _quietly(k.call("trace", action="stop", device=dev))
-        await _quietly(k.call("destroy", device=dev, kind="pmem"))
+        with trio.CancelScope(shield=True):      # also when interrupted (Ctrl-C)
+            if mnt:
+                await trio.to_thread.run_sync(_unmount, mnt)
+            await _quietly(k.call("trace", action="stop", device=dev))
+            await _quietly(k.call("destroy", device=dev, kind="pmem"))
     return Recording(workload=name, model="pmem", size=size_mib << 20, fs_bytes=size_mib << 20,
                      initial=initial, ops=[("r", off, data) for off, data in records], start=0,
                      events=oracle.events, position=position,

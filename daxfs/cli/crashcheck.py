@@ -285,6 +285,18 @@ async def record_all(todo, args, runner, run: Run, progress: Progress):
             nursery.start_soon(one, *item)
 
 
+def _run_unwrapped(fn, *args) -> None:
+    """trio.run, raising the first error itself rather than the nursery's group of them
+    (Ctrl-C, a usage error found while recording)."""
+    try:
+        trio.run(fn, *args)
+    except BaseExceptionGroup as group:
+        leaf = group
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        raise leaf from None
+
+
 def print_results(run: Run, args) -> bool:
     failed = False
     many = len(run.order) > 12
@@ -318,8 +330,9 @@ def print_results(run: Run, args) -> bool:
     return failed
 
 
-def write_json(path: str, run: Run, args, seconds: float, workers: int) -> None:
-    doc = {"seed": args.seed, "samples": args.samples, "count": args.count,
+def write_json(path: str, run: Run, args, seconds: float, workers: int,
+               interrupted: bool = False) -> None:
+    doc = {"interrupted": interrupted, "seed": args.seed, "samples": args.samples, "count": args.count,
            "broken": args.broken, "workers": workers, "seconds": round(seconds, 2),
            "states": run.checked, "failed": run.failed,
            "load": list(os.getloadavg()),
@@ -367,13 +380,16 @@ def main(argv=None) -> int:
                   file=sys.stderr)
             return 2
         with progress:
-            trio.run(record_all, todo, args, runner, run, progress)
+            _run_unwrapped(record_all, todo, args, runner, run, progress)
             runner.wait()
     except UsageError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; {run.checked} states checked", file=sys.stderr)
+        if args.json:           # what was checked so far still counts
+            write_json(args.json, run, args, time.perf_counter() - t0,
+                       runner.workers if runner else 0, interrupted=True)
         return 130
     except Exception as e:
         print(f"{PROG}: {type(e).__name__}: {e}", file=sys.stderr)

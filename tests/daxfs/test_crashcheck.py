@@ -147,12 +147,13 @@ def test_real_daxfs_passes_on_dask_as_in_one_process_and_leaves_no_worker(dmemu_
 def test_interrupted_run_shuts_its_workers_down(dmemu_root):
     marker = f"CRASHCHECK_TEST={uuid.uuid4()}"
     env = dict(os.environ, CRASHCHECK_TEST=marker.split("=")[1])
+    mounts_before = _crashcheck_mounts()
     p = subprocess.Popen(["tools/crashcheck", "-w", "seq-1", "--workers", "2", "-q"],
                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
-    while len(_procs_with(marker)) < 3 and time.monotonic() < deadline:
-        time.sleep(0.2)                          # the workers are up
-    assert len(_procs_with(marker)) >= 3
+    while not _recording(marker) and time.monotonic() < deadline:
+        time.sleep(0.2)                          # a daxfs of a recording is mounted
+    assert _recording(marker)
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=60)
     assert p.returncode == 130 and "interrupted" in err, err
@@ -160,6 +161,23 @@ def test_interrupted_run_shuts_its_workers_down(dmemu_root):
     while _procs_with(marker) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _procs_with(marker) == []
+    assert _crashcheck_mounts() - mounts_before == set()    # recordings in flight unmounted
+
+
+def _recording(marker: str) -> bool:
+    for pid in _procs_with(marker):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"daxfs.cli.mount" in f.read():
+                    return True
+        except OSError:
+            pass
+    return False
+
+
+def _crashcheck_mounts() -> set:
+    with open("/proc/mounts") as f:
+        return {line.split()[1] for line in f if " /tmp/crashcheck-" in line}
 
 
 def test_a_commit_without_flush_is_caught_and_its_state_reproduced(dmemu_root):
