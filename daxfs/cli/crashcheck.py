@@ -75,8 +75,8 @@ def parse_args(argv):
     p.add_argument("--broken", action="store_true",
                    help="mount broken on purpose (the checker must fail): log mode commits "
                         "without their flush, fences mode never flushes DAX stores")
-    p.add_argument("--record-jobs", type=int, default=2, metavar="N",
-                   help="workloads recorded at once (default 2)")
+    p.add_argument("--record-jobs", type=int, default=3, metavar="N",
+                   help="workloads recorded at once (default 3)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     if a.workers is not None and a.workers < 0:
@@ -119,7 +119,11 @@ def resolve(args) -> list:
             fn = table[spec]
             out.append((spec, mode, fn, None, args.size or 32,
                         (fn.__doc__ or "").strip().splitlines()[0]))
-    return out
+    # both models of a workload one after the other: a run cut short has checked both
+    rank = {}
+    for name, mode, *_ in out:
+        rank.setdefault(name, len(rank))
+    return sorted(out, key=lambda item: (rank[item[0]], modes.index(item[1])))
 
 
 def reproduce_cmd(args, name: str, mode: str, state: str | None) -> str:
