@@ -77,6 +77,41 @@ async def _remove_all(k, names: list, patience: float = 30.0) -> None:
         await k.call("dm_remove", name=names[0])     # the error, as dmemud words it
 
 
+async def _mount(tools: str, device: str, mnt: str, opts: str):
+    """daxfs in the foreground, as our child: its exit says its last write is done, so a
+    recording ends at the same write every time (a daemonized mount may still be writing
+    after the unmount returns)."""
+    env = dict(os.environ, PATH=f"{tools}:{os.environ['PATH']}")
+    errors = tempfile.TemporaryFile(mode="w+")     # not a pipe: nobody drains it meanwhile
+    proc = subprocess.Popen([f"{tools}/daxfs", device, mnt, "-f", "-o", opts], env=env,
+                            stdout=subprocess.DEVNULL, stderr=errors, text=True)
+    proc.errors = errors
+    with trio.move_on_after(120):
+        while not os.path.ismount(mnt):
+            if proc.poll() is not None:
+                errors.seek(0)
+                msg = errors.read().strip().splitlines()
+                errors.close()
+                raise RuntimeError(f"daxfs {device}: {msg[-1] if msg else proc.returncode}")
+            await trio.sleep(0.02)
+    if not os.path.ismount(mnt):
+        proc.kill()
+        proc.wait()
+        errors.close()
+        raise RuntimeError(f"daxfs {device}: not mounted after 120 s")
+    return proc
+
+
+async def _unmount_and_wait(mnt: str, proc) -> None:
+    await trio.to_thread.run_sync(_unmount, mnt)
+    try:
+        await trio.to_thread.run_sync(proc.wait, 120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    proc.errors.close()
+
+
 def _unmount(mnt: str) -> None:
     subprocess.run(["fusermount3", "-u", mnt], capture_output=True)
     os.rmdir(mnt)
@@ -133,16 +168,16 @@ async def record_log(k, name: str, workload, *, size_mib: int, tools: str,
             sh("dmsetup", "resume", vol)
             mark("snapshot")
 
-        mnt = tempfile.mkdtemp(prefix="crashcheck-", dir="/tmp")
+        mnt = tempfile.mkdtemp(prefix=f"crashcheck-{os.getpid()}-mnt-", dir="/tmp")
         oracle = Oracle(mark, mnt, alphabet=alphabet)
         oracle.snapshot = snapshot
         opts = "commit=3600" + (",x-crashcheck-skip-flush" if broken else "")
-        await trio.to_thread.run_sync(sh, "daxfs", f"/dev/mapper/{vol}", mnt, "-o", opts)
+        daemon = await _mount(tools, f"/dev/mapper/{vol}", mnt, opts)
         try:
             await _run_workload(workload, mnt, oracle)
         finally:
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(_unmount, mnt)
+                await _unmount_and_wait(mnt, daemon)
             mnt = None
         await _remove_all(k, made_dm)
         log = await k.open_device(log_dev, read_only=True)
@@ -207,15 +242,15 @@ async def record_pmem(k, name: str, workload, *, size_mib: int, tools: str,
             position[label] = len(read_trace(paths["trace"]))
             return label
 
-        mnt = tempfile.mkdtemp(prefix="crashcheck-", dir="/tmp")
+        mnt = tempfile.mkdtemp(prefix=f"crashcheck-{os.getpid()}-mnt-", dir="/tmp")
         oracle = Oracle(mark, mnt, alphabet=alphabet)
         opts = "dax=always,commit=3600" + (",x-crashcheck-skip-dax-flush" if broken else "")
-        await trio.to_thread.run_sync(sh, "daxfs", f"/dev/{dev}", mnt, "-o", opts)
+        daemon = await _mount(tools, f"/dev/{dev}", mnt, opts)
         try:
             await _run_workload(workload, mnt, oracle)
         finally:
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(_unmount, mnt)
+                await _unmount_and_wait(mnt, daemon)
             mnt = None
         await k.call("trace", action="stop", device=dev)
         records = read_trace(paths["trace"])

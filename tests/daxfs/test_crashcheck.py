@@ -147,7 +147,6 @@ def test_real_daxfs_passes_on_dask_as_in_one_process_and_leaves_no_worker(dmemu_
 def test_interrupted_run_shuts_its_workers_down(dmemu_root):
     marker = f"CRASHCHECK_TEST={uuid.uuid4()}"
     env = dict(os.environ, CRASHCHECK_TEST=marker.split("=")[1])
-    mounts_before = _crashcheck_mounts()
     p = subprocess.Popen(["tools/crashcheck", "-w", "seq-1", "--workers", "2", "-q"],
                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
@@ -161,7 +160,7 @@ def test_interrupted_run_shuts_its_workers_down(dmemu_root):
     while _procs_with(marker) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _procs_with(marker) == []
-    assert _crashcheck_mounts() - mounts_before == set()    # recordings in flight unmounted
+    assert _crashcheck_mounts(p.pid) == set()    # recordings in flight were unmounted
 
 
 def _recording(marker: str) -> bool:
@@ -175,9 +174,10 @@ def _recording(marker: str) -> bool:
     return False
 
 
-def _crashcheck_mounts() -> set:
+def _crashcheck_mounts(pid: int) -> set:
+    """Mounts of recordings of the crashcheck whose process id is ``pid``."""
     with open("/proc/mounts") as f:
-        return {line.split()[1] for line in f if " /tmp/crashcheck-" in line}
+        return {line.split()[1] for line in f if f" /tmp/crashcheck-{pid}-mnt-" in line}
 
 
 def test_a_commit_without_flush_is_caught_and_its_state_reproduced(dmemu_root):
