@@ -70,6 +70,10 @@ def chart(summary: dict, path: str, title: str) -> None:
     top.set_ylabel("crash states checked")
     top.legend(fontsize=8)
     top.set_title(title, fontsize=10)
+    from matplotlib.ticker import MaxNLocator
+    most = max([v.get("failed", 0) for v in summary.values()] + [1])
+    bottom.set_ylim(0, most * 1.25)
+    bottom.yaxis.set_major_locator(MaxNLocator(integer=True))
     bottom.set_ylabel("states failed")
     bottom.set_xticks(range(len(families)))
     bottom.set_xticklabels(families, rotation=30, ha="right", fontsize=8)
