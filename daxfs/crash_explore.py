@@ -13,6 +13,7 @@ the same states and report the same failures.
 import logging
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import trio
@@ -141,6 +142,8 @@ class DaskRunner:
         import logging
         from distributed import Client, LocalCluster
         logging.getLogger("distributed").setLevel(logging.ERROR)
+        # the scheduler's HTTP server takes another port when another cluster has 8787
+        warnings.filterwarnings("ignore", message="Port .* is already in use")
         self.cluster = None
         if scheduler:
             self.client = Client(scheduler, timeout="20s")
