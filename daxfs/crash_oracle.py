@@ -97,7 +97,9 @@ def expectations(events: list, position: dict, point: int) -> dict:
     for ev in events:
         name, path, values = ev[0], ev[1], ev[2]
         weak = ev[3] if len(ev) > 3 else False
-        if position[name] >= point:
+        # a mark at P: the record before P was complete; P itself is the first record
+        # that may hold what came after (a change begun, or nothing yet promised)
+        if position[name] > point:
             break
         if values is None or values == "changing":
             want.pop(path, None)

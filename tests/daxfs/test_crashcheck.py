@@ -92,6 +92,10 @@ def test_oracle_promises_follow_renames_and_directory_fsyncs():
     at_rename = expectations(events, pos, 35)
     assert at_rename["b"] == {FILE, "sha:1"} and at_rename["a"] == {"sha:1", ABSENT}
     assert "a" not in expectations(events, pos, 45)
+    # at the very point of a mark: a change begun there voids the promise (the state may
+    # hold part of it), a promise made there holds (everything before it was durable)
+    assert "a" not in expectations(events, pos, 40)
+    assert expectations(events, pos, 10) == {"a": {"sha:1"}}
 
 
 def test_ace_generates_every_valid_one_op_sequence_and_seeded_samples():
