@@ -149,7 +149,7 @@ class DaskRunner:
             self.client = Client(scheduler, timeout="20s")
         else:
             self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                        dashboard_address=None, silence_logs=logging.ERROR)
+                                        dashboard_address=None, silence_logs=logging.CRITICAL)
             self.client = Client(self.cluster)
         self.workers = len(self.client.scheduler_info()["workers"])
         self.stop = None

@@ -58,12 +58,15 @@ def record(spread: int, samples: int) -> list:
 def check_on(workers: int, recs: list, jobs: list) -> float:
     """states/s of checking ``jobs`` [(rec index, batch)] on a fresh LocalCluster."""
     import logging
+    import warnings
+    warnings.filterwarnings("ignore", message="Port .* is already in use")
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
 
     from distributed import Client, LocalCluster, wait
 
     from daxfs.crash_explore import check_batch
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                      dashboard_address=None, silence_logs=logging.ERROR) as cluster, \
+                      dashboard_address=None, silence_logs=logging.CRITICAL) as cluster, \
             Client(cluster) as c:
         data = [c.scatter(r, broadcast=True, hash=False) for r in recs]
         # warm up: every worker imports the checker once
