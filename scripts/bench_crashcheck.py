@@ -87,15 +87,20 @@ def scaling(args) -> None:
     n = sum(len(b) for _, b in jobs)
     print(f"{len(recs)} recordings, {n} states in {len(jobs)} batches; load {load()}")
     rates = {1: [], 2: []}
+    ratios = []
     for rnd in range(args.rounds):
         for w in ((1, 2) if rnd % 2 == 0 else (2, 1)):
             before = load()
             r = check_on(w, recs, jobs)
             rates[w].append(r)
             print(f"round {rnd + 1}: {w} worker(s): {r:.0f} states/s (load {before} -> {load()})")
+        # the two runs of one round are back to back: their ratio is the least disturbed
+        # by a load that drifts over minutes
+        ratios.append(rates[2][-1] / rates[1][-1])
+        print(f"round {rnd + 1}: ratio {ratios[-1]:.2f}")
     m1, m2 = statistics.median(rates[1]), statistics.median(rates[2])
-    print(f"median: 1 worker {m1:.0f} states/s, 2 workers {m2:.0f} states/s, "
-          f"ratio {m2 / m1:.2f}; load {load()}")
+    print(f"median: 1 worker {m1:.0f} states/s, 2 workers {m2:.0f} states/s; median of the "
+          f"rounds' ratios {statistics.median(ratios):.2f}; load {load()}")
 
 
 def broken(args) -> None:
