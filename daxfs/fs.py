@@ -119,6 +119,13 @@ class Filesystem(InodeCache, Namespace, FileIO, Attributes, Xattrs, Transactions
         if dev.nr_sectors < 2 * fmt.BLOCK_SECTORS:
             raise CorruptError("device too small to hold a daxfs")
         sb, why = await read_superblock(dev)
+        if why and await journal_rewrites_primary(dev, sb):
+            # every commit journals the superblock before writing it home, and a write
+            # to pmem is atomic only per 8 bytes: a power failure in that home write
+            # tears the primary, and replaying the journal writes it whole again
+            log.warning("%s: %s; the journal holds its last update, replaying it",
+                        dev.name, why)
+            why = None
         if why:
             log.error("%s: %s; mounting read-only, run fsck.daxfs -y to repair", dev.name, why)
             read_only = True
@@ -242,6 +249,15 @@ class Filesystem(InodeCache, Namespace, FileIO, Attributes, Xattrs, Transactions
         return StatFs(bsize=BS, frsize=BS, blocks=sb.total_blocks, bfree=free, bavail=free,
                       files=sb.total_inodes - 1, ffree=self.ialloc.free,
                       favail=self.ialloc.free, namemax=fmt.NAME_MAX)
+
+
+async def journal_rewrites_primary(dev, sb: fmt.Superblock) -> bool:
+    """Whether the journal (found through a backup ``sb``) replays an image of block 0."""
+    try:
+        images = await Journal(dev, sb.journal_start, sb.journal_blocks, sb.uuid).scan()
+    except CorruptError:
+        return False
+    return any(home == 0 for home, _ in images)
 
 
 async def read_superblock(dev) -> tuple[fmt.Superblock, str | None]:
