@@ -15,8 +15,6 @@ here=$(dirname "$(readlink -f "$0")")
 DAXFS_TREE=$(dirname "$(dirname "$here")")
 export DAXFS_TREE
 export DMEMU_ROOT="${DMEMU_ROOT:-/var/tmp/daxfs-xfstests/dmemu}"
-# after the system directories: fstests needs xfsprogs' xfs_io, ours only speaks DAX flags
-export PATH="$PATH:$DAXFS_TREE/tools"
 if [ -n "${PASSTHROUGH_LL:-}" ]; then
     fs=passthrough_ll
     PASSTHROUGH_LL=$(readlink -f "$PASSTHROUGH_LL")
@@ -27,6 +25,10 @@ if [ -n "${PASSTHROUGH_LL:-}" ]; then
 else
     fs=daxfs
     export HOST_OPTIONS="$here/local.config"
+    # after the system directories: fstests needs xfsprogs' xfs_io, ours only speaks DAX
+    # flags. Not for passthrough_ll: a test looking for dmsetup would find ours there and
+    # start a dmemud that nothing stops
+    export PATH="$PATH:$DAXFS_TREE/tools"
 fi
 export RESULT_BASE="${RESULT_BASE:-$FSTESTS/results/$fs}"
 if [ "${DAXFS_XFSTESTS_NS:-}" != 1 ]; then
