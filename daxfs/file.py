@@ -112,14 +112,27 @@ class FileIO:
 
     def _touch_atime(self, inode: Inode) -> None:
         """relatime, as Linux's default: update atime on the first read after a change or
-        once a day. The kernel caches attributes, so tell it the atime changed. Done without
-        waiting: when the lock is held (a commit, a write) or the filesystem is frozen, the
-        update is left to a later read, as relatime allows; with no await between the check
-        and the change, nothing else runs in between."""
-        if self.lock.busy or not inode.mode or self.read_only:
+        once a day. Done without waiting, with no await between the check and the change.
+        While another task is inside the lock (a commit, a write), the task makes the
+        change, with this read's time, as it lets go: a read that came during a commit
+        used to leave the old atime for good. While the filesystem is frozen it is
+        skipped, as Linux's touch_atime skips it."""
+        if not inode.mode or self.read_only or self.lock.frozen:
             return
-        inode.atime_ns = time.time_ns()
+        now = time.time_ns()
+        if self.lock.busy:
+            self.lock.defer(("atime", inode.ino), lambda: self._set_atime(inode, now))
+        else:
+            self._set_atime(inode, now)
+
+    def _set_atime(self, inode: Inode, now: int) -> None:
+        # the inode may have been freed, or forgotten and evicted, since the read
+        if (not inode.mode or self.read_only or self.dead
+                or self.inodes.get(inode.ino) is not inode):
+            return
+        inode.atime_ns = now
         self._dirty_times(inode)
+        # the kernel caches attributes: tell it the atime changed
         if self.on_invalidate is not None:
             self.on_invalidate(inode.ino)
 

@@ -42,6 +42,10 @@ class GateLock:
     def __init__(self):
         self._lock = trio.Lock()
         self._open: trio.Event | None = None
+        # small changes that came while another task was inside (a read's atime while a
+        # commit packs the dirty inodes across awaits), one per key: the holder makes them
+        # on its way out, before the next waiter gets in, so they keep their order
+        self._deferred: dict = {}
 
     async def __aenter__(self):
         while self._open is not None:
@@ -55,12 +59,31 @@ class GateLock:
             await self._lock.acquire()
 
     async def __aexit__(self, *exc):
-        self._lock.release()
+        try:
+            while self._deferred:
+                deferred, self._deferred = self._deferred, {}
+                for change in deferred.values():
+                    try:
+                        change()
+                    except Exception:
+                        log.exception("deferred change failed")
+        finally:
+            self._lock.release()
 
     @property
     def busy(self) -> bool:
         """Held, or closed by a freeze: a change made now without it would race."""
         return self._lock.locked() or self._open is not None
+
+    @property
+    def frozen(self) -> bool:
+        return self._open is not None
+
+    def defer(self, key, change) -> None:
+        """Have the task holding the lock call change() before it lets go (the lock must be
+        held); a later change with the same key replaces an earlier one."""
+        assert self._lock.locked()
+        self._deferred[key] = change
 
     def close_gate(self) -> None:
         if self._open is None:

@@ -6,7 +6,6 @@ import os
 import struct
 import time
 
-import pytest
 import trio
 
 from tests.daxfs.test_mount import TOOLS, Mount, image, m, mntdir, run   # noqa: F401 (fixtures)
@@ -102,14 +101,11 @@ def test_dot_and_dotdot_in_listings(m):
     sub.rmdir()
 
 
-@pytest.mark.xfail(strict=False, reason="open defect: about one run in three, three "
-                   "consecutive files keep their old atime in the kernel's cache for 30 s "
-                   "after the burst (an invalidation lost or overtaken); "
-                   "test_invalidations_coalesce_per_inode proves none is dropped in daxfs")
 def test_atime_changes_reach_the_kernel_after_a_burst(m):
     """relatime updates made on reads are pushed to the kernel's attribute cache (60 s
     timeout) by invalidation; a burst of more of them than the old 1000-slot queue held
-    must leave none stale."""
+    must leave none stale. (Files read while the periodic commit held the lock used to
+    keep their old atime in daxfs itself: test_fs.test_relatime_during_a_commit.)"""
     d = m.mnt / "many"
     d.mkdir()
     n = 3000
