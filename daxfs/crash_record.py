@@ -112,6 +112,27 @@ async def _unmount_and_wait(mnt: str, proc) -> None:
     proc.errors.close()
 
 
+async def _run_mounted(tools: str, device: str, opts: str, workload, mark, alphabet,
+                       snapshot=None) -> Oracle:
+    """The workload on a fresh mount of device, unmounted (and its daemon gone) after,
+    whatever happened; the oracle holds what it promised."""
+    mnt = tempfile.mkdtemp(prefix=f"crashcheck-{os.getpid()}-mnt-", dir="/tmp")
+    oracle = Oracle(mark, mnt, alphabet=alphabet)
+    oracle.snapshot = snapshot
+    try:
+        daemon = await _mount(tools, device, mnt, opts)
+    except BaseException:
+        with trio.CancelScope(shield=True):      # also when interrupted (Ctrl-C)
+            await trio.to_thread.run_sync(_unmount, mnt)
+        raise
+    try:
+        await _run_workload(workload, mnt, oracle)
+    finally:
+        with trio.CancelScope(shield=True):
+            await _unmount_and_wait(mnt, daemon)
+    return oracle
+
+
 def _unmount(mnt: str) -> None:
     subprocess.run(["fusermount3", "-u", mnt], capture_output=True)
     os.rmdir(mnt)
@@ -131,7 +152,6 @@ async def record_log(k, name: str, workload, *, size_mib: int, tools: str,
     sectors = fs_sectors + cow_sectors
     data_dev, log_dev, lw, vol = f"{tag}d", f"{tag}l", f"{tag}lw", f"{tag}v"
     made_dm, made_disks = [], []
-    mnt = None
     try:
         await k.call("create_disk", size=str(sectors * 512), name=data_dev)
         made_disks.append(data_dev)
@@ -168,17 +188,9 @@ async def record_log(k, name: str, workload, *, size_mib: int, tools: str,
             sh("dmsetup", "resume", vol)
             mark("snapshot")
 
-        mnt = tempfile.mkdtemp(prefix=f"crashcheck-{os.getpid()}-mnt-", dir="/tmp")
-        oracle = Oracle(mark, mnt, alphabet=alphabet)
-        oracle.snapshot = snapshot
         opts = "commit=3600" + (",x-crashcheck-skip-flush" if broken else "")
-        daemon = await _mount(tools, f"/dev/mapper/{vol}", mnt, opts)
-        try:
-            await _run_workload(workload, mnt, oracle)
-        finally:
-            with trio.CancelScope(shield=True):
-                await _unmount_and_wait(mnt, daemon)
-            mnt = None
+        oracle = await _run_mounted(tools, f"/dev/mapper/{vol}", opts, workload, mark,
+                                    alphabet, snapshot=snapshot)
         await _remove_all(k, made_dm)
         log = await k.open_device(log_dev, read_only=True)
         try:
@@ -187,8 +199,6 @@ async def record_log(k, name: str, workload, *, size_mib: int, tools: str,
             await log.close()
     finally:
         with trio.CancelScope(shield=True):      # also when interrupted (Ctrl-C)
-            if mnt:
-                await trio.to_thread.run_sync(_unmount, mnt)
             await _quietly(_remove_all(k, made_dm))
             for d in made_disks:
                 await _quietly(k.call("destroy", device=d, kind="disk"))
@@ -229,7 +239,6 @@ async def record_pmem(k, name: str, workload, *, size_mib: int, tools: str,
     ns = (await k.call("create_namespace", size=str(size_mib << 20), mode="fsdax",
                        persistence="adr"))["namespace"]
     dev = ns["blockdev"]
-    mnt = None
     try:
         await _mkfs(f"/dev/{dev}")
         paths = await k.call("trace", action="start", device=dev)
@@ -242,16 +251,8 @@ async def record_pmem(k, name: str, workload, *, size_mib: int, tools: str,
             position[label] = len(read_trace(paths["trace"]))
             return label
 
-        mnt = tempfile.mkdtemp(prefix=f"crashcheck-{os.getpid()}-mnt-", dir="/tmp")
-        oracle = Oracle(mark, mnt, alphabet=alphabet)
         opts = "dax=always,commit=3600" + (",x-crashcheck-skip-dax-flush" if broken else "")
-        daemon = await _mount(tools, f"/dev/{dev}", mnt, opts)
-        try:
-            await _run_workload(workload, mnt, oracle)
-        finally:
-            with trio.CancelScope(shield=True):
-                await _unmount_and_wait(mnt, daemon)
-            mnt = None
+        oracle = await _run_mounted(tools, f"/dev/{dev}", opts, workload, mark, alphabet)
         await k.call("trace", action="stop", device=dev)
         records = read_trace(paths["trace"])
         with open(paths["base"], "rb") as f:
@@ -263,8 +264,6 @@ async def record_pmem(k, name: str, workload, *, size_mib: int, tools: str,
                 pass
     finally:
         with trio.CancelScope(shield=True):      # also when interrupted (Ctrl-C)
-            if mnt:
-                await trio.to_thread.run_sync(_unmount, mnt)
             await _quietly(k.call("trace", action="stop", device=dev))
             await _quietly(k.call("destroy", device=dev, kind="pmem"))
     return Recording(workload=name, model="pmem", size=size_mib << 20, fs_bytes=size_mib << 20,

@@ -222,6 +222,15 @@ class PersistentStore(ExceptionStore):
         # the area is full and must go out before its successor is used.
         if self.in_flight and not full:
             return []
+        self._write_area(full)
+        settled = [Completion(o, n, self.valid) for o, n in self._callbacks]
+        self._callbacks.clear()
+        return settled
+
+    def _write_area(self, full: bool) -> None:
+        """Write the current metadata area (PREFLUSH|FUA: the chunks it points at are
+        durable first); a full one gets its successor zeroed first and is then left behind,
+        as persistent_commit_exception does."""
         if full:
             try:
                 self._zero_disk_area(self.current_area + 1)
@@ -239,9 +248,6 @@ class PersistentStore(ExceptionStore):
             self.current_committed = 0
             self.current_area += 1
             self.area = bytearray(self._chunk_bytes())
-        settled = [Completion(o, n, self.valid) for o, n in self._callbacks]
-        self._callbacks.clear()
-        return settled
 
     # -- batches: the same bytes and writes as one call per exception, without the per-call
     # bookkeeping of copies finishing out of order (nothing else is in flight meanwhile)
@@ -284,23 +290,7 @@ class PersistentStore(ExceptionStore):
             full = self.current_committed == E
             if not full and i < len(done):
                 continue
-            if full:
-                try:
-                    self._zero_disk_area(self.current_area + 1)
-                except OSError:
-                    log.exception("zeroing metadata area %d failed", self.current_area + 1)
-                    self.valid = False
-            if self.valid:
-                try:
-                    self._chunk_write(self._area_location(self.current_area), self.area,
-                                      preflush=True, fua=True)
-                except OSError:
-                    log.exception("writing metadata area %d failed", self.current_area)
-                    self.valid = False
-            if full:
-                self.current_committed = 0
-                self.current_area += 1
-                self.area = bytearray(self._chunk_bytes())
+            self._write_area(full)
         return [Completion(old, new, self.valid) for old, new, _ in done]
 
     def drop_snapshot(self) -> None:
