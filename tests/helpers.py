@@ -105,8 +105,26 @@ def tool(name: str, *args, check: bool = False, input: str | None = None, env=No
         if check and r.returncode != 0:
             raise subprocess.CalledProcessError(r.returncode, r.args, r.stdout, r.stderr)
         return r
-    return subprocess.run([str(TOOLS / name), *args], capture_output=True, text=True,
-                          input=input, check=check, timeout=TOOL_TIMEOUT, env=env)
+    cmd = [str(TOOLS / name), *args]
+    with subprocess.Popen(cmd, stdin=subprocess.PIPE if input is not None else None,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=env) as p:
+        try:
+            out, err = p.communicate(input, timeout=TOOL_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            # SIGTERM first: a command that started daemons, mounts or workers (crashcheck)
+            # takes them down with it, where SIGKILL would leave them to the next tests
+            p.terminate()
+            try:
+                p.communicate(timeout=90)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.communicate()
+            raise subprocess.TimeoutExpired(cmd, TOOL_TIMEOUT) from None
+    r = subprocess.CompletedProcess(cmd, p.returncode, out, err)
+    if check and r.returncode != 0:
+        raise subprocess.CalledProcessError(r.returncode, cmd, out, err)
+    return r
 
 
 def ok(*args, input: str | None = None) -> str:

@@ -19,6 +19,7 @@ a state fails, with the command that checks that state alone.
 import argparse
 import json
 import os
+import signal
 import shutil
 import subprocess
 import sys
@@ -347,6 +348,15 @@ def write_json(path: str, run: Run, args, seconds: float, workers: int,
     os.replace(tmp, path)
 
 
+def _terminate_as_interrupt(signum, frame) -> None:
+    """SIGTERM (a test's timeout, a batch system's kill) cleans up as Ctrl-C does: the
+    mounts, devices and dmemud of the recordings and the Dask workers. Through SIGINT's own
+    handler where there is one, which trio runs at a point where it is safe."""
+    if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL, None):
+        raise KeyboardInterrupt
+    signal.raise_signal(signal.SIGINT)
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["report"]:
@@ -363,6 +373,7 @@ def main(argv=None) -> int:
         if not os.path.isdir(d):
             print(f"{PROG}: cannot write {args.json}: {d} is not a directory", file=sys.stderr)
             return 2
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     root = tempfile.mkdtemp(prefix="crashcheck-", dir="/tmp")
     caller_root = os.environ.get("DMEMU_ROOT")
     os.environ["DMEMU_ROOT"] = root      # a dmemud of its own, which it stops at the end

@@ -9,6 +9,8 @@ import subprocess
 import time
 import uuid
 
+import pytest
+
 from daxfs import crash_ace
 from daxfs.crash_oracle import ABSENT, FILE, expectations
 from daxfs.crash_states import BaseBuilder, Recording, log_states, pmem_states, state_device
@@ -148,7 +150,9 @@ def test_real_daxfs_passes_on_dask_as_in_one_process_and_leaves_no_worker(dmemu_
     assert "Traceback" not in r.stderr
 
 
-def test_interrupted_run_shuts_its_workers_down(dmemu_root):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
+def test_interrupted_run_shuts_its_workers_down(dmemu_root, sig):
+    """Ctrl-C, and SIGTERM as a test's timeout or a batch system sends it."""
     marker = f"CRASHCHECK_TEST={uuid.uuid4()}"
     env = dict(os.environ, CRASHCHECK_TEST=marker.split("=")[1])
     p = subprocess.Popen(["tools/crashcheck", "-w", "seq-1", "--workers", "2", "-q"],
@@ -157,8 +161,8 @@ def test_interrupted_run_shuts_its_workers_down(dmemu_root):
     while not _recording(marker) and time.monotonic() < deadline:
         time.sleep(0.2)                          # a daxfs of a recording is mounted
     assert _recording(marker)
-    p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=60)
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=90)
     assert p.returncode == 130 and "interrupted" in err, err
     deadline = time.monotonic() + 10
     while _procs_with(marker) and time.monotonic() < deadline:
