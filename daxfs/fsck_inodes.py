@@ -14,11 +14,11 @@ from . import format as fmt
 from .alloc import Bitmap
 from .errors import CorruptError
 from .inode import Inode
+from .itable_scan import inode_slots
 
 BS = fmt.BLOCK_SIZE
 PARSE_ERRORS = (CorruptError, struct.error, ValueError, IndexError, OverflowError,
                 UnicodeDecodeError, KeyError)
-ITABLE_CHUNK = 64               # inode-table blocks read at a time in pass 1
 _MODE_OFF = fmt.INODE_FIXED_OFF
 
 
@@ -29,25 +29,12 @@ class InodePasses:
         self.dirty: set[int] = set()          # inodes to write (in use or freed)
         self.freed: set[int] = set()          # slots to write as free
         self.rechain: set[int] = set()        # inodes whose extent chain is written anew
-        zero = bytes(BS)
-        for first in range(0, sb.itable_blocks, ITABLE_CHUNK):
-            n = min(ITABLE_CHUNK, sb.itable_blocks - first)
-            chunk = await self.read(sb.itable_start + first, n)
-            for bi in range(n):
-                blk = chunk[bi * BS:(bi + 1) * BS]
-                if blk == zero:
-                    continue                    # never written (most of a young table)
-                base = (first + bi) * fmt.INODES_PER_BLOCK
-                for slot in range(fmt.INODES_PER_BLOCK):
-                    ino = base + slot
-                    if ino == 0 or ino >= sb.total_inodes:
-                        continue
-                    raw = blk[slot * fmt.INODE_SIZE:(slot + 1) * fmt.INODE_SIZE]
-                    if raw[:2] == fmt.INODE_MAGIC and not any(raw[_MODE_OFF:_MODE_OFF + 4]):
-                        continue                # a free slot (sealed or not, it holds nothing)
-                    if raw[:2] != fmt.INODE_MAGIC and not any(raw):
-                        continue                # never written
-                    await self._inode_slot(ino, raw)
+        async for ino, raw in inode_slots(self.read, sb):
+            if raw[:2] == fmt.INODE_MAGIC and not any(raw[_MODE_OFF:_MODE_OFF + 4]):
+                continue                        # a free slot (sealed or not, it holds nothing)
+            if raw[:2] != fmt.INODE_MAGIC and not any(raw):
+                continue                        # never written
+            await self._inode_slot(ino, raw)
 
     async def _inode_slot(self, ino: int, raw: bytes) -> None:
         sb = self.sb

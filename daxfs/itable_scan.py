@@ -1,4 +1,5 @@
-"""At mount: inodes in use that the inode bitmap calls free.
+"""The inode table read slot by slot (fsck's pass 1 and the mount), and at mount: inodes in
+use that the inode bitmap calls free.
 
 The block-bitmap cross-check (icache.py) reads every inode the inode bitmap marks in use.
 An inode whose bitmap bit is wrongly clear escapes it, and with it the blocks it holds: were
@@ -25,9 +26,36 @@ async def check_unmarked_inodes(fs) -> None:
     sb = fs.sb
     imap = fs.ialloc.bitmap
     found = []
+    async for ino, raw in inode_slots(fs._read_meta, sb):
+        if imap.test(ino) or raw[_MODE] == _FREE_MODE:
+            continue
+        try:
+            inode = Inode.unpack(ino, raw, sb.uuid)
+        except CorruptError:
+            continue                    # not an inode of this filesystem: never read
+        found.append(ino)
+        for _, ln, pblk in inode.extents():
+            if sb.data_start <= pblk and pblk + ln < sb.total_blocks:
+                fs.balloc.busy.set_run(pblk, ln, True)
+        if inode.xattr_block and inode.xattr_block < sb.total_blocks:
+            fs.balloc.busy.set_run(inode.xattr_block, 1, True)
+        if inode.extent_block and inode.extent_block < sb.total_blocks:
+            # its chain is not followed: with the filesystem read-only from here on
+            # nothing is allocated, so the blocks the chain maps are safe as well
+            fs.balloc.busy.set_run(inode.extent_block, 1, True)
+    if found:
+        fs._meta_error(CorruptError(
+            f"inode bitmap: {len(found)} inode(s) in use are marked free (inode "
+            f"{found[0]}, ...)"))
+
+
+async def inode_slots(read, sb):
+    """(ino, slot bytes) of every inode number of the table, in order, read CHUNK blocks
+    at a time with ``read(blk, n)``; blocks never written (all zero, most of a young
+    table) are skipped whole."""
     for first in range(0, sb.itable_blocks, CHUNK):
         n = min(CHUNK, sb.itable_blocks - first)
-        data = await fs._read_meta(sb.itable_start + first, n)
+        data = await read(sb.itable_start + first, n)
         for bi in range(n):
             blk = data[bi * BS:(bi + 1) * BS]
             if blk == _ZERO:
@@ -35,26 +63,5 @@ async def check_unmarked_inodes(fs) -> None:
             base = (first + bi) * fmt.INODES_PER_BLOCK
             for slot in range(fmt.INODES_PER_BLOCK):
                 ino = base + slot
-                if ino == 0 or ino >= sb.total_inodes or imap.test(ino):
-                    continue
-                raw = blk[slot * fmt.INODE_SIZE:(slot + 1) * fmt.INODE_SIZE]
-                if raw[_MODE] == _FREE_MODE:
-                    continue
-                try:
-                    inode = Inode.unpack(ino, raw, sb.uuid)
-                except CorruptError:
-                    continue            # not an inode of this filesystem: never read
-                found.append(ino)
-                for _, ln, pblk in inode.extents():
-                    if sb.data_start <= pblk and pblk + ln < sb.total_blocks:
-                        fs.balloc.busy.set_run(pblk, ln, True)
-                if inode.xattr_block and inode.xattr_block < sb.total_blocks:
-                    fs.balloc.busy.set_run(inode.xattr_block, 1, True)
-                if inode.extent_block and inode.extent_block < sb.total_blocks:
-                    # its chain is not followed: with the filesystem read-only from here on
-                    # nothing is allocated, so the blocks the chain maps are safe as well
-                    fs.balloc.busy.set_run(inode.extent_block, 1, True)
-    if found:
-        fs._meta_error(CorruptError(
-            f"inode bitmap: {len(found)} inode(s) in use are marked free (inode "
-            f"{found[0]}, ...)"))
+                if 0 < ino < sb.total_inodes:
+                    yield ino, blk[slot * fmt.INODE_SIZE:(slot + 1) * fmt.INODE_SIZE]
