@@ -279,14 +279,14 @@ class Server:
         align = parse_size(req["align"], what="align") if req.get("align") is not None else None
         spec = self.kernel.create_namespace(size, align, req.get("mode") or "fsdax",
                                             req.get("name") or "", req.get("persistence") or "eadr",
-                                            _sector_size(req))
+                                            req.get("sector_size"))
         return {"namespace": spec_json(spec, self.kernel.devices.get(spec.blockdev))}
 
     async def op_reconfigure_namespace(self, conn, req, payload):
         spec = self.kernel.reconfigure_namespace(str(req.get("namespace", "")),
                                                  str(req.get("mode") or "fsdax"),
                                                  bool(req.get("force")), req.get("name"),
-                                                 _sector_size(req))
+                                                 req.get("sector_size"))
         return {"namespace": spec_json(spec, self.kernel.devices.get(spec.blockdev))}
 
     async def op_list(self, conn, req, payload):
@@ -464,15 +464,6 @@ class Server:
         if req.get("clear"):
             self.kernel.log_ring.clear()
         return {"lines": lines}
-
-
-def _sector_size(req) -> int | None:
-    v = req.get("sector_size")
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise DmemuError(errno.EINVAL, "sector_size must be a number")
-    return v
 
 
 def spec_json(spec, dev=None) -> dict:

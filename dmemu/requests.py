@@ -102,14 +102,18 @@ NAME = Str(128)               # DM_NAME_LEN is 128
 SECTOR = Int()
 HANDLE = Int(1, 1 << 62, required=True)
 
+# a BTT's sector (512 or 4096: the kernel refuses the rest, naming the mode)
+SECTOR_SIZE_FIELD = Int(1, 1 << 16)
+
 SCHEMA: dict[str, dict[str, _Field]] = {
     "hello": {"prog": Str(), "pid": Int(0, 1 << 31)},
     "status": {},
     "shutdown": {"force": Bool()},
     "changes": {"since": Int(0, 1 << 63), "wait": Bool()},
     "create_namespace": {"size": Size(required=True), "align": Size(), "mode": Str(16), "name": NAME,
-                         "persistence": Str(16)},
-    "reconfigure_namespace": {"namespace": DEVICE, "mode": Str(16), "force": Bool(), "name": NAME},
+                         "persistence": Str(16), "sector_size": SECTOR_SIZE_FIELD},
+    "reconfigure_namespace": {"namespace": DEVICE, "mode": Str(16), "force": Bool(), "name": NAME,
+                              "sector_size": SECTOR_SIZE_FIELD},
     "list": {"kind": Str(16)},
     "destroy": {"device": DEVICE, "kind": Str(16)},
     "create_disk": {"size": Size(required=True), "name": NAME},
