@@ -302,15 +302,7 @@ class Kernel(LeaseManager):
                 raise DmemuError(errno.EEXIST, f"a namespace named '{name}' already exists")
         if spec.enabled and not force:
             raise busy(f"{spec.dev} is active, specify --force for re-configuration")
-        dev = self.devices.get(spec.blockdev)
-        if dev is not None:
-            users = [h.describe() for h in self.users(dev)]
-            users += [f"{md.name} ({md.devno})" for md in self.dm.holders(dev)]
-            if users:
-                raise busy(f"{spec.dev} is busy: open by " + ", ".join(users)
-                           + "; unmount or close it first")
-            dev.close()
-            del self.devices[spec.blockdev]
+        was_open = self._close_unused(spec)
         old = (spec.mode, spec.blockdev, spec.sector_size)
         spec.mode, spec.sector_size = mode, sector_size
         spec.blockdev = device_name(mode, spec.minor)
@@ -319,7 +311,8 @@ class Kernel(LeaseManager):
             dev = BaseDevice(spec, self._image_base(spec), create=True, format_btt=True)
         except DmemuError:
             spec.mode, spec.blockdev, spec.sector_size = old
-            self.devices[spec.blockdev] = BaseDevice(spec, self._image_base(spec))
+            if was_open:
+                self.devices[spec.blockdev] = BaseDevice(spec, self._image_base(spec))
             raise
         if name is not None:
             spec.name = name
@@ -349,17 +342,24 @@ class Kernel(LeaseManager):
         self._add(spec)
         return spec
 
+    def _close_unused(self, spec) -> bool:
+        """Close the base device of ``spec`` before it changes or goes, refusing while
+        anything has it open or maps it; whether it was open."""
+        dev = self.devices.get(spec.blockdev)
+        if dev is None:
+            return False
+        users = [h.describe() for h in self.users(dev)]
+        users += [f"{md.name} ({md.devno})" for md in self.dm.holders(dev)]
+        if users:
+            raise busy(f"{spec.dev or spec.blockdev} is busy: open by " + ", ".join(users)
+                       + "; unmount or close it first")
+        dev.close()
+        del self.devices[spec.blockdev]
+        return True
+
     def destroy(self, ident: str, kind: str) -> BaseSpec:
         spec = self.find_spec(ident, kind=kind)
-        dev = self.devices.get(spec.blockdev)
-        if dev is not None:
-            users = [h.describe() for h in self.users(dev)]
-            users += [f"{md.name} ({md.devno})" for md in self.dm.holders(dev)]
-            if users:
-                raise busy(f"{spec.dev or spec.blockdev} is busy: open by " + ", ".join(users)
-                           + "; unmount or close it first")
-            dev.close()
-            del self.devices[spec.blockdev]
+        self._close_unused(spec)
         self.specs.remove(spec)
         self._save()
         self._remove_images(spec)
