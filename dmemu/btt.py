@@ -163,16 +163,17 @@ class Btt:
             if self.block_of(lba) == old and new != old:
                 self._map_write(lba, new)            # the write was committed: finish it
             self.free[lane], self.slot[lane], self.seq[lane] = old, cur, seq
+        # every sector in a block of its own, none a spare, none past the data area: a
+        # damaged map entry would otherwise have writes land in another sector's block
+        # (freed to the lane after the write, then overwritten) or in the map and flog
         spare = set(self.free)
-        if len(spare) != NFREE or any(self.block_of(i) in spare for i in self._mapped_lbas()):
+        held = {self.block_of(i) for i in range(ext)}
+        if len(spare) != NFREE or len(held) != ext or held & spare:
             raise BttError(errno.EUCLEAN, "the BTT map and its free blocks overlap")
+        if max(held | spare) >= internal:
+            raise BttError(errno.EUCLEAN, "a BTT map entry names a block past the data area")
         self.next_lane = 0
         return self
-
-    def _mapped_lbas(self):
-        """The sectors whose map entry was ever written (the others map to themselves and
-        cannot name a spare block)."""
-        return (i for i, e in enumerate(self.map) if e)
 
     # -- the map ---------------------------------------------------------------------------
 

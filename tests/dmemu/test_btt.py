@@ -11,7 +11,7 @@ import struct
 import pytest
 
 from dmemu import client
-from dmemu.btt import Btt, BttError, NFREE
+from dmemu.btt import MAP_SET, Btt, BttError, NFREE
 from tests.helpers import ok, tool
 
 SECTORS = 6             # BTT sectors written over and over
@@ -52,6 +52,23 @@ def test_format_write_reopen_and_refusals():
         Btt.open(m, 1 << 20)
     with pytest.raises(BttError, match="cannot hold a BTT"):
         Btt.format(ImageMedia(bytes(8192)), 8192, 512)
+
+
+def test_a_damaged_map_entry_is_refused_at_open():
+    """A map entry naming another sector's block, a spare, or a block past the data area
+    would send writes over live data or the BTT's own metadata: refused, naming why."""
+    m = ImageMedia(bytes(1 << 20))
+    btt = Btt.format(m, 1 << 20, 4096)
+    btt.write(0, pattern(0, 1, 4096))
+    good = bytes(m.b)
+    for entry, why in ((1 | MAP_SET, "overlap"), (btt.free[0] | MAP_SET, "overlap"),
+                       ((btt.internal_nlba + 5) | MAP_SET, "past the data area")):
+        m.b[:] = good
+        struct.pack_into("<I", m.b, btt.map_off + 3 * 4, entry)     # sector 3
+        with pytest.raises(BttError, match=why):
+            Btt.open(m, 1 << 20)
+    m.b[:] = good
+    assert Btt.open(m, 1 << 20).read(0, 4096) == pattern(0, 1, 4096)
 
 
 async def _write_rounds(name: str, lbasize: int) -> list[tuple[int, int]]:
