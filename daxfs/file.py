@@ -328,9 +328,11 @@ class FileIO:
 
     async def _store(self, inode: Inode, off: int, data, new) -> None:
         """Write the range with one device write per run of contiguous device blocks,
-        through the file's blocks and the reserved ``new`` runs; partial blocks at the edges
-        are read-modify-written. The inode's lock is held, so its size and blocks do not
-        change meanwhile."""
+        through the file's blocks and the reserved ``new`` runs. A block the range covers
+        in part (at either edge) is read, changed and written whole on its own, so the
+        whole blocks between go out straight from the request's buffer: an unaligned
+        1 MiB write is not copied into a second 1 MiB buffer first. The inode's lock is
+        held, so its size and blocks do not change meanwhile."""
         data = memoryview(data)
         # Effective-DAX files store into the pmem and flush each store to the persistence
         # domain before the write returns; others write bios.
@@ -348,28 +350,31 @@ class FileIO:
             if i + 1 < len(new):
                 run = min(run or (1 << 62), new[i + 1][0] - lblk)
             return pblk, run
+
+        async def partial(lblk: int, at: int, piece) -> None:
+            # a newly allocated block holds someone else's old data: zeros around the piece
+            sector = pmap(lblk)[0] * fmt.BLOCK_SECTORS
+            fresh = any(s <= lblk < s + n for s, n, _ in new)
+            buf = bytearray(BS) if fresh else bytearray(await io.read(sector, BS))
+            buf[at:at + len(piece)] = piece
+            await io.write(sector, buf)
         if end > inode.size:
             await self._zero_tail(inode)
-        fresh = {e for s, n, _ in new for e in (s, s + n - 1)}
         head, tail = off % BS, end % BS
-        if head or tail:
-            buf = bytearray((last - first + 1) * BS)
-            if head and first not in fresh:
-                pblk, _ = pmap(first)
-                buf[:BS] = await io.read(pblk * fmt.BLOCK_SECTORS, BS)
-            if tail and (last != first or not head) and last not in fresh:
-                pblk, _ = pmap(last)
-                buf[-BS:] = await io.read(pblk * fmt.BLOCK_SECTORS, BS)
-            buf[head:head + len(data)] = data
-            data = memoryview(buf)
-        lblk = first
-        pos = 0
-        while lblk <= last:
+        lblk, pos = first, 0
+        if head or (tail and first == last):
+            pos = min(len(data), BS - head)
+            await partial(first, head, data[:pos])
+            lblk += 1
+        whole_end = last if tail else last + 1     # blocks [lblk, whole_end) are whole
+        while lblk < whole_end:
             pblk, run = pmap(lblk)
-            n = min(run, last + 1 - lblk)
+            n = min(run, whole_end - lblk)
             await io.write(pblk * fmt.BLOCK_SECTORS, data[pos:pos + n * BS])
             pos += n * BS
             lblk += n
+        if tail and lblk == last:
+            await partial(last, 0, data[pos:])
 
     @staticmethod
     def _goal(inode: Inode, lblk: int) -> int:

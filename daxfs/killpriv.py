@@ -14,14 +14,10 @@ Through FUSE the kernel does it in one of two ways:
   into a field pyfuse3 hands over: bit 63 of the file handle of a write or setattr, bit 30
   of the open flags of an open or create. This module reads them back.
 """
-import ctypes
 import stat
 
 FH_KILL_SUIDGID = 1 << 63
 O_KILL_SUIDGID = 1 << 30
-
-# what daxfs_fusecaps_negotiated() reports
-CAPS = {1 << 0: "dont_mask", 1 << 1: "handle_killpriv_v2"}
 
 CAPABILITY_XATTR = b"security.capability"
 
@@ -47,14 +43,3 @@ def killed_mode(mode: int) -> int:
     if mode & stat.S_IXGRP:
         mode &= ~stat.S_ISGID
     return mode
-
-
-def negotiated() -> list[str]:
-    """The capabilities the preloaded library negotiated with the kernel, [] without it."""
-    try:
-        fn = ctypes.CDLL(None).daxfs_fusecaps_negotiated
-    except (AttributeError, OSError):
-        return []
-    fn.restype = ctypes.c_uint
-    bits = fn()
-    return [name for bit, name in CAPS.items() if bits & bit]

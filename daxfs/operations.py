@@ -17,7 +17,7 @@ import os
 import pyfuse3
 import trio
 
-from . import killpriv
+from . import fusecaps, killpriv
 from .errors import FsError
 from .fs import Ctx, Filesystem
 
@@ -87,7 +87,7 @@ class Operations(pyfuse3.Operations):
         self.mount_options = ""            # as given to -o, for OPTIONS_XATTR
         self.requests: dict[str, int] = {}
         self.write_bytes = 0
-        self._v2: bool | None = None
+        self._caps: frozenset | None = None      # read after INIT, see _cap
         # inodes whose kernel-cached attributes are stale, once each, in order: a set
         # cannot overflow, so no invalidation is ever dropped, and a thousand changes to
         # one inode before the invalidator runs cost one invalidation
@@ -143,12 +143,16 @@ class Operations(pyfuse3.Operations):
             self._inval_pending.clear()
             await trio.to_thread.run_sync(_invalidate_batch, batch)
 
+    def _cap(self, name: str) -> bool:
+        """Whether daxfs/native/fusecaps.c negotiated ``name`` at INIT (which is answered
+        before any request that asks this)."""
+        if self._caps is None:
+            self._caps = frozenset(fusecaps.negotiated())
+        return name in self._caps
+
     def _killpriv_v2(self) -> bool:
-        """Whether the kernel flags the requests that must kill set-id bits (negotiated
-        at INIT by daxfs/native/fusecaps.c, before any request that asks this)."""
-        if self._v2 is None:
-            self._v2 = "handle_killpriv_v2" in killpriv.negotiated()
-        return self._v2
+        """Whether the kernel flags the requests that must kill set-id bits."""
+        return self._cap("handle_killpriv_v2")
 
     async def _mode_changed(self, ino: int) -> None:
         """A write or an O_TRUNC open killed set-id bits. Their replies carry no attributes
@@ -228,11 +232,18 @@ class Operations(pyfuse3.Operations):
 
     # -- files ---------------------------------------------------------------------------
     def _file_info(self, fh: int) -> pyfuse3.FileInfo:
-        """Open flags per inode. Never direct_io: a direct_io file cannot be mmapped
-        MAP_SHARED here (no FUSE_DIRECT_IO_ALLOW_MMAP), and DAX files must map. A DAX file
-        drops the kernel's cached pages at open instead (keep_cache off), so what it reads
-        comes from the pmem as it is now, not from an older copy."""
+        """Open flags per inode. A DAX file has no page cache, as on Linux: it opens
+        direct_io, so read(2) and write(2) go straight to the pmem in one request each (up
+        to max_pages) with no copy through the kernel's cache. A shared mapping of it
+        still works: FUSE_DIRECT_IO_ALLOW_MMAP (negotiated by daxfs/native/fusecaps.c)
+        maps it through the page cache and the kernel writes back and invalidates mapped
+        pages around each direct read and write. Without that flag a direct_io file
+        cannot be mapped shared (ENODEV), so the file is cached and drops the kernel's
+        pages at open instead (keep_cache off): what it reads comes from the pmem as it
+        is now, not from an older copy."""
         dax = self.fs.effective_dax(self.fs.handle(fh).inode)
+        if dax and self._cap("direct_io_allow_mmap"):
+            return pyfuse3.FileInfo(fh=fh, direct_io=True)
         # strictatime: reads the page cache answers never reach us, so the cache is
         # dropped at open as for DAX files, and each open's reads update atime
         return pyfuse3.FileInfo(fh=fh, keep_cache=not (dax or self.fs.strictatime))
@@ -356,7 +367,7 @@ class Operations(pyfuse3.Operations):
         if name == STATS_XATTR and inode == pyfuse3.ROOT_INODE:
             return json.dumps({"requests": self.requests,
                                "write_bytes": self.write_bytes,
-                               "fuse_caps": killpriv.negotiated(),
+                               "fuse_caps": fusecaps.negotiated(),
                                "commits": self.fs.journal.commits}).encode()
         if name == OPTIONS_XATTR and inode == pyfuse3.ROOT_INODE:
             return self.mount_options.encode()

@@ -49,8 +49,9 @@ if [ -f tools/mount.fuse.daxfs ] && [ "$(id -u)" = 0 ]; then
 fi
 
 # The library through which the daxfs daemon asks the kernel for what pyfuse3 cannot:
-# FUSE_DONT_MASK (POSIX default ACLs need the caller's mode unmasked) and
-# FUSE_HANDLE_KILLPRIV_V2 (no GETXATTR before every write): tools/_run preloads it.
+# FUSE_DONT_MASK (POSIX default ACLs need the caller's mode unmasked),
+# FUSE_HANDLE_KILLPRIV_V2 (no GETXATTR before every write) and FUSE_DIRECT_IO_ALLOW_MMAP
+# (DAX files bypass the page cache and can still be mapped): tools/_run preloads it.
 lib=daxfs/native/libdaxfs-fusecaps.so
 if [ ! -f "$lib" ] || [ daxfs/native/fusecaps.c -nt "$lib" ]; then
     gcc -shared -fPIC -O2 -Wall -o "$lib" daxfs/native/fusecaps.c \

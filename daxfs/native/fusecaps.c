@@ -33,6 +33,14 @@
  * daxfs/killpriv.py decodes them. Without this library the kernel keeps asking for
  * security.capability and does the clearing itself through setattr, as before.
  *
+ * FUSE_DIRECT_IO_ALLOW_MMAP (Linux 6.6, bit 36: flags2 of an extended INIT). A file opened
+ * with FOPEN_DIRECT_IO bypasses the page cache for read(2) and write(2), which is what DAX
+ * means, but without this flag the kernel refuses a shared mapping of it (ENODEV) and DAX
+ * files must map. With it the mapping goes through the page cache and the kernel keeps
+ * the two coherent: dirty mapped pages are written back before a direct read or write of
+ * their range and invalidated before a direct write. libfuse 3.14 does not know the flag;
+ * the reply to INIT gets it when the kernel offered it, as for the flag above.
+ *
  * The session loop of pyfuse3 is one thread (trio), and INIT is answered within the
  * request that asked, so plain statics carry INIT's request id from read to reply.
  */
@@ -53,11 +61,17 @@
 /* what was negotiated, for daxfs's statistics (daxfs/killpriv.py reads it) */
 #define DAXFS_CAP_DONT_MASK (1U << 0)
 #define DAXFS_CAP_HANDLE_KILLPRIV_V2 (1U << 1)
+#define DAXFS_CAP_DIRECT_IO_ALLOW_MMAP (1U << 2)
+
+/* newer than the kernel headers of Debian 12: FUSE_DIRECT_IO_ALLOW_MMAP, bit 36 of the
+ * 64 INIT flags, is bit 4 of flags2 */
+#define DAXFS_INIT2_DIRECT_IO_ALLOW_MMAP (1U << (36 - 32))
 
 static void (*inner_init)(void *userdata, struct fuse_conn_info *conn);
 static struct fuse_lowlevel_ops ops;
 static uint64_t init_unique;		/* the INIT request being answered, 0: none */
 static int init_offers_v2;		/* the kernel offered FUSE_HANDLE_KILLPRIV_V2 */
+static int init_offers_dio_mmap;	/* ... and FUSE_DIRECT_IO_ALLOW_MMAP */
 static unsigned negotiated;
 
 unsigned daxfs_fusecaps_negotiated(void)
@@ -89,6 +103,10 @@ static void tag_request(void *buf, size_t len)
 
 			init_unique = in->unique;
 			init_offers_v2 = (init_in->flags & FUSE_HANDLE_KILLPRIV_V2) != 0;
+			init_offers_dio_mmap =
+				(init_in->flags & FUSE_INIT_EXT) &&
+				arglen >= offsetof(struct fuse_init_in, flags2) + sizeof(uint32_t) &&
+				(init_in->flags2 & DAXFS_INIT2_DIRECT_IO_ALLOW_MMAP);
 		}
 		break;
 	case FUSE_WRITE:
@@ -144,8 +162,8 @@ static ssize_t wire_read(int fd, void *buf, size_t buf_len, void *userdata)
 }
 
 /* The reply to INIT says FUSE_HANDLE_KILLPRIV_V2 (and no longer the first version, whose
- * job it takes over) when the kernel offered it. libfuse sends a reply as the header in
- * iov[0] and the argument in iov[1]. */
+ * job it takes over) and FUSE_DIRECT_IO_ALLOW_MMAP when the kernel offered them. libfuse
+ * sends a reply as the header in iov[0] and the argument in iov[1]. */
 static void patch_init_reply(struct iovec *iov, int count)
 {
 	struct fuse_out_header *out;
@@ -157,12 +175,22 @@ static void patch_init_reply(struct iovec *iov, int count)
 	if (out->unique != init_unique)
 		return;
 	init_unique = 0;
-	if (out->error || !init_offers_v2 ||
+	if (out->error ||
 	    iov[1].iov_len < offsetof(struct fuse_init_out, flags) + sizeof(uint32_t))
 		return;
 	arg = iov[1].iov_base;
-	arg->flags = (arg->flags & ~FUSE_HANDLE_KILLPRIV) | FUSE_HANDLE_KILLPRIV_V2;
-	negotiated |= DAXFS_CAP_HANDLE_KILLPRIV_V2;
+	if (init_offers_v2) {
+		arg->flags = (arg->flags & ~FUSE_HANDLE_KILLPRIV) | FUSE_HANDLE_KILLPRIV_V2;
+		negotiated |= DAXFS_CAP_HANDLE_KILLPRIV_V2;
+	}
+	/* the kernel reads flags2 only when the reply says FUSE_INIT_EXT; libfuse's reply
+	 * carries the field (zeroed when it sets nothing there) */
+	if (init_offers_dio_mmap &&
+	    iov[1].iov_len >= offsetof(struct fuse_init_out, flags2) + sizeof(uint32_t)) {
+		arg->flags |= FUSE_INIT_EXT;
+		arg->flags2 |= DAXFS_INIT2_DIRECT_IO_ALLOW_MMAP;
+		negotiated |= DAXFS_CAP_DIRECT_IO_ALLOW_MMAP;
+	}
 }
 
 static ssize_t wire_writev(int fd, struct iovec *iov, int count, void *userdata)

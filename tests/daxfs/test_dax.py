@@ -2,6 +2,7 @@
 inheritance, the open-file rule, readback, the synchronous mode, durability through
 direct_access in adr mode, snapshots of a mounted DAX volume, removal and media errors."""
 import errno
+import json
 import mmap
 import os
 import subprocess
@@ -136,6 +137,45 @@ def test_synchronous_mode_needs_a_dax_file(mnts):
     os.setxattr(f"{m}/dax", FLAG, b"1")
     os.setxattr(f"{m}/dax", "user.daxfs.sync", b"1")
     assert os.getxattr(f"{m}/dax", "user.daxfs.sync") == b"1"
+
+
+def _reads(m) -> int:
+    stats = json.loads(os.getxattr(m, "trusted.daxfs.stats"))
+    return stats["requests"].get("read", 0)
+
+
+def test_a_dax_file_has_no_page_cache_and_still_maps(mnts):
+    """As on Linux, a DAX file's read(2) and write(2) go to the pmem every time, never to a
+    cache in front of it (so the kernel's copy of the data cannot differ from the pmem),
+    while a shared mapping still works and stays coherent with both."""
+    dev = fresh()
+    m = mount(dev, mnts(), "dax=inode")
+    if "direct_io_allow_mmap" not in json.loads(os.getxattr(m, "trusted.daxfs.stats"))["fuse_caps"]:
+        pytest.skip("the kernel does not offer FUSE_DIRECT_IO_ALLOW_MMAP (Linux 6.6)")
+    os.mkdir(f"{m}/d")
+    os.setxattr(f"{m}/d", FLAG, b"1")
+    for name in ("d/dax", "cached"):
+        with open(f"{m}/{name}", "wb") as f:
+            f.write(b"x" * 8192)
+    read_twice = {}
+    for name in ("d/dax", "cached"):
+        with open(f"{m}/{name}", "rb") as f:
+            before = _reads(m)
+            for _ in range(2):
+                assert os.pread(f.fileno(), 4096, 0) == b"x" * 4096
+            read_twice[name] = _reads(m) - before
+    assert read_twice == {"d/dax": 2, "cached": 1}
+    fd = os.open(f"{m}/d/dax", os.O_RDWR)
+    try:
+        mm = mmap.mmap(fd, 8192, mmap.MAP_SHARED)
+        mm[0:5] = b"store"
+        assert os.pread(fd, 5, 0) == b"store"        # a read sees the mapped store
+        os.pwrite(fd, b"write", 4096)
+        assert mm[4096:4101] == b"write"             # the mapping sees the write
+        mm.close()
+    finally:
+        os.close(fd)
+    umount(m)
 
 
 def _kill_mount_and_power_fail(m):
