@@ -171,12 +171,33 @@ class DaxIO:
         await self.readinto(sector, memoryview(out))
         return out
 
+    async def load(self, byte: int, nbytes: int):
+        """Loads at byte granularity (DAX is byte-addressable), for file reads. A range
+        inside one mapping comes back as a view of the pmem itself, not a copy: the reply
+        to the kernel is written from the pmem straight away (the caller must not hold it
+        across an await, as the pmem may change meanwhile). One that crosses mappings is
+        copied piece by piece into one buffer."""
+        pgoff, inpage = divmod(byte, PAGE_SIZE)
+        lst = self._read.get(pgoff // WINDOW)
+        m = self._find(lst, pgoff) if lst else None
+        if m is None:
+            m = await self._read_mapping(pgoff)
+        off = (pgoff - m.pgoff) * PAGE_SIZE + inpage
+        if off + nbytes <= m.length and m.lease.valid:
+            a = m.base + off
+            return m.media.view_mv[a:a + nbytes]
+        out = bytearray(nbytes)
+        await self._load_into(byte, memoryview(out))
+        return out
+
     async def readinto(self, sector: int, buf: memoryview) -> None:
+        await self._load_into(sector * SECTOR_SIZE, buf)
+
+    async def _load_into(self, byte: int, buf: memoryview) -> None:
         nbytes = len(buf)
         pos = 0
         while pos < nbytes:
-            byte = sector * SECTOR_SIZE + pos
-            pgoff, inpage = divmod(byte, PAGE_SIZE)
+            pgoff, inpage = divmod(byte + pos, PAGE_SIZE)
             m = await self._read_mapping(pgoff)
             off = (pgoff - m.pgoff) * PAGE_SIZE + inpage
             n = min(nbytes - pos, m.length - off)

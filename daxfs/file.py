@@ -138,13 +138,15 @@ class FileIO:
 
     async def _read_data(self, inode: Inode, off: int, size: int) -> bytes:
         """One device read per extent the range touches, of just the sectors needed (the
-        usual page-aligned read is returned as read, without a copy); holes read as zeros."""
+        usual page-aligned read is returned as read, without a copy); holes read as zeros.
+        A DAX file's read is usually a view of the pmem itself, handed to the kernel as
+        the reply with no copy in this process (no await may come between)."""
         if off < 0:
             raise FsError(errno.EINVAL, "negative offset")
         self._alive()
         # Effective-DAX files load from the pmem through direct_access mappings; others
         # read with bios. Both go straight to the device: daxfs keeps no data cache.
-        io = self.daxio if self.daxio is not None and self.effective_dax(inode) else self.dev
+        dax = self.daxio is not None and self.effective_dax(inode)
         end = min(off + size, inode.size)
         if off >= end:
             return b""
@@ -154,7 +156,11 @@ class FileIO:
             lblk = pos // BS
             pblk, run = inode.map(lblk)
             stop = end if run == 0 else min(end, (lblk + run) * BS)
-            if pblk:
+            if pblk and dax:
+                # byte-addressable: exactly the bytes asked for, usually a view of the pmem
+                parts.append(await self.daxio.load(pblk * BS + (pos - lblk * BS), stop - pos))
+            elif pblk:
+                io = self.dev
                 byte = pblk * BS + (pos - lblk * BS)
                 first = byte >> 9
                 last = (byte + (stop - pos) + 511) >> 9
