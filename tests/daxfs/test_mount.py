@@ -361,6 +361,32 @@ def test_request_counts(m):
     assert s1["readdir"] - s0.get("readdir", 0) <= 2000 // 20
 
 
+def test_close_sends_no_request_and_a_create_costs_four(m):
+    """close(2) has nothing to do in daxfs: after the first FLUSH (answered ENOSYS) the kernel
+    sends none, so creating a file and closing it is LOOKUP, CREATE, RELEASE and a GETATTR
+    of the directory; fsync still reaches daxfs after that."""
+    mnt = m.mnt
+    (mnt / "first").write_bytes(b"x")               # the one FLUSH
+    d = mnt / "d"
+    d.mkdir()
+    s0 = stats(mnt)["requests"]
+    for i in range(50):
+        fd = os.open(d / f"f{i}", os.O_CREAT | os.O_WRONLY, 0o644)
+        os.close(fd)
+    s1 = stats(mnt)["requests"]
+    delta = {k: v - s0.get(k, 0) for k, v in s1.items() if v != s0.get(k, 0)}
+    delta.pop("getxattr", None)                     # reading the statistics
+    assert "flush" not in delta, delta
+    assert sum(delta.values()) <= 4 * 50, delta
+    fd = os.open(d / "f0", os.O_WRONLY)
+    try:
+        os.write(fd, b"y")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    assert stats(mnt)["requests"]["fsync"] == s1.get("fsync", 0) + 1
+
+
 def test_cold_sequential_reads_come_in_big_requests(m):
     """The mount's readahead matches libfuse's 1 MiB requests: a cold 16 MiB sequential
     read reaches the daemon as about 16 READs, not the 128 of the kernel's default."""
