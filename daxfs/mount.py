@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import pyfuse3
 import trio
 
-from . import pagecache
+from . import fuseloop, pagecache
 from .dax import DaxPolicy, check_mount, parse_dax_option
 from .fs import Filesystem
 from .kmsg import KernelLog
@@ -192,6 +192,7 @@ async def serve(source: str, mountpoint: str, mo: MountOptions, *, ready=None) -
             nursery.start_soon(_terminate_on_signal)
             if ready is not None:
                 ready()
+            fuseloop.install()
             await pyfuse3.main()
             # main() returns once the kernel ended the session (umount) or terminate()
             unmounted = not _terminated
