@@ -29,6 +29,13 @@ INODE_CACHE = 32768
 class InodeCache:
     _shrink_at = INODE_CACHE    # cache size at which the next eviction pass runs
 
+    def cached_inode(self, ino: int) -> Inode | None:
+        """iget's cache hit, without a coroutine: None when ino is not cached."""
+        inode = self.inodes.pop(ino, None)
+        if inode is not None:
+            self.inodes[ino] = inode        # most recently used last
+        return inode
+
     async def iget(self, ino: int) -> Inode:
         inode = self.inodes.pop(ino, None)
         if inode is not None:

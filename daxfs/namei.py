@@ -353,23 +353,33 @@ class Namespace:
 
     async def readdir(self, ino: int, cookie: int = 0):
         """Async iterator of (name, Inode, next_cookie), resuming after cookie."""
-        inode = await self.iget(ino)
-        d = await self._dir(inode)
-        for name, child, nxt in d.entries_from(cookie):
-            try:
-                target = await self.iget(child)
-            except FsError as e:
-                if d.lookup(name) is None:
-                    continue                    # removed meanwhile
-                if e.errno not in (errno.EUCLEAN, errno.ENOENT):
-                    raise
-                # a damaged inode (logged, read-only now) or an entry naming a free one:
-                # the rest of the directory stays listable
-                if e.errno == errno.ENOENT:
-                    self._meta_error(CorruptError(f"directory {ino}: entry {name!r} names "
-                                                  f"inode {child}, which is not in use"))
-                continue
-            yield name, target, nxt
+        for name, child, nxt in await self.dir_entries(ino, cookie):
+            target = self.cached_inode(child) or await self.listed_inode(ino, name, child)
+            if target is not None:
+                yield name, target, nxt
+
+    async def dir_entries(self, ino: int, cookie: int = 0):
+        """Iterator of (name, inode number, next_cookie) of directory ino after cookie,
+        without the inodes: a FUSE listing resolves them itself, most from the cache,
+        with no async generator to finalise when its reply buffer fills."""
+        return (await self._dir(await self.iget(ino))).entries_from(cookie)
+
+    async def listed_inode(self, ino: int, name: bytes, child: int) -> Inode | None:
+        """The inode an entry of directory ino names, or None to leave the entry out: it
+        was removed meanwhile, or it is damaged (logged, read-only now) or free, so that
+        the rest of the directory stays listable."""
+        try:
+            return await self.iget(child)
+        except FsError as e:
+            d = await self._dir(await self.iget(ino))
+            if d.lookup(name) is None:
+                return None                 # removed meanwhile
+            if e.errno not in (errno.EUCLEAN, errno.ENOENT):
+                raise
+            if e.errno == errno.ENOENT:
+                self._meta_error(CorruptError(f"directory {ino}: entry {name!r} names "
+                                              f"inode {child}, which is not in use"))
+            return None
 
     async def listdir(self, ino: int) -> list[bytes]:
         return [name async for name, _, _ in self.readdir(ino)]

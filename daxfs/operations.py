@@ -328,10 +328,14 @@ class Operations(pyfuse3.Operations):
             parent = await self.fs.getattr(d.parent or d.ino)
             if not pyfuse3.readdir_reply(token, b"..", self.attrs(parent), 2):
                 return
-        async for name, inode, nxt in self.fs.readdir(d.ino, max(0, start_id - DOT_COOKIES)):
+        fs = self.fs
+        for name, child, nxt in await fs.dir_entries(d.ino, max(0, start_id - DOT_COOKIES)):
+            inode = fs.cached_inode(child) or await fs.listed_inode(d.ino, name, child)
+            if inode is None:
+                continue
             if not pyfuse3.readdir_reply(token, name, self.attrs(inode), nxt + DOT_COOKIES):
                 break
-            self.fs.remember(inode.ino)
+            fs.remember(child)
 
     @_handler
     async def releasedir(self, fh):
