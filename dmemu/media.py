@@ -36,6 +36,14 @@ _COMPARE_CHUNK = 1 << 20
 
 MODELS = ("eadr", "adr", "disk")
 
+# Images are sparse. A store into a page nobody wrote yet faults, and the fault allocates
+# and zeroes the page: through the mapping a first 1 MiB store runs at about half the
+# speed of pwrite(2), which allocates without faulting (measured on tmpfs: 1.3 against
+# 2.3 GiB/s), while pwrite is three times slower than a store where the pages exist. So a
+# large copy into a range with a hole in it goes through the file, the rest through the
+# mapping; both land in the same page cache pages, which every mapping shares.
+FILL_MIN = 64 << 10
+
 
 def _map(path: str, size: int, create: bool) -> tuple[int, mmap.mmap]:
     # Never through a symbolic link: an image is a plain file in the state directory.
@@ -62,12 +70,15 @@ class Media:
         self._fds = []
         fd, self.view = _map(spec["view"], self.size, create)
         self._fds.append(fd)
+        self._view_fd = fd
         self.view_mv = memoryview(self.view)     # copies out of it without a temporary
         self.media = self.view
         self.dirty = None
+        self._media_fd = fd
         if self.model in ("adr", "disk"):
             fd, self.media = _map(spec["media"], self.size, create)
             self._fds.append(fd)
+            self._media_fd = fd
         if self.model == "disk":
             fd, self.dirty = _map(spec["dirty"], self.size // PAGE_SIZE + 1, create)
             self._fds.append(fd)
@@ -97,18 +108,31 @@ class Media:
     def readinto(self, off: int, buf: memoryview) -> None:
         buf[:] = self.view_mv[off:off + len(buf)]
 
+    @staticmethod
+    def _copy_in(m: mmap.mmap, fd: int, off: int, data) -> None:
+        n = len(data)
+        if n >= FILL_MIN:
+            try:
+                hole = os.lseek(fd, off, os.SEEK_HOLE)
+            except OSError:
+                hole = off + n
+            if hole < off + n:
+                os.pwrite(fd, data, off)
+                return
+        m[off:off + n] = data
+
     def store(self, off: int, data) -> None:
         """A CPU store through a DAX mapping: volatile in adr until flush_range."""
-        self.view[off:off + len(data)] = data
+        self._copy_in(self.view, self._view_fd, off, data)
         if self.dirty is not None:
             self._mark_dirty(off, len(data))
 
     def write(self, off: int, data, fua: bool = False) -> None:
         """A bio write as the driver under this model completes it."""
         n = len(data)
-        self.view[off:off + n] = data
+        self._copy_in(self.view, self._view_fd, off, data)
         if self.model == "adr" or (fua and self.model == "disk"):
-            self.media[off:off + n] = data
+            self._copy_in(self.media, self._media_fd, off, data)
             if self.trace is not None:
                 self.trace.durable(off, data)
         if self.dirty is not None:
@@ -125,7 +149,7 @@ class Media:
         if self.model == "adr":
             a = off - off % CACHELINE
             b = -(-(off + n) // CACHELINE) * CACHELINE
-            self.media[a:b] = self.view[a:b]
+            self._copy_in(self.media, self._media_fd, a, self.view_mv[a:b])
             if self.trace is not None:
                 self.trace.durable(a, self.media[a:b])
 
