@@ -174,9 +174,10 @@ class DaxIO:
     async def load(self, byte: int, nbytes: int):
         """Loads at byte granularity (DAX is byte-addressable), for file reads. A range
         inside one mapping comes back as a view of the pmem itself, not a copy: the reply
-        to the kernel is written from the pmem straight away (the caller must not hold it
-        across an await, as the pmem may change meanwhile). One that crosses mappings is
-        copied piece by piece into one buffer."""
+        to the kernel is written from the pmem straight away, so whatever the pmem holds
+        when the view is read is what the caller gets (FileIO.read guards against blocks
+        reused meanwhile). One that crosses mappings is copied piece by piece into one
+        buffer."""
         pgoff, inpage = divmod(byte, PAGE_SIZE)
         lst = self._read.get(pgoff // WINDOW)
         m = self._find(lst, pgoff) if lst else None

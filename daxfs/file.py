@@ -140,7 +140,9 @@ class FileIO:
         """One device read per extent the range touches, of just the sectors needed (the
         usual page-aligned read is returned as read, without a copy); holes read as zeros.
         A DAX file's read is usually a view of the pmem itself, handed to the kernel as
-        the reply with no copy in this process (no await may come between)."""
+        the reply with no copy in this process (no await comes between). A read over
+        several extents joins its views after the later parts' awaits: read() reads again
+        if a block was freed and reused meanwhile (the reuse epoch)."""
         if off < 0:
             raise FsError(errno.EINVAL, "negative offset")
         self._alive()

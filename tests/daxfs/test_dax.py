@@ -1,6 +1,7 @@
 """DAX semantics on real mounts over dmemud: mount options, the per-inode flag and its
 inheritance, the open-file rule, readback, the synchronous mode, durability through
 direct_access in adr mode, snapshots of a mounted DAX volume, removal and media errors."""
+import contextlib
 import errno
 import json
 import mmap
@@ -219,6 +220,31 @@ def test_write_without_fsync_can_be_lost_in_adr(mnts):
     _kill_mount_and_power_fail(m)
     m = mount(dev, mnts())
     assert os.path.getsize(f"{m}/kept") == 10000
+
+
+@pytest.mark.parametrize("opts", ["commit=3600", "writeback,commit=3600"])
+def test_a_dax_overwrite_is_durable_when_write_returns(mnts, opts):
+    """Overwriting a DAX file's blocks needs no metadata: the data is in the persistence
+    domain when write(2) returns, with no fsync, also on a mount whose other files' writes
+    the kernel caches (-o writeback: the DAX file bypasses that cache)."""
+    dev = fresh("--persistence", "adr")
+    m = mount(dev, mnts(), opts)
+    os.mkdir(f"{m}/d")
+    os.setxattr(f"{m}/d", FLAG, b"1")
+    with open(f"{m}/d/dax", "wb") as f:
+        f.write(b"o" * 8192)
+        os.fsync(f.fileno())
+    assert eff(f"{m}/d/dax") == "1"
+    fd = os.open(f"{m}/d/dax", os.O_WRONLY)
+    try:
+        os.pwrite(fd, b"n" * 4096, 0)
+        _kill_mount_and_power_fail(m)       # before close(2), which writes back pages
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    m = mount(dev, mnts())
+    with open(f"{m}/d/dax", "rb") as f:
+        assert f.read() == b"n" * 4096 + b"o" * 4096
 
 
 async def test_snapshot_of_a_busy_mounted_dax_volume(mnts):
