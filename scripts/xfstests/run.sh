@@ -37,9 +37,10 @@ fi
 if [ $fs = daxfs ]; then
     helper=$(readlink -f /sbin/mount.fuse.daxfs) || {
         echo "run.sh: /sbin/mount.fuse.daxfs is missing; run scripts/setup.sh first" >&2; exit 1; }
-    # without it the kernel masks modes that a default ACL should decide (generic/099 fails)
-    [ -f "$DAXFS_TREE/daxfs/native/libdaxfs-dontmask.so" ] || {
-        echo "run.sh: daxfs/native/libdaxfs-dontmask.so is not built in $DAXFS_TREE; run scripts/setup.sh there first" >&2; exit 1; }
+    # without it the kernel masks modes that a default ACL should decide (generic/099 fails),
+    # asks for security.capability before every write, and DAX files keep a page cache
+    [ -f "$DAXFS_TREE/daxfs/native/libdaxfs-fusecaps.so" ] || {
+        echo "run.sh: daxfs/native/libdaxfs-fusecaps.so is not built in $DAXFS_TREE; run scripts/setup.sh there first" >&2; exit 1; }
 fi
 # Every FUSE mount that existed when this namespace was made is here as a copy: fstests
 # would take another dmemud's /dev/pmem0 for ours, and a copy keeps a FUSE superblock, and
