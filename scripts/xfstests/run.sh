@@ -49,7 +49,11 @@ fi
 findmnt -rn -t fuse,fuseblk -o TARGET | sort -r | while read -r t; do umount -l "$t" || true; done
 mkdir -p /mnt/fst-test /mnt/fst-scratch
 if [ $fs = daxfs ]; then
-    mount --bind "$here/mount.fuse.daxfs" "$helper"
+    # Only when the system-wide helper is another checkout's: covering this checkout's own
+    # tools/mount.fuse.daxfs with the wrapper that execs it would make it exec itself forever
+    if [ "$helper" != "$(readlink -f "$DAXFS_TREE/tools/mount.fuse.daxfs")" ]; then
+        mount --bind "$here/mount.fuse.daxfs" "$helper"
+    fi
     mkdir -p "$DMEMU_ROOT"
     if ! ndctl list 2>/dev/null | grep -q pmem1; then
         ndctl create-namespace --size 1G >/dev/null
