@@ -232,17 +232,23 @@ class Operations(pyfuse3.Operations):
 
     # -- files ---------------------------------------------------------------------------
     def _file_info(self, fh: int) -> pyfuse3.FileInfo:
-        """Open flags per inode. A DAX file has no page cache, as on Linux: it opens
-        direct_io, so read(2) and write(2) go straight to the pmem in one request each (up
-        to max_pages) with no copy through the kernel's cache. A shared mapping of it
-        still works: FUSE_DIRECT_IO_ALLOW_MMAP (negotiated by daxfs/native/fusecaps.c)
-        maps it through the page cache and the kernel writes back and invalidates mapped
-        pages around each direct read and write. Without that flag a direct_io file
-        cannot be mapped shared (ENODEV), so the file is cached and drops the kernel's
-        pages at open instead (keep_cache off): what it reads comes from the pmem as it
-        is now, not from an older copy."""
-        dax = self.fs.effective_dax(self.fs.handle(fh).inode)
-        if dax and self._cap("direct_io_allow_mmap"):
+        """Open flags per inode and open. A DAX file opened for reading only gets no page
+        cache, as on Linux: `direct_io`, so each read(2) reaches the pmem in one request
+        (no readahead of pages nobody asked for, no copy through the kernel's cache) and
+        a shared mapping of the file by another open still works: FUSE_DIRECT_IO_ALLOW_MMAP
+        (negotiated by daxfs/native/fusecaps.c) makes the kernel write back and drop
+        mapped pages of a range before a direct read of it. An open for writing stays
+        cached, write-through, with keep_cache off: FUSE cannot keep a direct write and a
+        store through a mapping of the same page apart (the kernel drops the page before
+        the write, a store faults it back in from before the write, and writing it back
+        later undoes the write: generic/346 loses data), so write(2) goes through the
+        page the mapping shares. Under -o writeback a write must still not stop in the
+        kernel's cache, so there DAX files open direct_io for writing too, and that race
+        is the price (docs/design.md)."""
+        h = self.fs.handle(fh)
+        dax = self.fs.effective_dax(h.inode)
+        reading = h.flags & os.O_ACCMODE == os.O_RDONLY
+        if dax and (reading or self.fs.writeback_cache) and self._cap("direct_io_allow_mmap"):
             return pyfuse3.FileInfo(fh=fh, direct_io=True)
         # strictatime: reads the page cache answers never reach us, so the cache is
         # dropped at open as for DAX files, and each open's reads update atime
