@@ -147,29 +147,9 @@ class DaxIO:
         self._keep(lst, m)
         return m
 
-    async def read(self, sector: int, nbytes: int):
-        """Loads: a range inside one mapping is one copy out of the pmem; one that crosses
-        mappings is copied piece by piece straight into the buffer returned."""
-        byte = sector * SECTOR_SIZE
-        pgoff, inpage = divmod(byte, PAGE_SIZE)
-        lst = self._read.get(pgoff // WINDOW)
-        if lst:
-            # the usual case, spelt out: the window's one mapping, still valid, holds it all
-            m = lst[0]
-            off = (pgoff - m.pgoff) * PAGE_SIZE + inpage
-            if 0 <= off and off + nbytes <= m.nr_pages * PAGE_SIZE and m.lease.valid:
-                a = m.base + off
-                return m.media.view[a:a + nbytes]
-        m = await self._read_mapping(pgoff)
-        off = (pgoff - m.pgoff) * PAGE_SIZE + inpage
-        if off + nbytes <= m.length:
-            try:
-                return m.read(off, nbytes)
-            except RevokedError:
-                pass
-        out = bytearray(nbytes)
-        await self.readinto(sector, memoryview(out))
-        return out
+    async def read(self, sector: int, nbytes: int) -> bytes:
+        """Loads as a copy, for callers that keep what they read (a block to modify)."""
+        return bytes(await self.load(sector * SECTOR_SIZE, nbytes))
 
     async def load(self, byte: int, nbytes: int):
         """Loads at byte granularity (DAX is byte-addressable), for file reads. A range
@@ -184,15 +164,12 @@ class DaxIO:
         if m is None:
             m = await self._read_mapping(pgoff)
         off = (pgoff - m.pgoff) * PAGE_SIZE + inpage
-        if off + nbytes <= m.length and m.lease.valid:
+        if off + nbytes <= m.length:        # valid: found or mapped just now, no await since
             a = m.base + off
             return m.media.view_mv[a:a + nbytes]
         out = bytearray(nbytes)
         await self._load_into(byte, memoryview(out))
         return out
-
-    async def readinto(self, sector: int, buf: memoryview) -> None:
-        await self._load_into(sector * SECTOR_SIZE, buf)
 
     async def _load_into(self, byte: int, buf: memoryview) -> None:
         nbytes = len(buf)

@@ -162,11 +162,10 @@ class FileIO:
                 # byte-addressable: exactly the bytes asked for, usually a view of the pmem
                 parts.append(await self.daxio.load(pblk * BS + (pos - lblk * BS), stop - pos))
             elif pblk:
-                io = self.dev
                 byte = pblk * BS + (pos - lblk * BS)
                 first = byte >> 9
                 last = (byte + (stop - pos) + 511) >> 9
-                data = await io.read(first, (last - first) << 9)
+                data = await self.dev.read(first, (last - first) << 9)
                 skip = byte - (first << 9)
                 if skip or len(data) != stop - pos:
                     data = data[skip:skip + stop - pos]
