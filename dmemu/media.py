@@ -112,8 +112,7 @@ class Media:
     def readinto(self, off: int, buf: memoryview) -> None:
         buf[:] = self.view_mv[off:off + len(buf)]
 
-    @staticmethod
-    def _copy_in(m: mmap.mmap, fd: int, off: int, data) -> None:
+    def _copy_in(self, m: mmap.mmap, fd: int, off: int, data) -> None:
         n = len(data)
         if n >= FILL_MIN:
             try:
@@ -122,11 +121,12 @@ class Media:
                 hole = off + n
             if hole < off + n:
                 os.pwrite(fd, data, off)
-                a = off - off % PAGE_SIZE
-                try:
-                    m.madvise(MADV_POPULATE_READ, a, off + n - a)
-                except OSError:
-                    pass        # an older kernel: the loads fault instead
+                if m is self.view:      # what loads read; adr's media file only power fails
+                    a = off - off % PAGE_SIZE
+                    try:
+                        m.madvise(MADV_POPULATE_READ, a, off + n - a)
+                    except OSError:
+                        pass            # an older kernel: the loads fault instead
                 return
         m[off:off + n] = data
 
