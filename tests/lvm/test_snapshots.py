@@ -414,3 +414,33 @@ async def test_an_invalid_snapshot_is_not_merged(pmem):
     r = await atool("lvconvert", "--merge", "vg0/snap0")
     assert (r.returncode, r.stdout, r.stderr) == (5, "", "  Unable to merge invalidated snapshot LV vg0/snap0.\n")
     assert await trio.to_thread.run_sync(state) == before
+
+
+async def test_lvpoll_that_meets_a_merge_another_poller_finished_says_it_is_done(pmem, capsys,
+                                                                                monkeypatch):
+    """The poller an activation starts may finish the merge between lvpoll's look at the
+    metadata (still merging) and its look at the table (linear again): that is the merge
+    done, not an interrupted one. The first look is made stale on purpose here."""
+    from dmemu.lvm.commands import merge as merge_cmd
+    await _origin_with_snapshot_and_changes(random.Random(10))
+    async with client.connect() as k:
+        lv = await k.open_device("vg0-lv0")
+        await must("lvconvert", "--merge", "vg0/snap0")     # delayed: the origin is open
+        stale = await merge_cmd.scan(k)                     # says merging
+        await lv.close()
+    await must("lvchange", "-an", "vg0/lv0")
+    await must("lvchange", "-ay", "vg0/lv0")                # merges, with its own poller
+    await must("lvm", "lvpoll", "--polloperation", "merge", "-i", "1", "vg0/lv0")
+    assert ok("dmsetup", "table") == "vg0-lv0: 0 16384 linear 259:0 2048\n"
+    real = merge_cmd.scan
+    looks = []
+
+    async def first_look_stale(k):
+        looks.append(None)
+        return stale if len(looks) == 1 else await real(k)
+    monkeypatch.setattr(merge_cmd, "scan", first_look_stale)
+    capsys.readouterr()
+    async with client.connect() as k:
+        await merge_cmd.poll_merge(k, "vg0", "lv0", 1, progress=True)
+    assert capsys.readouterr().out == (
+        "  Logical volume vg0/lv0 is no longer merging origin, polling has finished.\n")

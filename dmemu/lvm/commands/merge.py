@@ -177,7 +177,15 @@ async def poll_merge(k, vgname: str, name: str, interval: int | None, *, progres
         await kern.refresh()
         d = kern.devs.get(top)
         if not d or not d["live"] or not d["table"] or "snapshot-merge" not in d["table"][0]:
-            say(f"{display}: Interrupted: No longer active.")
+            # Another poller (the activation's) may have finished the merge since the scan
+            # above: ask the metadata again under the VG lock, which finish_merge holds
+            # from its table reload to its metadata commit.
+            async with locked(vgname):
+                vg = (await scan(k)).vgs.get(vgname)
+            if vg is None or name not in vg.lvs or not vg.merging_into(name):
+                say(f"Logical volume {display} is no longer merging origin, polling has finished.")
+            else:
+                say(f"{display}: Interrupted: No longer active.")
             return
         status = d["status"][0] if d["status"] else ""
         if status.split()[3:4] == ["Invalid"]:
