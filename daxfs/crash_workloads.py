@@ -150,12 +150,23 @@ def snapshot_during_writes(mnt: str, oracle) -> None:
 def fsync_append(mnt: str, oracle) -> None:
     """The fast-commit path: files that exist on the device (made durable with their
     directory first) are appended to, overwritten, sparsely extended and truncated, each
-    change followed by fsync or fdatasync alone, which writes one fast-commit record."""
+    change followed by fsync or fdatasync alone, which writes one fast-commit record; holes
+    of a file of 300 extents are filled the same way."""
     names = [f"a{i}" for i in range(3)]
     for n in names:
         _write(os.path.join(mnt, n), n.encode() * 500)
+    # a file of 300 extents, more than a record could hold whole: its records carry the
+    # ranges that changed
+    frag = os.path.join(mnt, "frag")
+    fd = os.open(frag, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        for k in range(300):
+            os.pwrite(fd, b"F%d" % k, 2 * k * 4096)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     _fsync_dir(mnt)
-    for n in names:
+    for n in names + ["frag"]:
         oracle.durable(n, mnt)
     for step in range(12):
         n = names[step % 3]
@@ -175,6 +186,15 @@ def fsync_append(mnt: str, oracle) -> None:
             f.flush()                               # out of Python's buffer first
             (os.fdatasync if step % 2 else os.fsync)(f.fileno())
         oracle.durable(n, mnt)
+        if step % 3 == 1:
+            oracle.changing("frag")
+            fd = os.open(frag, os.O_WRONLY)
+            try:
+                os.pwrite(fd, b"hole %d" % step * 1000, (40 * step + 1) * 4096)
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            oracle.durable("frag", mnt)
 
 
 WORKLOADS["fsync-append"] = fsync_append

@@ -4,32 +4,36 @@ A full commit (transaction.py, journal.py) writes every dirty metadata block to 
 and then home: its cost follows the size of the running transaction, not of what one fsync
 needs. An fsync of a file whose changes since the last full commit are its own data, size,
 times, mode, owner and extents (the common case: writes to an existing file) instead writes
-one record into the fast-commit area: the file's inode as it is now, its extent list and
-the blocks of its extent chain (format.FC_FMT). One write with PREFLUSH|FUA makes the data
+one record into the fast-commit area: the file's inode as it is now and the mapping of the
+file blocks whose mapping changed since its previous record (``Inode.fc_ranges``; ext4's
+add-range and del-range tags do the same). One write with PREFLUSH|FUA makes the data
 written before it and the record durable together: one flush, nothing else on the fsync
-path. Everything else the running transaction holds waits for the next full commit, which
-runs in the background (the periodic commit, a full fast-commit area, syncfs, freeze,
-unmount) and makes every record before it stale.
+path, and a 4 KiB write into a file of 100,000 extents costs a record of one range.
+Everything else the running transaction holds waits for the next full commit, which runs
+in the background (the periodic commit, a full fast-commit area, syncfs, freeze, unmount)
+and makes every record before it stale.
 
 Changes a record cannot express make the inode ineligible until the next full commit
 (ext4's "fc ineligible"): a new inode, a link count or parent change (names), xattrs, the
-orphan list. fsync of such an inode, of a directory, or when the area is full, does a full
-commit as before.
+orphan list, more changed ranges than a record holds. fsync of such an inode, of a
+directory, or when the area is full, does a full commit as before.
 
 Records carry as lsn the sequence number the next full commit will have and are numbered
 from 1 within it; replay takes, after the journal's, every record from the start of the
 area whose lsn is the journal's next sequence and whose number is the next one, and stops
-at the first that is not (stale, torn or damaged records are never applied). Applying an
-entry puts the inode in its slot, rebuilds its extent chain from the extents, and moves
-the block bitmap from the blocks the inode held to the ones it holds now; a record that
-would take a block another inode holds is refused as damage.
+at the first that is not (stale, torn or damaged records are never applied). Each entry
+builds on the inode's previous one: its fields replace the inode's, its ranges are punched
+out of the extents and mapped again, and the block bitmap follows (a range that would take
+a block another inode holds is refused as damage). The extent chains are derived data: the
+replay lays out anew the chain of every inode it touched, once all entries are applied, in
+blocks no entry maps.
 """
 import logging
 
 from . import format as fmt
 from .alloc import Bitmap
 from .errors import CorruptError
-from .inode import Inode
+from .inode import Inode, merge_ranges
 from .journal import write_blocks
 
 log = logging.getLogger(__name__)
@@ -38,24 +42,50 @@ BS = fmt.BLOCK_SIZE
 
 
 def encode_entry(inode: Inode, uuid: bytes) -> bytes:
-    """An inode's whole state for a record (format.FC_FMT)."""
-    n = len(inode.ext_lblk)
-    chain = list(inode.chain)
-    out = bytearray(fmt.FC_ENTRY_FMT.pack(inode.ino, len(chain),
-                                          n if n > fmt.INLINE_EXTENTS else 0))
+    """The inode as it is now and the mapping of its blocks remapped since its last record
+    (format.FC_FMT)."""
+    pieces = [p for s, e in merge_ranges(inode.fc_ranges or ())
+              for p in inode.mapping(s, e)]
+    out = bytearray(fmt.FC_ENTRY_FMT.pack(inode.ino, len(pieces), 0))
     out += inode.pack(uuid)
-    for b in chain:
-        out += b.to_bytes(8, "little")
-    if n > fmt.INLINE_EXTENTS:
-        for e in inode.extents():
-            out += fmt.EXTENT_FMT.pack(*e)
+    for p in pieces:
+        out += fmt.EXTENT_FMT.pack(*p)
     return bytes(out)
 
 
+def _entries_end(buf, used: int) -> int:
+    if used > fmt.FC_SPACE:
+        raise CorruptError("fast commit: used size runs past the block")
+    return fmt.FC_START + used
+
+
 def decode_entries(buf, count: int, used: int):
-    """Yield (ino, raw inode, chain, extents or None) of a record's entries."""
-    off = fmt.FC_START
-    end = off + used
+    """Yield (ino, raw inode, ranges) of a record's entries."""
+    off, end = fmt.FC_START, _entries_end(buf, used)
+    size = fmt.EXTENT_FMT.size
+    for _ in range(count):
+        if off + fmt.FC_ENTRY_FMT.size + fmt.INODE_SIZE > end:
+            raise CorruptError("fast commit: entry runs past the record")
+        ino, nranges, flags = fmt.FC_ENTRY_FMT.unpack_from(buf, off)
+        if flags:
+            raise CorruptError(f"fast commit: inode {ino}: unknown entry flags {flags:#x}")
+        off += fmt.FC_ENTRY_FMT.size
+        raw = bytes(buf[off:off + fmt.INODE_SIZE])
+        off += fmt.INODE_SIZE
+        if off + size * nranges > end:
+            raise CorruptError("fast commit: entry runs past the record")
+        ranges = [fmt.EXTENT_FMT.unpack_from(buf, off + size * i) for i in range(nranges)]
+        off += size * nranges
+        yield ino, raw, ranges
+    if off != end:
+        raise CorruptError("fast commit: used size does not match the entries")
+
+
+def decode_whole_entries(buf, count: int, used: int):
+    """The entries of a record written before ranges (format.FC_WHOLE), as (ino, raw inode,
+    ranges): one hole over the whole file, then every extent the inode has."""
+    off, end = fmt.FC_START, _entries_end(buf, used)
+    size = fmt.EXTENT_FMT.size
     for _ in range(count):
         if off + fmt.FC_ENTRY_FMT.size + fmt.INODE_SIZE > end:
             raise CorruptError("fast commit: entry runs past the record")
@@ -63,17 +93,17 @@ def decode_entries(buf, count: int, used: int):
         off += fmt.FC_ENTRY_FMT.size
         raw = bytes(buf[off:off + fmt.INODE_SIZE])
         off += fmt.INODE_SIZE
-        if off + 8 * nchain + fmt.EXTENT_FMT.size * next_ > end:
+        off += 8 * nchain                   # the chain is laid out anew by the replay
+        if off + size * next_ > end:
             raise CorruptError("fast commit: entry runs past the record")
-        chain = [int.from_bytes(buf[off + 8 * i:off + 8 * i + 8], "little")
-                 for i in range(nchain)]
-        off += 8 * nchain
-        exts = None
+        if (Inode.nextents_on_disk(raw) > fmt.INLINE_EXTENTS) != bool(next_):
+            raise CorruptError(f"fast commit: inode {ino}: extent count mismatch")
         if next_:
-            exts = [fmt.EXTENT_FMT.unpack_from(buf, off + fmt.EXTENT_FMT.size * i)
-                    for i in range(next_)]
-            off += fmt.EXTENT_FMT.size * next_
-        yield ino, raw, chain, exts
+            exts = [fmt.EXTENT_FMT.unpack_from(buf, off + size * i) for i in range(next_)]
+        else:
+            exts = list(Inode.unpack(ino, raw).extents())       # inline in the inode
+        off += size * next_
+        yield ino, raw, [(0, fmt.MAX_FILE_BLOCKS, 0)] + exts
     if off != end:
         raise CorruptError("fast commit: used size does not match the entries")
 
@@ -143,33 +173,20 @@ async def scan(read, sb: fmt.Superblock, lsn: int) -> list:
     for i in range(sb.fc_blocks):
         blk = sb.fc_start + i
         buf = bytes(await read(blk))
-        if fmt.block_type(buf) != "fast commit":
+        kind = fmt.block_type(buf)
+        if kind not in ("fast commit", fmt.FC_WHOLE):
             break
         try:
-            if fmt.verify(buf, "fast commit", blk, sb.uuid) != lsn:
+            if fmt.verify(buf, kind, blk, sb.uuid) != lsn:
                 break
             seq, count, used = fmt.FC_FMT.unpack_from(buf, fmt.HDR_SIZE)
-            if seq != i + 1 or used > fmt.FC_SPACE:
+            if seq != i + 1:
                 break
-            entries.extend(decode_entries(buf, count, used))
+            decode = decode_entries if kind == "fast commit" else decode_whole_entries
+            entries.extend(decode(buf, count, used))
         except CorruptError:
             break
     return entries
-
-
-def _runs(inode: Inode):
-    runs = [(pblk, ln) for _, ln, pblk in inode.extents()]
-    runs += [(b, 1) for b in inode.chain]
-    if inode.xattr_block:
-        runs.append((inode.xattr_block, 1))
-    return runs
-
-
-def _blocks(runs) -> set:
-    out = set()
-    for pblk, ln in runs:
-        out.update(range(pblk, pblk + ln))
-    return out
 
 
 async def replay_images(read, sb: fmt.Superblock, entries, lsn: int) -> dict[int, bytes]:
@@ -182,66 +199,69 @@ async def replay_images(read, sb: fmt.Superblock, entries, lsn: int) -> dict[int
     raw = await read(sb.ibitmap_start, sb.ibitmap_blocks)
     imap = Bitmap(fmt.unpack_bitmap(raw, sb.ibitmap_start, sb.ibitmap_blocks, "inode bitmap",
                                     uuid), sb.total_inodes)
-    images: dict[int, bytes] = {}
-    itable: dict[int, bytearray] = {}
-
-    async def read_img(blk: int, n: int = 1) -> bytes:
-        if n == 1 and blk in images:
-            return images[blk]
-        return await read(blk, n)
-
-    last = sb.total_blocks - 1
-    for ino, raw_inode, chain, exts in entries:
+    last = sb.total_blocks - 1          # the second backup superblock
+    inodes: dict[int, Inode] = {}       # as the entries so far leave them
+    old_chains: dict[int, list[int]] = {}
+    for ino, raw_inode, ranges in entries:
         if not 0 < ino < sb.total_inodes or not imap.test(ino):
             raise CorruptError(f"fast commit: inode {ino} is not in use")
         new = Inode.unpack(ino, raw_inode, uuid)
-        n = new.nextents_on_disk(raw_inode)
-        if n > fmt.INLINE_EXTENTS:
-            if exts is None or len(exts) != n:
-                raise CorruptError(f"fast commit: inode {ino}: extent count mismatch")
-            new.ext_lblk = [e[0] for e in exts]
-            new.ext_len = [e[1] for e in exts]
-            new.ext_pblk = [e[2] for e in exts]
-        new.chain = list(chain)
-        if (new.chain[0] if new.chain else 0) != new.extent_block or \
-                len(new.chain) != (0 if n <= fmt.INLINE_EXTENTS else
-                                   -(-n // fmt.EXTENTS_PER_BLOCK)):
-            raise CorruptError(f"fast commit: inode {ino}: extent chain does not fit")
-        prev_end = 0
-        for lblk, ln, pblk in new.extents():
-            if ln < 1 or lblk < prev_end or pblk < sb.data_start or pblk + ln > last:
-                raise CorruptError(f"fast commit: inode {ino}: bad extent ({lblk}, {ln}, {pblk})")
-            prev_end = lblk + ln
-        for b in new.chain:
-            if not sb.data_start <= b < last:
-                raise CorruptError(f"fast commit: inode {ino}: bad chain block {b}")
-        bi, off = fmt.inode_location(ino)
-        home = sb.itable_start + bi
-        if home not in itable:
-            itable[home] = bytearray(await read_img(home))
-        slot = itable[home][off:off + fmt.INODE_SIZE]
-        old = Inode.unpack(ino, slot, uuid)
-        on = old.nextents_on_disk(slot)
-        if on > fmt.INLINE_EXTENTS:
-            await old.load_chain(on, sb, read_img)
+        old = inodes.get(ino)
+        if old is None:
+            old = await _load(read, sb, ino)
+            old_chains[ino] = list(old.chain)
+            for b in old.chain:             # laid out anew at the end
+                bmap.set_run(b, 1, False)
         if old.xattr_block != new.xattr_block or old.nlink != new.nlink or \
                 old.parent != new.parent or old.orphan_next != new.orphan_next:
             raise CorruptError(f"fast commit: inode {ino}: changes a record cannot carry")
-        before, after = _blocks(_runs(old)), _blocks(_runs(new))
-        for b in after - before:
-            if bmap.test(b):
-                raise CorruptError(f"fast commit: inode {ino}: block {b} is in use")
-            bmap.set_run(b, 1, True)
-        for b in before - after:
-            bmap.set_run(b, 1, False)
-        itable[home][off:off + fmt.INODE_SIZE] = raw_inode
-        images[home] = bytes(itable[home])      # inodes are sealed one by one
-        per = fmt.EXTENTS_PER_BLOCK
-        exts_all = list(new.extents())
-        for k, blk in enumerate(new.chain):
-            nxt = new.chain[k + 1] if k + 1 < len(new.chain) else 0
-            images[blk] = fmt.seal(fmt.pack_extent_block(exts_all[k * per:(k + 1) * per], nxt,
-                                                         ino), blk, uuid, lsn)
+        new.ext_lblk, new.ext_len, new.ext_pblk = \
+            list(old.ext_lblk), list(old.ext_len), list(old.ext_pblk)
+        new.chain = []
+        # every range is unmapped first, then the mapped ones are mapped: so an entry of
+        # a whole inode (one hole over the file, then its extents) applies the same way
+        mapped = []
+        for lblk, ln, pblk in ranges:
+            if ln < 1 or lblk + ln > fmt.MAX_FILE_BLOCKS or \
+                    pblk and (pblk < sb.data_start or pblk + ln > last):
+                raise CorruptError(f"fast commit: inode {ino}: bad range ({lblk}, {ln}, {pblk})")
+            for b, n in new.punch_extents(lblk, ln):
+                bmap.set_run(b, n, False)
+            if pblk:
+                mapped.append((lblk, ln, pblk))
+        mapped.sort()
+        prev_end = 0
+        for lblk, ln, pblk in mapped:
+            if lblk < prev_end:
+                raise CorruptError(f"fast commit: inode {ino}: ranges overlap at block {lblk}")
+            prev_end = lblk + ln
+            if bmap.run_length(pblk, pblk + ln) != ln:
+                raise CorruptError(f"fast commit: inode {ino}: a block of {pblk}..{pblk + ln - 1}"
+                                   " is in use")
+            bmap.set_run(pblk, ln, True)
+            new.add_extent(lblk, ln, pblk)
+        if new.ext_lblk and new.ext_lblk[-1] + new.ext_len[-1] > -(-new.size // fmt.BLOCK_SIZE):
+            raise CorruptError(f"fast commit: inode {ino}: blocks mapped beyond its size")
+        inodes[ino] = new
+    images: dict[int, bytes] = {}
+    itable: dict[int, bytearray] = {}
+    per = fmt.EXTENTS_PER_BLOCK
+    for ino, inode in inodes.items():
+        n = len(inode.ext_lblk)
+        need = 0 if n <= fmt.INLINE_EXTENTS else -(-n // per)
+        inode.chain = _chain_blocks(bmap, sb, old_chains[ino], need)
+        exts = list(inode.extents())
+        for k, blk in enumerate(inode.chain):
+            nxt = inode.chain[k + 1] if k + 1 < need else 0
+            images[blk] = fmt.seal(fmt.pack_extent_block(exts[k * per:(k + 1) * per], nxt, ino),
+                                   blk, uuid, lsn)
+        bi, off = fmt.inode_location(ino)
+        home = sb.itable_start + bi
+        if home not in itable:
+            itable[home] = bytearray(await read(home))
+        itable[home][off:off + fmt.INODE_SIZE] = inode.pack(uuid)
+    for home, buf in itable.items():
+        images[home] = bytes(buf)           # inodes are sealed one by one
     for i in bmap.dirty_blocks:
         blk = sb.bbitmap_start + i
         images[blk] = fmt.seal(fmt.pack_bitmap_block(bmap.data, i, "block bitmap"), blk,
@@ -250,3 +270,31 @@ async def replay_images(read, sb: fmt.Superblock, entries, lsn: int) -> dict[int
     cur.free_blocks = bmap.count_free()
     images[0] = cur.pack(0, lsn)
     return images
+
+
+async def _load(read, sb: fmt.Superblock, ino: int) -> Inode:
+    """An inode with its extents as the journal left it."""
+    bi, off = fmt.inode_location(ino)
+    slot = bytes(await read(sb.itable_start + bi))[off:off + fmt.INODE_SIZE]
+    inode = Inode.unpack(ino, slot, sb.uuid)
+    n = inode.nextents_on_disk(slot)
+    if n > fmt.INLINE_EXTENTS:
+        await inode.load_chain(n, sb, read)
+    return inode
+
+
+def _chain_blocks(bmap: Bitmap, sb: fmt.Superblock, before: list[int], need: int) -> list[int]:
+    """need free blocks for an extent chain, marked in use: the chain's old blocks first
+    (no entry maps them, as a rule), then the first free ones of the data area."""
+    out = [b for b in before if not bmap.test(b)][:need]
+    at = sb.data_start
+    while len(out) < need:
+        b = bmap.find_free(at, sb.total_blocks - 1)
+        if b < 0:
+            raise CorruptError("fast commit: no free block left for an extent chain")
+        if b not in out:
+            out.append(b)
+        at = b + 1
+    for b in out:
+        bmap.set_run(b, 1, True)
+    return out

@@ -102,7 +102,8 @@ MAGICS = {
     "journal header": b"DAXFS\x00JH",
     "journal descriptor": b"DAXFS\x00JD",
     "journal commit": b"DAXFS\x00JC",
-    "fast commit": b"DAXFS\x00FC",
+    "fast commit": b"DAXFS\x00FR",
+    "fast commit (whole inodes)": b"DAXFS\x00FC",
     "block bitmap": b"DAXFS\x00BB",
     "inode bitmap": b"DAXFS\x00IB",
     "directory": b"DAXFS\x00DR",
@@ -572,20 +573,28 @@ def unpack_fields(kind: str, fmt: struct.Struct, buf, blkno: int, uuid: bytes | 
 # Fast commits
 
 FC_FMT = struct.Struct("<QII")
-"""A fast-commit record: one block of the fast-commit area (magic b"DAXFS\0FC"; lsn =
+"""A fast-commit record: one block of the fast-commit area (magic b"DAXFS\0FR"; lsn =
 the sequence number the next full journal commit will have, so a full commit makes every
 earlier record stale). After the header: fc_seq u64 (1, 2, ... within one lsn; records are
 written from the start of the area in order), count u32 (inode entries), used u32 (bytes
-of entries); then the entries from byte FC_START (64). An entry is an inode's whole state:
+of entries); then the entries from byte FC_START (64). An entry is what one fsync of an
+inode changed since the inode's previous record (or the last full commit):
 
-    ino u64, nchain u32, nextents u32, the inode's 256 bytes (sealed, as in the table),
-    nchain u64 extent-chain block numbers, nextents extents (EXTENT_FMT) when they do not
-    fit inline
+    ino u64, nranges u32, flags u32 (0), the inode's 256 bytes (sealed, as in the table),
+    then nranges ranges (EXTENT_FMT: lblk u32, len u32, pblk u64): file blocks lblk ..
+    lblk+len-1 are now mapped to pblk.. (pblk 0: they are a hole)
 
-Replay (mount, fsck) applies the entries of every valid record in order, on top of what
-the journal holds: the inode goes into its slot, the chain blocks are rebuilt from the
-extents, and the block bitmap gains the blocks the inode now holds and loses the ones it
-held before. fsync writes one record with PREFLUSH|FUA."""
+so its size follows what changed, not the size of the file's extent list. Replay (mount,
+fsck) applies the entries of every valid record in order, on top of what the journal
+holds: the inode's fields come from the entry, its extents are the ones it had with each
+range punched and mapped again, the block bitmap follows, and the extent chains of the
+inodes replayed are laid out anew. fsync writes one record with PREFLUSH|FUA.
+
+Records with magic b"DAXFS\0FC" (FC_WHOLE) were written before ranges: an entry there is
+an inode's whole state (ino u64, nchain u32, nextents u32, the inode, nchain chain block
+numbers, nextents extents when not inline). Replay still reads them, as if their entry
+were one range over the whole file; nothing writes them any more."""
+FC_WHOLE = "fast commit (whole inodes)"
 FC_START = HDR_SIZE + FC_FMT.size
 FC_ENTRY_FMT = struct.Struct("<QII")
 FC_SPACE = BLOCK_SIZE - FC_START

@@ -29,6 +29,7 @@ class Inode:
                  "dirty",                   # changed since the last commit
                  # fast commits: changed since durable / beyond timestamps / not expressible
                  "fc_dirty", "fc_meta", "fc_ineligible",
+                 "fc_ranges",               # file blocks remapped since then: [start, end)
                  "xattrs", "dir",           # decoded lazily
                  "s_dax", "sync_mode",      # in-core: DAX now (S_DAX), synchronous writes
                  "ilock")                   # serialises changes to its data and size
@@ -47,6 +48,7 @@ class Inode:
         self.extents_dirty = False
         self.dirty = False
         self.fc_dirty = self.fc_meta = self.fc_ineligible = False
+        self.fc_ranges = None
         self.xattrs = None
         self.dir = None
         self.s_dax = None       # decided when the inode comes into use, kept while open
@@ -185,11 +187,13 @@ class Inode:
         else:
             lb.insert(i, lblk); ll.insert(i, n); lp.insert(i, pblk)
         self.extents_dirty = True
+        self.remapped(lblk, lblk + n)
 
     def truncate_extents(self, nblocks: int) -> list[tuple[int, int]]:
         """Drop every mapping at or beyond file block nblocks; return freed (pblk, n) runs."""
         lb, ll, lp = self.ext_lblk, self.ext_len, self.ext_pblk
         freed = []
+        old_end = lb[-1] + ll[-1] if lb else 0
         while lb and lb[-1] + ll[-1] > nblocks:
             if lb[-1] >= nblocks:
                 freed.append((lp[-1], ll[-1]))
@@ -201,7 +205,76 @@ class Inode:
                 break
         if freed:
             self.extents_dirty = True
+            self.remapped(nblocks, old_end)
         return freed
+
+    def punch_extents(self, lblk: int, n: int) -> list[tuple[int, int]]:
+        """Unmap file blocks lblk..lblk+n-1 (mapped or not); return freed (pblk, n) runs."""
+        if self.ext_lblk is _NONE:
+            return []
+        lb, ll, lp = self.ext_lblk, self.ext_len, self.ext_pblk
+        end = lblk + n
+        i = bisect.bisect_right(lb, lblk) - 1
+        if i < 0 or lb[i] + ll[i] <= lblk:
+            i += 1
+        freed = []
+        while i < len(lb) and lb[i] < end:
+            s, e, p = lb[i], lb[i] + ll[i], lp[i]
+            cut_s, cut_e = max(s, lblk), min(e, end)
+            freed.append((p + cut_s - s, cut_e - cut_s))
+            keep = ([(s, cut_s - s, p)] if s < cut_s else []) + \
+                ([(cut_e, e - cut_e, p + cut_e - s)] if cut_e < e else [])
+            lb[i:i + 1] = [k[0] for k in keep]
+            ll[i:i + 1] = [k[1] for k in keep]
+            lp[i:i + 1] = [k[2] for k in keep]
+            i += len(keep)
+        if freed:
+            self.extents_dirty = True
+            self.remapped(lblk, end)
+        return freed
+
+    # The most ranges an inode collects before fsync stops trying a fast commit for it: a
+    # record that carried more would not fit its block anyway.
+    FC_MAX_RANGES = 256
+
+    def remapped(self, start: int, end: int) -> None:
+        """File blocks [start, end) changed their mapping: the next fast-commit record of
+        this inode carries their mapping as it is then (fastcommit.py)."""
+        r = self.fc_ranges
+        if r is None:
+            self.fc_ranges = [[start, end]]
+            return
+        last = r[-1]
+        if last[0] <= end and start <= last[1]:     # appends and rewrites of the last range
+            last[0] = min(last[0], start)
+            last[1] = max(last[1], end)
+            return
+        r.append([start, end])
+        if len(r) > self.FC_MAX_RANGES:
+            r[:] = merge_ranges(r)
+            if len(r) > self.FC_MAX_RANGES:
+                self.fc_ranges = None
+                self.fc_ineligible = True           # until the next full commit
 
     def extents(self):
         return zip(self.ext_lblk, self.ext_len, self.ext_pblk)
+
+    def mapping(self, start: int, end: int):
+        """(lblk, n, pblk) pieces covering file blocks [start, end): pblk 0 is a hole."""
+        lblk = start
+        while lblk < end:
+            pblk, run = self.map(lblk)
+            n = end - lblk if run == 0 else min(run, end - lblk)
+            yield lblk, n, pblk
+            lblk += n
+
+
+def merge_ranges(ranges) -> list[list[int]]:
+    """[start, end) ranges sorted, with overlapping and touching ones joined."""
+    out: list[list[int]] = []
+    for s, e in sorted(ranges):
+        if out and s <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], e)
+        else:
+            out.append([s, e])
+    return out

@@ -121,6 +121,7 @@ class Transactions:
                                                blk, uuid, lsn)
                 inode.extents_dirty = False
             inode.dirty = inode.fc_dirty = inode.fc_meta = inode.fc_ineligible = False
+            inode.fc_ranges = None
             bi, off = fmt.inode_location(inode.ino)
             blk = sb.itable_start + bi
             buf = await self._itable_block(blk)
@@ -223,6 +224,7 @@ class Transactions:
         if not inode.fc_ineligible and inode.is_reg and inode.mode and \
                 await self.fc.append(inode, self.journal.seq):
             inode.fc_dirty = inode.fc_meta = False
+            inode.fc_ranges = None
             return
         await self._sync_locked(datasync=False)
 
