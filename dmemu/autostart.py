@@ -47,7 +47,7 @@ def spawn(paths: StatePaths) -> int:
     env["PYTHONPATH"] = top + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     with open(paths.log, "ab") as logf:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "dmemu.cli.dmemud", "run", "--ready-fd", str(w)],
+            [sys.executable, "-P", "-m", "dmemu.cli.dmemud", "run", "--ready-fd", str(w)],
             stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, pass_fds=(w,),
             start_new_session=True, env=env, cwd="/")
     os.close(w)

@@ -92,7 +92,7 @@ def spawn(paths: StatePaths, mountpoint: str, verbose: int) -> int:
     env.pop("DMEMU_DEVVIEW", None)    # a daemon the view might start must not start a view
     top = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = top + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    args = [sys.executable, "-m", "dmemu.cli.devview", "-f", "--ready-fd", str(w),
+    args = [sys.executable, "-P", "-m", "dmemu.cli.devview", "-f", "--ready-fd", str(w),
             "--mountpoint", mountpoint] + ["-v"] * verbose
     paths.ensure()
     with open(paths.root / "devview.log", "ab") as logf:

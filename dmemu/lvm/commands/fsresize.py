@@ -22,7 +22,7 @@ TOP = str(Path(__file__).resolve().parents[3])
 
 async def daxfs_resize(path: str, nbytes: int | None = None) -> tuple[int, str, str]:
     """Run daxfs-resize as fsadm runs resize2fs: its own process, its output passed on."""
-    cmd = [sys.executable, "-c", "import sys; from daxfs.cli.resize import main; "
+    cmd = [sys.executable, "-P", "-c", "import sys; from daxfs.cli.resize import main; "
            "sys.exit(main())", path]
     if nbytes is not None:
         cmd.append(f"{nbytes // 1024}K")
@@ -91,7 +91,7 @@ def _env() -> dict:
 
 
 def _tool(module: str, *args: str) -> list[str]:
-    return [sys.executable, "-c", f"import sys; from {module} import main; sys.exit(main())",
+    return [sys.executable, "-P", "-c", f"import sys; from {module} import main; sys.exit(main())",
             *args]
 
 

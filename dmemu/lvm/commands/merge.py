@@ -134,7 +134,7 @@ def start_background_poll(vgname: str, lvname: str, interval: int | None = None)
     paths.ensure()
     with open(paths.root / "lvmpolld.log", "ab") as logf:
         subprocess.Popen(
-            [sys.executable, "-c", "import sys; sys.argv[0] = 'lvm'; "
+            [sys.executable, "-P", "-c", "import sys; sys.argv[0] = 'lvm'; "
                                    "from dmemu.cli.lvm import main; sys.exit(main())",
              "lvpoll", "--polloperation", "merge",
              "-i", str(DEFAULT_INTERVAL if interval is None else interval),
