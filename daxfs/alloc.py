@@ -15,7 +15,9 @@ from . import format as fmt
 from .errors import FsError
 
 BITS_PER_BLOCK = fmt.BITMAP_BITS      # bits in one on-device bitmap block
-GOAL_WINDOW = 4096          # blocks searched after an allocation goal before the cursor
+# Room for a file to grow: a run of free blocks this long, byte-aligned in the bitmap.
+ROOM_BYTES = b"\0\0"
+ROOM_BLOCKS = 8 * len(ROOM_BYTES)
 
 
 class Bitmap:
@@ -180,12 +182,18 @@ class BlockAllocator:
         runs = []
         got = 0
         busy = self.busy
-        pos = self.cursor
-        if self.data_start <= goal < self.total:
-            # near the goal (contiguous files), but only if there is room close by:
-            # scanning far through a full region would cost O(used blocks) per call
-            if busy.find_free(goal, min(self.total, goal + GOAL_WINDOW)) >= 0:
-                pos = goal
+        has_goal = self.data_start <= goal < self.total
+        if has_goal and not busy.test(goal):
+            pos = goal                      # the file goes on contiguously
+        else:
+            # Somewhere with room for the file to grow: the first free block after the goal
+            # (or the cursor) would often be a one-block hole between another file's blocks,
+            # and every later append there would start a new extent (what mballoc's
+            # preallocation avoids in ext4).
+            pos = goal if has_goal else self.cursor
+            roomy = self._room(pos)
+            if roomy >= 0:
+                pos = roomy
         wrapped = False
         while got < want:
             b = busy.find_free(pos, self.total)
@@ -211,6 +219,18 @@ class BlockAllocator:
             self.free -= want
         self.cursor = pos
         return runs
+
+    def _room(self, start: int) -> int:
+        """The first block at or after start (wrapping once) of a run of at least ROOM_BLOCKS
+        free ones, found as ROOM_BYTES zero bytes of the bitmap (a scan in C); -1: none."""
+        if self.busy.run_length(start, min(self.total, start + ROOM_BLOCKS)) == ROOM_BLOCKS:
+            return start
+        data, lo, hi = self.busy.data, self.data_start >> 3, self.total >> 3
+        at = max(lo, start >> 3)
+        i = data.find(ROOM_BYTES, at, hi)
+        if i < 0:
+            i = data.find(ROOM_BYTES, lo, min(hi, at + len(ROOM_BYTES)))
+        return -1 if i < 0 else max(self.data_start, i << 3)
 
     def free_run(self, b: int, n: int) -> None:
         if n <= 0:

@@ -51,8 +51,8 @@ def write_rows(path: Path, sizes: bp.Sizes) -> dict:
     job = bp.fio(path, "randwrite", "f", "--rw=randwrite", "--bs=4k", size, rand_io, cap,
                  "--end_fsync=1")
     r["randwrite"] = bp._rate(job, "write", "IOPS")
-    # a file of its own, as in bench_peers.py: the random writes left "f" in thousands of
-    # extents, more than one fast-commit record of daxfs holds (docs/bench-peers.md)
+    # a file of its own, as in bench_peers.py: appends, not writes into the random writes'
+    # thousands of extents
     job = bp.fio(path, "fsynceach", "sync", "--rw=write", "--bs=4k",
                  f"--size={sizes.fsync_file_mib}M", cap, "--fsync=1")
     r["fsynceach"] = bp._rate(job, "write", "IOPS")

@@ -35,6 +35,24 @@ def test_alloc_contiguous_then_fragmented_then_enospc():
     assert a.bitmap.count_free() == 0
 
 
+def test_a_taken_goal_leads_to_room_to_grow_not_to_a_one_block_hole():
+    """Blocks of another file every other block: a file whose goal is taken goes on
+    where it can grow, so its appends stay one extent (not one extent per block)."""
+    a = allocator(total=4000)
+    for b in range(10, 1010, 2):
+        a.alloc(1, goal=b)
+    assert a.busy.test(10) and not a.busy.test(11)
+    runs = [a.alloc(1, goal=12)[0]]          # goal taken: not hole 13
+    for _ in range(99):
+        p, n = runs[-1]
+        runs.append(a.alloc(1, goal=p + n)[0])
+    assert runs[0][0] >= 1010
+    assert all(p == runs[0][0] + i for i, (p, _) in enumerate(runs))
+    # with no room left, the holes are still used
+    a.alloc(a.available - 10)
+    assert sum(n for _, n in a.alloc(10, goal=12)) == 10
+
+
 def test_pending_blocks_not_reused():
     a = allocator(total=20, data_start=10)
     a.alloc(10)
