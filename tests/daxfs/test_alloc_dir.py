@@ -2,7 +2,10 @@
 import errno
 import time
 
+import hypothesis.strategies as st
 import pytest
+from hypothesis import settings
+from hypothesis.stateful import RuleBasedStateMachine, rule
 
 from daxfs import format as fmt
 from daxfs.alloc import Bitmap, BlockAllocator
@@ -112,3 +115,66 @@ def test_directory_block_invariants():
     recs = list(parse_block(d.blocks[0], "t"))
     assert sum(r[3] for r in recs) == fmt.BLOCK_SIZE - fmt.DIR_START
     assert {r[5] for r in recs if r[1]} == set(added[1::2])
+
+
+class ChunkedListing(RuleBasedStateMachine):
+    """A listing taken a few entries at a time, as FUSE takes it (each request resumes at
+    the cookie of the last entry taken, after the entry it could not take), interleaved
+    with adds and removes: every name present for the whole listing is returned, none
+    twice, and none that was never in the directory."""
+
+    def __init__(self):
+        super().__init__()
+        self.d = Directory([])
+        self.d.grow()
+        self.present: set[bytes] = set()
+        self.ever: set[bytes] = set()
+        self.new_listing()
+
+    def new_listing(self):
+        self.cookie = 0
+        self.seen: list[bytes] = []
+        self.stayed = set(self.present)         # present since the listing began
+
+    @rule(i=st.integers(0, 400), long=st.booleans())
+    def add(self, i, long):
+        name = (b"n%d" % i) + (b"x" * 120 if long else b"")
+        if name in self.present:
+            return
+        if not self.d.add(name, i + 2, 8):
+            self.d.grow()
+            assert self.d.add(name, i + 2, 8)
+        self.present.add(name)
+        self.ever.add(name)
+
+    @rule(data=st.data())
+    def remove(self, data):
+        if not self.present:
+            return
+        name = data.draw(st.sampled_from(sorted(self.present)))
+        self.d.remove(name)
+        self.present.discard(name)
+        self.stayed.discard(name)
+
+    @rule(k=st.integers(1, 30))
+    def take(self, k):
+        """One request: k entries fit, the next one is handed out and not taken."""
+        it = self.d.entries_from(self.cookie)
+        for _ in range(k):
+            e = next(it, None)
+            if e is None:
+                self.finish()
+                return
+            self.seen.append(e[0])
+            self.cookie = e[2]
+        next(it, None)                          # the entry that did not fit
+
+    def finish(self):
+        assert len(self.seen) == len(set(self.seen)), "an entry listed twice"
+        assert set(self.seen) <= self.ever
+        assert self.stayed <= set(self.seen), "an entry present throughout was not listed"
+        self.new_listing()
+
+
+TestChunkedListing = ChunkedListing.TestCase
+TestChunkedListing.settings = settings(max_examples=100, stateful_step_count=60, deadline=None)
