@@ -67,12 +67,13 @@ class Sizes:
     meta_files: int           # N for create/stat/rename/unlink
     list_entries: int         # entries of the listed directory
     tmpfs_size: str           # size= of the kernel tmpfs mounts
+    frag_extents: int         # extents of the file the fragmented fsync job writes into
 
 
 FULL = Sizes(file_mib=256, rand_io_mib=64, fsync_file_mib=16, runtime_s=20, meta_files=5000,
-             list_entries=10_000, tmpfs_size="2g")
+             list_entries=10_000, tmpfs_size="2g", frag_extents=16_000)
 QUICK = Sizes(file_mib=16, rand_io_mib=8, fsync_file_mib=2, runtime_s=4, meta_files=500,
-              list_entries=1000, tmpfs_size="512m")
+              list_entries=1000, tmpfs_size="512m", frag_extents=2000)
 
 
 def small_files(sizes: Sizes) -> Sizes:
@@ -83,7 +84,8 @@ def small_files(sizes: Sizes) -> Sizes:
     jobs therefore use a small file, which the table notes."""
     return dataclasses.replace(sizes, file_mib=min(sizes.file_mib, 16),
                                rand_io_mib=min(sizes.rand_io_mib, 4),
-                               fsync_file_mib=min(sizes.fsync_file_mib, 1))
+                               fsync_file_mib=min(sizes.fsync_file_mib, 1),
+                               frag_extents=min(sizes.frag_extents, 500))
 
 
 # -- metrics ------------------------------------------------------------------------------
@@ -129,6 +131,10 @@ METRICS = [
            charted=False),
     Metric("write_fsync_p99", "  p99 fsync latency", "µs", higher_is_better=False,
            target=1000, target_kind="value", charted=False),
+    Metric("write_fsync_fragmented", "4 KiB write + fsync each, file of many extents",
+           "IOPS"),
+    Metric("commits_fragmented", "  full commits per fsync there", "commit",
+           higher_is_better=False, charted=False),
     Metric("mmap_msync", "mmap 4 KiB store + msync(MS_SYNC)", "IOPS", target=1.0),
     Metric("odirect_randwrite", "rand write 4 KiB, O_DIRECT", "IOPS", target=1.5),
     Metric("create", "create", "ops/s", target=2.0),
@@ -163,12 +169,18 @@ METRICS = [
 STATS_XATTR = "trusted.daxfs.stats"
 
 
+def fuse_stats(path: Path) -> dict | None:
+    """The daemon's counters (requests by kind, commits), where it tells (daxfs); else None."""
+    try:
+        return json.loads(os.getxattr(path, STATS_XATTR))
+    except (OSError, ValueError):
+        return None
+
+
 def fuse_requests(path: Path) -> dict | None:
     """The daemon's requests served so far, by kind, where it tells (daxfs); else None."""
-    try:
-        return json.loads(os.getxattr(path, STATS_XATTR))["requests"]
-    except (OSError, ValueError, KeyError):
-        return None
+    stats = fuse_stats(path)
+    return None if stats is None else stats.get("requests")
 
 
 def per_op(before: dict | None, after: dict | None, n: int, kind: str | None = None):
@@ -428,7 +440,38 @@ def io_workloads(path: Path, sizes: Sizes) -> dict:
     r["write_fsync_write_p99"] = job["write"]["clat_ns"]["percentile"]["99.000000"] / 1000
     r["write_fsync_p99"] = job["sync"]["lat_ns"]["percentile"]["99.000000"] / 1000
     os.unlink(path / "sync")
+    r.update(fragmented_fsync(path, sizes))
     return r
+
+
+def fragmented_fsync(path: Path, sizes: Sizes) -> dict:
+    """4 KiB writes into the holes of a file written every other block (frag_extents
+    extents, made durable first), each followed by fsync: a record of daxfs's fast
+    commits must carry what changed, not the file's whole extent list, or every fsync
+    becomes a full commit (which the stats show)."""
+    block = os.urandom(4096)
+    fd = os.open(path / "frag", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for k in range(sizes.frag_extents):
+            os.pwrite(fd, block, 2 * k * 4096)
+        os.fsync(fd)
+        before = fuse_stats(path)
+        done, start = 0, time.perf_counter()
+        deadline = start + sizes.runtime_s
+        for k in range(sizes.frag_extents):
+            os.pwrite(fd, block, (2 * k + 1) * 4096)
+            os.fsync(fd)
+            done += 1
+            if time.perf_counter() > deadline:
+                break
+        elapsed = time.perf_counter() - start
+        after = fuse_stats(path)
+    finally:
+        os.close(fd)
+    os.unlink(path / "frag")
+    commits = None if before is None or after is None else \
+        (after["commits"] - before["commits"]) / done
+    return {"write_fsync_fragmented": done / elapsed, "commits_fragmented": commits}
 
 
 def mmap_msync(path: Path, sizes: Sizes) -> dict:
