@@ -53,56 +53,43 @@ def encode_entry(inode: Inode, uuid: bytes) -> bytes:
     return bytes(out)
 
 
-def _entries_end(buf, used: int) -> int:
+def _extents(buf, off: int, end: int, n: int) -> list:
+    """n extents (EXTENT_FMT) at off, which must end by end."""
+    size = fmt.EXTENT_FMT.size
+    if off + size * n > end:
+        raise CorruptError("fast commit: entry runs past the record")
+    return [fmt.EXTENT_FMT.unpack_from(buf, off + size * i) for i in range(n)]
+
+
+def decode_entries(buf, count: int, used: int, whole: bool = False):
+    """Yield (ino, raw inode, ranges) of a record's entries. ``whole``: a record written
+    before ranges (format.FC_WHOLE), whose entries become one hole over the whole file
+    followed by every extent the inode has."""
     if used > fmt.FC_SPACE:
         raise CorruptError("fast commit: used size runs past the block")
-    return fmt.FC_START + used
-
-
-def decode_entries(buf, count: int, used: int):
-    """Yield (ino, raw inode, ranges) of a record's entries."""
-    off, end = fmt.FC_START, _entries_end(buf, used)
+    off, end = fmt.FC_START, fmt.FC_START + used
     size = fmt.EXTENT_FMT.size
     for _ in range(count):
         if off + fmt.FC_ENTRY_FMT.size + fmt.INODE_SIZE > end:
             raise CorruptError("fast commit: entry runs past the record")
-        ino, nranges, flags = fmt.FC_ENTRY_FMT.unpack_from(buf, off)
-        if flags:
-            raise CorruptError(f"fast commit: inode {ino}: unknown entry flags {flags:#x}")
+        ino, n, word = fmt.FC_ENTRY_FMT.unpack_from(buf, off)
         off += fmt.FC_ENTRY_FMT.size
         raw = bytes(buf[off:off + fmt.INODE_SIZE])
         off += fmt.INODE_SIZE
-        if off + size * nranges > end:
-            raise CorruptError("fast commit: entry runs past the record")
-        ranges = [fmt.EXTENT_FMT.unpack_from(buf, off + size * i) for i in range(nranges)]
-        off += size * nranges
-        yield ino, raw, ranges
-    if off != end:
-        raise CorruptError("fast commit: used size does not match the entries")
-
-
-def decode_whole_entries(buf, count: int, used: int):
-    """The entries of a record written before ranges (format.FC_WHOLE), as (ino, raw inode,
-    ranges): one hole over the whole file, then every extent the inode has."""
-    off, end = fmt.FC_START, _entries_end(buf, used)
-    size = fmt.EXTENT_FMT.size
-    for _ in range(count):
-        if off + fmt.FC_ENTRY_FMT.size + fmt.INODE_SIZE > end:
-            raise CorruptError("fast commit: entry runs past the record")
-        ino, nchain, next_ = fmt.FC_ENTRY_FMT.unpack_from(buf, off)
-        off += fmt.FC_ENTRY_FMT.size
-        raw = bytes(buf[off:off + fmt.INODE_SIZE])
-        off += fmt.INODE_SIZE
-        off += 8 * nchain                   # the chain is laid out anew by the replay
-        if off + size * next_ > end:
-            raise CorruptError("fast commit: entry runs past the record")
-        if (Inode.nextents_on_disk(raw) > fmt.INLINE_EXTENTS) != bool(next_):
+        if not whole:
+            if word:
+                raise CorruptError(f"fast commit: inode {ino}: unknown entry flags {word:#x}")
+            ranges = _extents(buf, off, end, n)
+            off += size * n
+            yield ino, raw, ranges
+            continue
+        # n chain blocks (the replay lays the chain out anew), then word extents if the
+        # inode does not hold them inline
+        off += 8 * n
+        if (Inode.nextents_on_disk(raw) > fmt.INLINE_EXTENTS) != bool(word):
             raise CorruptError(f"fast commit: inode {ino}: extent count mismatch")
-        if next_:
-            exts = [fmt.EXTENT_FMT.unpack_from(buf, off + size * i) for i in range(next_)]
-        else:
-            exts = list(Inode.unpack(ino, raw).extents())       # inline in the inode
-        off += size * next_
+        exts = _extents(buf, off, end, word) if word else list(Inode.unpack(ino, raw).extents())
+        off += size * word
         yield ino, raw, [(0, fmt.MAX_FILE_BLOCKS, 0)] + exts
     if off != end:
         raise CorruptError("fast commit: used size does not match the entries")
@@ -182,8 +169,7 @@ async def scan(read, sb: fmt.Superblock, lsn: int) -> list:
             seq, count, used = fmt.FC_FMT.unpack_from(buf, fmt.HDR_SIZE)
             if seq != i + 1:
                 break
-            decode = decode_entries if kind == "fast commit" else decode_whole_entries
-            entries.extend(decode(buf, count, used))
+            entries.extend(decode_entries(buf, count, used, whole=kind == fmt.FC_WHOLE))
         except CorruptError:
             break
     return entries
