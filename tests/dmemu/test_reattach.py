@@ -8,7 +8,9 @@ recover. Mounts once stayed broken until umount + mount even when nothing was lo
 import errno
 import os
 import signal
+import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -54,6 +56,39 @@ async def test_an_eadr_device_is_reattached_after_dmemud_is_killed(dmemu_root):
         # It holds its exclusive claim again: a second writer is refused.
         r = await trio.to_thread.run_sync(lambda: tool("mkfs.daxfs", "/dev/pmem0"))
         assert r.returncode != 0 and "claimed" in r.stderr
+
+
+def _exiting_daemon(path: Path, started) -> None:
+    """Stand in for a killed dmemud that has not finished exiting: its socket still takes
+    connections and drops them (the probe before starting a daemon, then the hello)."""
+    path.unlink()
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(path))
+    srv.listen(4)
+    srv.settimeout(10)
+    started.set()
+    try:
+        for _ in range(2):
+            conn, _ = srv.accept()
+            conn.close()
+    finally:
+        srv.close()
+
+
+async def test_a_connection_dropped_by_a_daemon_still_exiting_is_tried_again(dmemu_root):
+    ok("ndctl", "create-namespace", "-s", "8M", "-a", "4K")
+    async with client.open_device("/dev/pmem0", exclusive=True) as dev:
+        await dev.write(0, b"a" * 4096, fua=True)
+        await trio.to_thread.run_sync(_kill_daemon, dmemu_root)
+        await _noticed(dev)
+        started = threading.Event()
+        t = threading.Thread(target=_exiting_daemon, args=(dmemu_root / "dmemud.sock", started))
+        t.start()
+        started.wait()
+        try:
+            assert await dev.read(0, 4096) == b"a" * 4096
+        finally:
+            await trio.to_thread.run_sync(t.join)
 
 
 async def test_an_adr_device_that_lost_stores_is_not_reattached(dmemu_root):
