@@ -10,31 +10,58 @@ import subprocess
 import sys
 import time
 
+from . import protocol
 from .errors import DmemuError
 from .paths import StatePaths
 
 START_TIMEOUT = 30.0
 
 
-def _can_connect(path: str) -> bool:
+def _answers(path: str) -> bool:
+    """A dmemud is there and answers a hello. A daemon killed a moment ago can still take
+    a connection while it exits (its socket closes with its last thread) and then drops
+    it: a connection alone does not say a daemon is there."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(START_TIMEOUT)
     try:
         s.connect(path)
-        return True
+        s.sendall(protocol.encode({"id": 0, "op": "hello", "prog": "autostart",
+                                   "pid": os.getpid()}))
+        return bool(s.recv(1))
     except OSError:
         return False
     finally:
         s.close()
 
 
+def _wait_for_exit(paths: StatePaths) -> None:
+    """Until no process holds the daemon lock (a daemon that took the probe and dropped it
+    is exiting), at most START_TIMEOUT; a new daemon could not take the lock before."""
+    try:
+        fd = os.open(paths.pidfile, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return                      # released when fd is closed below
+            except BlockingIOError:
+                time.sleep(0.01)
+    finally:
+        os.close(fd)
+
+
 def ensure_daemon(paths: StatePaths) -> None:
-    if _can_connect(str(paths.socket)):
+    if _answers(str(paths.socket)):
         return
     paths.ensure()
     with open(paths.root / "spawn.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if _can_connect(str(paths.socket)):
+        if _answers(str(paths.socket)):
             return
+        _wait_for_exit(paths)
         spawn(paths)
 
 

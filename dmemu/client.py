@@ -32,9 +32,6 @@ from .paths import StatePaths
 log = logging.getLogger(__name__)
 
 
-_DROPPED = object()     # _hello_again: the connection was lost before the reply
-
-
 class RevokedError(OSError):
     """A direct_access mapping was taken back by dmemud: call direct_access again."""
 
@@ -216,55 +213,30 @@ class Client:
             if not self.lost or trio.current_time() - self._last_reattach < self.REATTACH_INTERVAL:
                 return
             self._last_reattach = trio.current_time()
-            # A daemon killed a moment ago may still be exiting, its listening socket still
-            # open: the connection is taken and then dropped, and no new daemon is started
-            # (seen under load). So a connection lost before the hello is answered is tried
-            # again, briefly; a daemon that is not there is left to the next I/O.
             try:
-                for attempt in range(self.REATTACH_TRIES):
-                    if attempt:
-                        await trio.sleep(0.05 * attempt)
-                    hello = await self._hello_again()
-                    if hello is not _DROPPED:
-                        break
-                if hello is None or hello is _DROPPED:
-                    return
+                if self.autostart:
+                    await trio.to_thread.run_sync(ensure_daemon, self.paths)
+                sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    await sock.connect(str(self.paths.socket))
+                except OSError:
+                    sock.close()
+                    raise
+            except (OSError, DmemuError) as e:
+                log.warning("dmemud in %s is not back yet: %s", self.paths.root, e)
+                return
+            self.stream = trio.SocketStream(sock)
+            self._waiting = {}
+            self.closed = self.lost = False
+            self._nursery.start_soon(self._reader)
+            try:
+                hello = await self.call("hello", prog=os.path.basename(sys.argv[0] or "python"),
+                                        pid=os.getpid())
                 lost_at_boot = hello.get("boot_lost") or {}
                 for dev in [d for d in self._devices.values() if d.lost]:
                     await self._reopen(dev, lost_at_boot)
             except DmemuError as e:
                 log.warning("reattaching to dmemud failed: %s", e)
-
-    REATTACH_TRIES = 5
-
-    async def _hello_again(self):
-        """Connect to dmemud (starting it, as any client would) and say hello: its reply;
-        None when it is not back (yet); _DROPPED when the connection was lost before the
-        reply."""
-        try:
-            if self.autostart:
-                await trio.to_thread.run_sync(ensure_daemon, self.paths)
-            sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                await sock.connect(str(self.paths.socket))
-            except OSError:
-                sock.close()
-                raise
-        except (OSError, DmemuError) as e:
-            log.warning("dmemud in %s is not back yet: %s", self.paths.root, e)
-            return None
-        self.stream = trio.SocketStream(sock)
-        self._waiting = {}
-        self.closed = self.lost = False
-        self._nursery.start_soon(self._reader)
-        try:
-            return await self.call("hello", prog=os.path.basename(sys.argv[0] or "python"),
-                                   pid=os.getpid())
-        except DmemuError as e:
-            if e.errno != errno.ENOTCONN:
-                raise
-            log.warning("reattaching to dmemud failed: %s", e)
-            return _DROPPED
 
     async def _reopen(self, dev: "Device", lost_at_boot: dict) -> None:
         try:

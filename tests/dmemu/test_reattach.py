@@ -58,37 +58,46 @@ async def test_an_eadr_device_is_reattached_after_dmemud_is_killed(dmemu_root):
         assert r.returncode != 0 and "claimed" in r.stderr
 
 
-def _exiting_daemon(path: Path, started) -> None:
+def _exiting_daemon(path: Path, started, stop) -> None:
     """Stand in for a killed dmemud that has not finished exiting: its socket still takes
-    connections and drops them (the probe before starting a daemon, then the hello)."""
+    connections and drops them, unanswered, until it is gone."""
     path.unlink()
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     srv.bind(str(path))
     srv.listen(4)
-    srv.settimeout(10)
+    srv.settimeout(0.05)
     started.set()
     try:
-        for _ in range(2):
-            conn, _ = srv.accept()
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except TimeoutError:
+                continue
             conn.close()
     finally:
         srv.close()
 
 
-async def test_a_connection_dropped_by_a_daemon_still_exiting_is_tried_again(dmemu_root):
+async def test_a_daemon_still_exiting_is_not_taken_for_a_running_one(dmemu_root):
+    """Its socket takes the connection: the client must not stop there, but start a new
+    dmemud (the probe asks for an answer, not a connection) and reattach to it."""
     ok("ndctl", "create-namespace", "-s", "8M", "-a", "4K")
     async with client.open_device("/dev/pmem0", exclusive=True) as dev:
         await dev.write(0, b"a" * 4096, fua=True)
         await trio.to_thread.run_sync(_kill_daemon, dmemu_root)
         await _noticed(dev)
-        started = threading.Event()
-        t = threading.Thread(target=_exiting_daemon, args=(dmemu_root / "dmemud.sock", started))
+        started, stop = threading.Event(), threading.Event()
+        t = threading.Thread(target=_exiting_daemon,
+                             args=(dmemu_root / "dmemud.sock", started, stop))
         t.start()
         started.wait()
         try:
             assert await dev.read(0, 4096) == b"a" * 4096
         finally:
+            stop.set()
             await trio.to_thread.run_sync(t.join)
+    # and a new client (any tool) finds the new daemon
+    ok("ndctl", "list")
 
 
 async def test_an_adr_device_that_lost_stores_is_not_reattached(dmemu_root):
