@@ -38,8 +38,6 @@ from .journal import write_blocks
 
 log = logging.getLogger(__name__)
 
-BS = fmt.BLOCK_SIZE
-
 
 def encode_entry(inode: Inode, uuid: bytes) -> bytes:
     """The inode as it is now and the mapping of its blocks remapped since its last record
@@ -129,10 +127,6 @@ class FastCommitLog:
         if self.head * 2 >= self.sb.fc_blocks and self.kick is not None:
             self.kick()             # half full: a full commit in the background frees it
         return True
-
-    async def scan(self, read, lsn: int) -> list:
-        """The entries of every valid record for lsn, in order (see the module docstring)."""
-        return await scan(read, self.sb, lsn)
 
     async def replay(self, fs, read_only: bool) -> int:
         """At mount, after the journal: apply the records; a read-write mount commits the

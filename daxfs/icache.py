@@ -37,9 +37,8 @@ class InodeCache:
         return inode
 
     async def iget(self, ino: int) -> Inode:
-        inode = self.inodes.pop(ino, None)
+        inode = self.cached_inode(ino)
         if inode is not None:
-            self.inodes[ino] = inode        # most recently used last
             if len(self.inodes) > self._shrink_at and self.track_lookups:
                 self._shrink()              # grown by creates, which add without iget
             return inode
